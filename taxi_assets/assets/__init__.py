@@ -1,0 +1,1 @@
+"""Assets by stage: ``ingest`` (raw_trips) and ``prepare`` (cleaned_trips, training_set)."""

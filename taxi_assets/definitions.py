@@ -1,0 +1,21 @@
+"""The code location: one ``Definitions`` object, ``defs``."""
+
+import dagster as dg
+
+from taxi_assets import checks
+from taxi_assets.assets import ingest, prepare
+from taxi_assets.jobs import data_preparation_job
+from taxi_assets.resources import LocalPickleIOManager, trip_source_from_env
+
+defs = dg.Definitions(
+    assets=dg.load_assets_from_modules([ingest, prepare]),
+    asset_checks=dg.load_asset_checks_from_modules([checks]),
+    jobs=[data_preparation_job],
+    resources={
+        "trip_source": trip_source_from_env(),
+        "io_manager": LocalPickleIOManager(),
+    },
+    # Steps run in the launching process: data preparation is a few hundred milliseconds of
+    # pandas per step, and a process per step would spend more on imports than on work.
+    executor=dg.in_process_executor,
+)
