@@ -10,7 +10,8 @@ from taxi_assets.partitions import monthly_partitions
 from taxi_assets.resources import TransientSourceError, TripSource
 
 # Transient download failures (HTTP 5xx/429, timeouts) are retried: 2 s, 4 s, 8 s (+- jitter).
-# Bad data and missing months raise Failure(allow_retries=False) and are not.
+# Everything else (bad data, a missing month, a bug) becomes Failure(allow_retries=False):
+# retrying cannot fix it and would only delay the alert.
 SOURCE_RETRY_POLICY = dg.RetryPolicy(
     max_retries=3, delay=2, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS
 )
@@ -42,6 +43,12 @@ def raw_trips(context: dg.AssetExecutionContext, trip_source: TripSource) -> dg.
     except TransientSourceError as error:
         context.log.warning(f"raw_trips partition {month}: {error}; will retry")
         raise
+    except Exception as error:
+        raise dg.Failure(
+            description=f"raw_trips partition {month}: reading {location} failed: {error!r}",
+            metadata={"partition": month, "source": location},
+            allow_retries=False,
+        ) from error
 
     pickups = trips[PICKUP]
     nulls = null_counts(trips)

@@ -1,0 +1,76 @@
+"""Shared fixtures: the real trip files, temporary Dagster instances, in-process runs."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from taxi_assets.definitions import build_defs
+from taxi_assets.resources import LocalTripSource, TripSource
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DATA_DIR = Path(os.environ.get("TAXI_DATA_DIR") or REPO_ROOT.parent / "shared" / "data" / "taxi" / "green").resolve()
+PREPARATION = ["raw_trips", "cleaned_trips", "training_set"]
+
+
+def pytest_sessionstart(session):
+    # The real files are the test data; without them the suite would prove nothing.
+    if not (DATA_DIR / "2024" / "02.parquet").is_file():
+        raise pytest.UsageError(f"trip data not found under {DATA_DIR}; set TAXI_DATA_DIR")
+
+
+def run_months(
+    instance: dg.DagsterInstance,
+    months: Iterable[str],
+    selection: Iterable[str] = PREPARATION,
+    trip_source: TripSource | None = None,
+) -> list[dg.ExecuteInProcessResult]:
+    """Materialize ``selection`` for each month in-process, as the code location would."""
+    defs = build_defs(trip_source=trip_source or LocalTripSource(directory=str(DATA_DIR)))
+    job = defs.resolve_implicit_global_asset_job_def()
+    return [
+        job.execute_in_process(
+            instance=instance,
+            partition_key=month,
+            asset_selection=[dg.AssetKey(name) for name in selection],
+            raise_on_error=False,
+        )
+        for month in months
+    ]
+
+
+def failure_messages(result: dg.ExecuteInProcessResult) -> str:
+    return "\n".join(event.event_specific_data.error.message for event in result.get_step_failure_events())
+
+
+@pytest.fixture
+def instance(tmp_path) -> Iterator[dg.DagsterInstance]:
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    with dg.instance_for_test(temp_dir=str(home)) as test_instance:
+        yield test_instance
+
+
+@pytest.fixture(scope="session")
+def prepared_instance(tmp_path_factory) -> Iterator[dg.DagsterInstance]:
+    """An instance with 2024-01 (raw, cleaned) and 2024-02 (all three) materialized from the real files."""
+    home = tmp_path_factory.mktemp("prepared_home")
+    with dg.instance_for_test(temp_dir=str(home)) as test_instance:
+        first = run_months(test_instance, ["2024-01"], ["raw_trips", "cleaned_trips"])
+        second = run_months(test_instance, ["2024-02"])
+        assert first[0].success and second[0].success, failure_messages(second[0])
+        test_instance.test_results = {"2024-01": first[0], "2024-02": second[0]}
+        yield test_instance
+
+
+@pytest.fixture
+def data_copy(tmp_path) -> Path:
+    """A writable copy of the shared folder (course layout) for tests that break files."""
+    target = tmp_path / "trips"
+    shutil.copytree(DATA_DIR, target)
+    return target

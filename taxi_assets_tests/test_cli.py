@@ -1,0 +1,85 @@
+"""The command line as a user runs it, against the project's own dagster.yaml."""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import dagster as dg
+
+from taxi_assets.definitions import defs
+
+from taxi_assets_tests.conftest import DATA_DIR, REPO_ROOT
+
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture
+def project_home(tmp_path, monkeypatch):
+    """A folder set up like the README's: DAGSTER_HOME with the project's dagster.yaml, cwd there."""
+    shutil.copy(REPO_ROOT / "dagster.yaml", tmp_path / "dagster.yaml")
+    monkeypatch.chdir(tmp_path)  # dagster.yaml's paths are relative to the working directory
+    return tmp_path
+
+
+def run(args, home: Path, data_dir: Path = DATA_DIR):
+    env = {**os.environ, "DAGSTER_HOME": str(home), "TAXI_DATA_DIR": str(data_dir)}
+    return subprocess.run(args, cwd=home, env=env, capture_output=True, text=True, timeout=300)
+
+
+def runs_by_status(home: Path):
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        return [(run.status, run.tags.get("dagster/partition")) for run in reversed(instance.get_runs())]
+
+
+def test_dagster_asset_materialize_cli(project_home):
+    first = run([BIN / "dagster", "asset", "materialize", "-m", "taxi_assets.definitions",
+                 "--select", "raw_trips,cleaned_trips", "--partition", "2024-01"], project_home)
+    second = run([BIN / "dagster", "asset", "materialize", "-m", "taxi_assets.definitions",
+                  "--select", "raw_trips,cleaned_trips,training_set", "--partition", "2024-02"], project_home)
+    # Judge by the runs the instance recorded, not the CLI's exit code (it can be 0 on failure).
+    assert runs_by_status(project_home) == [
+        (dg.DagsterRunStatus.SUCCESS, "2024-01"),
+        (dg.DagsterRunStatus.SUCCESS, "2024-02"),
+    ], first.stderr[-3000:] + second.stderr[-3000:]
+    # The project's dagster.yaml was the instance config: state under .dagster_home/.
+    assert (project_home / ".dagster_home" / "history" / "runs.db").is_file()
+    assert (project_home / ".dagster_home" / "storage" / "training_set" / "2024-02").is_file()
+    with dg.DagsterInstance.from_config(str(project_home)) as instance:
+        dataset = defs.load_asset_value("training_set", partition_key="2024-02", instance=instance)
+        assert dataset.shapes()["X"] == (105_870, 7_027)
+        checks = instance.event_log_storage.get_asset_check_execution_history(
+            dg.AssetCheckKey(dg.AssetKey("training_set"), "matches_course_figures"), limit=5
+        )
+        assert [record.status.value for record in checks] == ["SUCCEEDED"]
+
+
+def test_taxi_assets_materialize_reports_and_exits_by_outcome(project_home, tmp_path):
+    ok = run([BIN / "taxi-assets", "materialize", "--partition", "2024-02"], project_home)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    # The previous month is materialized first because training_set needs it.
+    assert "2024-02 needs cleaned_trips for 2024-01; materializing it first" in ok.stdout
+    assert "for 2024-02: SUCCESS" in ok.stdout
+    assert "training_set             materialized" in ok.stdout
+    assert "check training_set.matches_course_figures" in ok.stdout
+
+    broken = tmp_path / "broken"
+    (broken / "2024").mkdir(parents=True)
+    (broken / "2024" / "02.parquet").write_bytes(b"PAR1 truncated")
+    failed = run([BIN / "taxi-assets", "materialize", "--partition", "2024-02"], project_home, data_dir=broken)
+    assert failed.returncode == 1
+    assert "for 2024-02: FAILURE" in failed.stdout
+    assert "raw_trips                FAILED: raw_trips partition 2024-02:" in failed.stdout
+    assert "not a readable Parquet file" in failed.stdout
+    assert runs_by_status(project_home)[-1] == (dg.DagsterRunStatus.FAILURE, "2024-02")
+
+    usage = run([BIN / "taxi-assets", "materialize", "--partition", "2024-13"], project_home)
+    assert usage.returncode != 0 and "unknown partition '2024-13'" in usage.stderr + usage.stdout
+
+
+def test_dagster_definitions_validate(project_home):
+    result = run([BIN / "dagster", "definitions", "validate", "-w", REPO_ROOT / "workspace.yaml"], project_home)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Validation successful" in result.stdout + result.stderr
