@@ -1,0 +1,15 @@
+"""taxi_assets: NYC green-taxi trip durations as a Dagster asset graph.
+
+``taxi_assets.load_model("xgboost")`` returns a predictor for the latest materialized model.
+Importing the package stays light; Dagster loads ``taxi_assets.definitions``.
+"""
+
+
+def load_model(name: str = "xgboost", partition: str | None = None, instance=None):
+    """See :func:`taxi_assets.api.load_model`."""
+    from taxi_assets.api import load_model as _load_model
+
+    return _load_model(name=name, partition=partition, instance=instance)
+
+
+__all__ = ["load_model"]

@@ -13,7 +13,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-DEFAULT_SELECTION = "raw_trips,cleaned_trips,training_set"
+DEFAULT_SELECTION = "raw_trips,cleaned_trips,training_set"  # the models: add sklearn_models,xgboost_model
 # Assets that read the previous month's cleaned_trips (so it must exist first).
 NEEDS_PREVIOUS_MONTH = {"training_set"}
 PREVIOUS_MONTH_ASSETS = ["raw_trips", "cleaned_trips"]
@@ -36,46 +36,69 @@ def _expand_partitions(partitions: Sequence[str], ranges: Sequence[str]) -> list
     return list(dict.fromkeys(months))
 
 
-def _run(instance, asset_names: list[str], month: str) -> bool:
-    """One run of ``asset_names`` for ``month``; prints a status line per asset and check."""
+def model_training_job():
+    """The model_training job (module-level so ``reconstructable`` can rebuild it in step processes)."""
+    from taxi_assets.definitions import defs
+
+    return defs.resolve_job_def("model_training")
+
+
+def _execute(instance, asset_names: list[str], month: str, run_config: dict | None):
+    """Run ``asset_names`` for ``month``; yields the result while it is still open."""
     import dagster as dg
 
     from taxi_assets.definitions import defs
+    from taxi_assets.jobs import MODEL_ASSETS
 
-    # In this process, as the code location's in-process executor runs it anyway.
-    result = defs.resolve_implicit_global_asset_job_def().execute_in_process(
-        instance=instance,
-        asset_selection=[dg.AssetKey(name) for name in asset_names],
-        partition_key=month,
-        run_config={"loggers": {"console": {"config": {"log_level": "INFO"}}}},
-        tags={"taxi_assets/launched_by": "taxi-assets materialize"},
-        raise_on_error=False,
+    keys = [dg.AssetKey(name) for name in asset_names]
+    tags = {"taxi_assets/launched_by": "taxi-assets materialize"}
+    if set(asset_names) <= set(MODEL_ASSETS):
+        # A process per step, two at a time: the model fan-out trains in parallel.
+        return dg.execute_job(
+            dg.reconstructable(model_training_job), instance=instance, asset_selection=keys,
+            tags={**tags, "dagster/partition": month}, run_config=run_config,
+        )
+    # Data preparation runs in this process, as the code location's in-process executor would.
+    from contextlib import nullcontext
+
+    return nullcontext(
+        defs.resolve_implicit_global_asset_job_def().execute_in_process(
+            instance=instance, asset_selection=keys, partition_key=month, tags=tags, raise_on_error=False,
+            run_config={**(run_config or {}), "loggers": {"console": {"config": {"log_level": "INFO"}}}},
+        )
     )
-    materialized = {event.asset_key.to_user_string() for event in result.get_asset_materialization_events()}
-    failures = {
-        event.step_key: (event.event_specific_data.error.message.strip().splitlines() or ["failed"])[0].removeprefix("dagster._core.definitions.events.Failure: ")
-        for event in result.get_step_failure_events()
-    }
-    print(f"run {result.run_id} for {month}: {'SUCCESS' if result.success else 'FAILURE'}")
-    for name in asset_names:
-        if name in materialized:
-            status = "materialized"
-        elif name in failures:
-            status = f"FAILED: {failures[name]}"
-        else:
-            status = "not materialized (an upstream step or blocking check failed)"
-        print(f"  {name:<24} {status}")
-    for evaluation in result.get_asset_check_evaluations():
-        outcome = "passed" if evaluation.passed else f"FAILED ({evaluation.severity.value})"
-        name = f"{evaluation.asset_key.to_user_string()}.{evaluation.check_name}"
-        print(f"  check {name:<44} {outcome}")
-    for step_key, message in failures.items():
-        if step_key not in asset_names:
-            print(f"  step {step_key} FAILED: {message}")
-    return result.success
 
 
-def materialize(selection: str, months: list[str], with_previous_month: bool) -> int:
+def _run(instance, asset_names: list[str], month: str, run_config: dict | None = None) -> bool:
+    """One run of ``asset_names`` for ``month``; prints a status line per asset and check."""
+    with _execute(instance, asset_names, month, run_config) as result:
+        materialized = {event.asset_key.to_user_string() for event in result.get_asset_materialization_events()}
+        failures = {
+            event.step_key: (event.event_specific_data.error.message.strip().splitlines() or ["failed"])[0]
+            .removeprefix("dagster._core.definitions.events.Failure: ")
+            for event in result.get_step_failure_events()
+        }
+        print(f"run {result.run_id} for {month}: {'SUCCESS' if result.success else 'FAILURE'}")
+        for name in asset_names:
+            failed_steps = [message for step, message in failures.items() if step == name or step.startswith(f"{name}.")]
+            if name in materialized:
+                status = "materialized"
+            elif failed_steps:
+                status = f"FAILED: {failed_steps[0]}"
+            else:
+                status = "not materialized (an upstream step or blocking check failed)"
+            print(f"  {name:<24} {status}")
+        for evaluation in result.get_asset_check_evaluations():
+            outcome = "passed" if evaluation.passed else f"FAILED ({evaluation.severity.value})"
+            name = f"{evaluation.asset_key.to_user_string()}.{evaluation.check_name}"
+            print(f"  check {name:<44} {outcome}")
+        for step_key, message in failures.items():
+            if step_key not in asset_names:
+                print(f"  step {step_key} FAILED: {message}")
+        return result.success
+
+
+def materialize(selection: str, months: list[str], with_previous_month: bool, run_config: dict | None = None) -> int:
     import dagster as dg
 
     from taxi_assets.ml.trip_files import previous_month
@@ -101,7 +124,16 @@ def materialize(selection: str, months: list[str], with_previous_month: bool) ->
                 if not _run(instance, PREVIOUS_MONTH_ASSETS, previous):
                     ok = False
                     continue
-        ok = _run(instance, asset_names, month) and ok
+        from taxi_assets.jobs import MODEL_ASSETS
+
+        preparation = [name for name in asset_names if name not in MODEL_ASSETS]
+        training = [name for name in asset_names if name in MODEL_ASSETS]
+        # Data preparation first (it has no config), then the models on top of it.
+        if preparation and not _run(instance, preparation, month):
+            ok = False
+            continue
+        if training and not _run(instance, training, month, run_config):
+            ok = False
     return 0 if ok else 1
 
 
@@ -115,6 +147,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     run.add_argument("--select", default=DEFAULT_SELECTION, help=f"comma-separated assets (default: {DEFAULT_SELECTION})")
     run.add_argument("--partition", action="append", default=[], metavar="YYYY-MM", help="a month; repeatable")
     run.add_argument("--partition-range", action="append", default=[], metavar="FIRST...LAST", help="an inclusive range of months")
+    run.add_argument("--config", metavar="FILE", help="run config YAML (ops/asset config), as in the UI's Launchpad")
     run.add_argument(
         "--no-previous-month",
         action="store_true",
@@ -128,7 +161,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         months = _expand_partitions(args.partition, args.partition_range)
         if not months:
             parser.error("give at least one --partition or --partition-range")
-        return materialize(args.select, months, with_previous_month=not args.no_previous_month)
+        run_config = None
+        if args.config:
+            import yaml
+
+            with open(args.config) as file:
+                run_config = yaml.safe_load(file) or {}
+        return materialize(args.select, months, with_previous_month=not args.no_previous_month, run_config=run_config)
     return 2
 
 

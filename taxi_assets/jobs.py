@@ -10,3 +10,14 @@ data_preparation_job = dg.define_asset_job(
     selection=dg.AssetSelection.assets(*DATA_PREPARATION_ASSETS),
     description="Ingest, clean and build the training set for one month (with its checks).",
 )
+
+MODEL_ASSETS = ["sklearn_models", "xgboost_model"]
+
+# Mage's "sklearn_training" and "xgboost_training". One process per step, two at a time: the
+# scikit-learn fan-out trains its models in parallel on the two cores.
+model_training_job = dg.define_asset_job(
+    name="model_training",
+    selection=dg.AssetSelection.assets(*MODEL_ASSETS),
+    description="Tune and train the scikit-learn models and XGBoost for one month, tracked in MLflow.",
+    executor_def=dg.multiprocess_executor.configured({"max_concurrent": 2}),
+)

@@ -1,0 +1,175 @@
+"""Model assets: the scikit-learn fan-out and XGBoost, tuned with hyperopt, tracked in MLflow.
+
+The course's "sklearn_training" (load_models as a dynamic block -> hyperparameter_tuning ->
+final training) and "xgboost_training" pipelines. Each produces self-contained predictors
+(vectorizer + model) that ``taxi_assets.load_model`` and the MLflow registry can serve.
+"""
+
+import time
+from dataclasses import dataclass
+
+import dagster as dg
+from pydantic import Field
+
+from taxi_assets.ml.hyperparameters import DEFAULT_SKLEARN_MODELS, short_name, valid_model_names
+from taxi_assets.partitions import monthly_partitions
+from taxi_assets.tracking import MlflowTracking
+
+REGISTERED_MODEL_PREFIX = "taxi-duration-"
+
+
+class SklearnModelsConfig(dg.Config):
+    """Which scikit-learn models to tune and train, and how hard to search."""
+
+    models: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_SKLEARN_MODELS),
+        description="Models as module.Class; one of: " + ", ".join(valid_model_names()),
+    )
+    max_evaluations: int = Field(default=10, ge=1, description="hyperopt (TPE) trials per model.")
+    random_state: int = Field(default=7, description="Seed for hyperopt and the models.")
+
+
+class XGBoostConfig(dg.Config):
+    """The XGBoost search: the course's Booster space, bounded in trials and time."""
+
+    max_evaluations: int = Field(default=10, ge=1, description="hyperopt (TPE) trials at most.")
+    early_stopping_rounds: int = Field(default=10, ge=1, description="Rounds without validation improvement before a trial stops.")
+    max_depth: int | None = Field(default=None, ge=1, description="Fix max_depth instead of searching 4..100.")
+    random_state: int = Field(default=42, description="Seed for hyperopt and XGBoost.")
+    timeout_seconds: float = Field(
+        default=80.0, gt=0, description="Time budget of the search: no trial starts after it, a running one stops at its best round."
+    )
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    max_evaluations: int
+    random_state: int
+
+
+def _train_tracked(context, mlflow: MlflowTracking, asset: str, name: str, kind: str, dataset, tune):
+    """Tune with every trial tracked, then log and register the final predictor.
+
+    ``tune(run_trial)`` returns (TuningResult, fitted model). Everything runs inside one parent
+    MLflow run, which ends FAILED if anything raises.
+    """
+    from taxi_assets.ml.predictor import TrainedModel, TripDurationPredictor
+
+    start = time.perf_counter()
+    with mlflow.step_run(context, asset, run_name=f"{name}-{context.partition_key}", extra_tags={"model": name}) as run:
+        result, model = tune(mlflow.trial_runner(context, asset, {"model": name}))
+        predictor = TripDurationPredictor(
+            name=name, kind=kind, model=model, vectorizer=dataset.dv,
+            partition=context.partition_key, best_iteration=result.best_iteration,
+        )
+        metrics = {"rmse": result.best_metrics["rmse"], "mse": result.best_metrics["mse"]}
+        if kind == "sklearn":  # the final fit is scored again: that is the model being served
+            from taxi_assets.ml.training import regression_metrics
+
+            metrics = regression_metrics(dataset.y_val, predictor.model.predict(dataset.X_val))
+        registered = REGISTERED_MODEL_PREFIX + name
+        version = mlflow.log_and_register(context, asset, predictor, registered, metrics, result.best_params)
+        run_id = run.info.run_id
+    return TrainedModel(
+        name=name, predictor=predictor, rmse=metrics["rmse"], mse=metrics["mse"],
+        best_params=result.best_params, n_trials=len(result.trials),
+        train_seconds=time.perf_counter() - start, mlflow_run_id=run_id,
+        registered_model=registered, model_version=version, trials=result.trials,
+    )
+
+
+def _model_metadata(trained, prefix: str = "") -> dict:
+    return {
+        f"{prefix}rmse": trained.rmse,
+        f"{prefix}mse": trained.mse,
+        f"{prefix}trials": trained.n_trials,
+        f"{prefix}train_seconds": round(trained.train_seconds, 2),
+        f"{prefix}best_params": dg.MetadataValue.json(trained.best_params),
+        f"{prefix}mlflow_run_id": trained.mlflow_run_id,
+        f"{prefix}model_version": f"{trained.registered_model} v{trained.model_version}",
+    }
+
+
+@dg.op(out=dg.DynamicOut(ModelSpec), description="One dynamic output per configured model (Mage's load_models).")
+def load_models(config: SklearnModelsConfig):
+    names = []
+    for requested in config.models:
+        try:
+            names.append(short_name(requested))
+        except ValueError as error:
+            raise dg.Failure(description=f"sklearn_models: {error}", allow_retries=False) from None
+    if not names:
+        raise dg.Failure(description=f"sklearn_models: no models configured; valid models: {', '.join(valid_model_names())}")
+    for name in dict.fromkeys(names):
+        yield dg.DynamicOutput(ModelSpec(name, config.max_evaluations, config.random_state), mapping_key=name)
+
+
+@dg.op(description="hyperopt over the model's space on X_train/X_val, then the final fit on X_train.")
+def tune_and_train(context: dg.OpExecutionContext, spec: ModelSpec, training_set, mlflow: MlflowTracking):
+    from taxi_assets.ml.training import fit_sklearn, tune_sklearn
+
+    def tune(run_trial):
+        result = tune_sklearn(
+            spec.name, training_set.X_train, training_set.y_train, training_set.X_val, training_set.y_val,
+            spec.max_evaluations, spec.random_state, run_trial=run_trial,
+        )
+        # Fitted on the matrix dv produced, so the predictor's vectorizer matches it.
+        return result, fit_sklearn(spec.name, result.best_params, training_set.X_train, training_set.y_train)
+
+    trained = _train_tracked(context, mlflow, "sklearn_models", spec.name, "sklearn", training_set, tune)
+    context.log.info(f"{spec.name}: validation RMSE {trained.rmse:.3f} after {trained.n_trials} trials")
+    return trained
+
+
+@dg.op(description="All trained models keyed by name, with their metrics as metadata.")
+def collect_models(context: dg.OpExecutionContext, trained: list):
+    models = {model.name: model for model in sorted(trained, key=lambda model: model.rmse)}
+    best = next(iter(models.values()))
+    metadata = {"best_model": best.name, "best_rmse": best.rmse, "models": len(models)}
+    for model in models.values():
+        metadata.update(_model_metadata(model, prefix=f"{model.name}_"))
+    context.add_output_metadata(metadata)
+    return models
+
+
+@dg.graph_asset(
+    partitions_def=monthly_partitions,
+    group_name="training",
+    kinds={"scikitlearn", "hyperopt", "mlflow"},
+    owners=["team:ml-platform"],
+    tags={"stage": "train"},
+)
+def sklearn_models(training_set):
+    """scikit-learn models tuned with hyperopt and trained, one dynamic step per model, as
+    ``{name: TrainedModel}``. Every trial and final model is tracked in MLflow."""
+    specs = load_models()
+    return collect_models(specs.map(lambda spec: tune_and_train(spec, training_set)).collect())
+
+
+@dg.asset(
+    partitions_def=monthly_partitions,
+    group_name="training",
+    kinds={"xgboost", "hyperopt", "mlflow"},
+    owners=["team:ml-platform"],
+    tags={"stage": "train"},
+)
+def xgboost_model(context: dg.AssetExecutionContext, config: XGBoostConfig, training_set, mlflow: MlflowTracking) -> dg.Output:
+    """An XGBoost booster tuned with hyperopt over the course's space, early-stopped on the
+    validation month, with its vectorizer."""
+    from taxi_assets.ml.training import tune_xgboost
+
+    def tune(run_trial):
+        result = tune_xgboost(
+            training_set.X_train, training_set.y_train, training_set.X_val, training_set.y_val,
+            max_evaluations=config.max_evaluations, early_stopping_rounds=config.early_stopping_rounds,
+            random_state=config.random_state, max_depth=config.max_depth,
+            timeout_seconds=config.timeout_seconds, run_trial=run_trial,
+        )
+        return result, result.best_model
+
+    trained = _train_tracked(context, mlflow, "xgboost_model", "xgboost", "xgboost", training_set, tune)
+    return dg.Output(
+        trained,
+        metadata=_model_metadata(trained) | {"best_iteration": trained.predictor.best_iteration},
+    )

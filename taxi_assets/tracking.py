@@ -1,0 +1,121 @@
+"""MLflow tracking as a small ConfigurableResource.
+
+Why not dagster-mlflow's ``mlflow_tracking`` resource: it is a legacy function resource (no typed
+config in the launch form), it opens one MLflow run per Dagster run that stays RUNNING unless the
+``end_mlflow_on_run_finished`` hook ends it, and that hook is reported to end it after the first
+op (dagster-io/dagster#21872), which breaks fan-out steps. Here every Dagster step gets its own
+parent run, ended FINISHED or FAILED by a context manager whatever happens, with the Dagster run
+id, asset and partition as tags. MLflow itself is imported only by the steps that train.
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+from pathlib import Path
+
+import dagster as dg
+from pydantic import Field, PrivateAttr
+
+EXPERIMENT = "taxi-duration"
+
+
+class MlflowTracking(dg.ConfigurableResource):
+    """Where trials, models and the model registry are recorded."""
+
+    tracking_uri: str | None = Field(
+        default=None,
+        description="MLflow tracking URI. Default: MLFLOW_TRACKING_URI, else a SQLite store in "
+        "<instance>/mlflow beside the Dagster instance's storage.",
+    )
+    experiment_name: str = Field(default=EXPERIMENT, description="MLflow experiment for all runs.")
+
+    _uri: str | None = PrivateAttr(default=None)
+    _artifacts: str | None = PrivateAttr(default=None)
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        uri = self.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+        if not uri:
+            root = Path(context.instance.storage_directory()).resolve().parent / "mlflow"
+            root.mkdir(parents=True, exist_ok=True)
+            uri = f"sqlite:///{root / 'mlflow.db'}"
+            self._artifacts = (root / "artifacts").as_uri()
+        self._uri = uri
+
+    @property
+    def uri(self) -> str:
+        if self._uri is None:
+            raise RuntimeError("MlflowTracking is used outside a Dagster run")
+        return self._uri
+
+    def _activate(self):
+        import mlflow
+
+        mlflow.set_tracking_uri(self.uri)
+        mlflow.set_registry_uri(self.uri)
+        client = mlflow.MlflowClient(self.uri)
+        experiment = client.get_experiment_by_name(self.experiment_name)
+        if experiment is None:
+            try:
+                client.create_experiment(self.experiment_name, artifact_location=self._artifacts)
+            except Exception:  # created meanwhile by a parallel step
+                if client.get_experiment_by_name(self.experiment_name) is None:
+                    raise
+        mlflow.set_experiment(self.experiment_name)
+        return mlflow
+
+    @staticmethod
+    def dagster_tags(context, asset: str) -> dict[str, str]:
+        tags = {"dagster.run_id": context.run_id, "dagster.asset": asset, "dagster.step": context.op_handle.name}
+        if context.has_partition_key:
+            tags["dagster.partition"] = context.partition_key
+        return tags
+
+    @contextmanager
+    def step_run(self, context, asset: str, run_name: str, extra_tags: dict[str, str] | None = None):
+        """A parent MLflow run for one Dagster step; FINISHED on success, FAILED on error."""
+        mlflow = self._activate()
+        while mlflow.active_run():  # never nest under a run a previous step left open
+            mlflow.end_run("KILLED")
+        tags = {**self.dagster_tags(context, asset), **(extra_tags or {})}
+        with mlflow.start_run(run_name=run_name, tags=tags) as run:
+            yield run
+
+    def trial_runner(self, context, asset: str, extra_tags: dict[str, str] | None = None):
+        """A ``run_trial`` for taxi_assets.ml.training: one nested MLflow run per trial."""
+        import mlflow
+
+        tags = {**self.dagster_tags(context, asset), **(extra_tags or {})}
+        counter = {"n": 0}
+
+        def run_trial(params, evaluate):
+            counter["n"] += 1
+            with mlflow.start_run(run_name=f"trial-{counter['n']}", nested=True, tags={**tags, "trial": str(counter["n"])}):
+                mlflow.log_params(params)
+                metrics = evaluate()
+                mlflow.log_metrics(metrics)
+                return metrics
+
+        return run_trial
+
+    def log_and_register(self, context, asset: str, predictor, registered_model: str, metrics: dict[str, float], params: dict):
+        """Log the predictor as a pyfunc model with a signature and register a new version."""
+        import mlflow
+
+        from taxi_assets.ml.mlflow_model import TripDurationModel, signature
+
+        mlflow.log_params({f"best_{key}": value for key, value in params.items()})
+        mlflow.log_metrics({f"val_{key}": value for key, value in metrics.items()})
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=TripDurationModel(predictor),
+            signature=signature(),
+            registered_model_name=registered_model,
+            # Listed, not inferred: inference imports and probes the model, which is slow.
+            pip_requirements=["taxi_assets", "scikit-learn", "xgboost", "pandas", "scipy"],
+        )
+        version = str(info.registered_model_version)
+        client = mlflow.MlflowClient(self.uri)
+        for key, value in self.dagster_tags(context, asset).items():
+            client.set_model_version_tag(registered_model, version, key, value)
+        return version
