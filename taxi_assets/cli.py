@@ -69,15 +69,19 @@ def _execute(instance, asset_names: list[str], month: str, run_config: dict | No
     )
 
 
+def _root_cause(error) -> str:
+    """The first line of the innermost error: what went wrong, not Dagster's wrapper around it."""
+    while error.cause is not None:
+        error = error.cause
+    line = (error.message.strip().splitlines() or ["failed"])[0]
+    return line.removeprefix("dagster._core.definitions.events.Failure: ")
+
+
 def _run(instance, asset_names: list[str], month: str, run_config: dict | None = None) -> bool:
     """One run of ``asset_names`` for ``month``; prints a status line per asset and check."""
     with _execute(instance, asset_names, month, run_config) as result:
         materialized = {event.asset_key.to_user_string() for event in result.get_asset_materialization_events()}
-        failures = {
-            event.step_key: (event.event_specific_data.error.message.strip().splitlines() or ["failed"])[0]
-            .removeprefix("dagster._core.definitions.events.Failure: ")
-            for event in result.get_step_failure_events()
-        }
+        failures = {event.step_key: _root_cause(event.event_specific_data.error) for event in result.get_step_failure_events()}
         print(f"run {result.run_id} for {month}: {'SUCCESS' if result.success else 'FAILURE'}")
         for name in asset_names:
             failed_steps = [message for step, message in failures.items() if step == name or step.startswith(f"{name}.")]

@@ -20,6 +20,22 @@ from pydantic import Field, PrivateAttr
 EXPERIMENT = "taxi-duration"
 
 
+@contextmanager
+def _store_lock(uri: str):
+    """An exclusive lock beside a local SQLite store, a no-op for server stores."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    import fcntl
+
+    with open(uri.removeprefix("sqlite:///") + ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 class MlflowTracking(dg.ConfigurableResource):
     """Where trials, models and the model registry are recorded."""
 
@@ -53,14 +69,13 @@ class MlflowTracking(dg.ConfigurableResource):
 
         mlflow.set_tracking_uri(self.uri)
         mlflow.set_registry_uri(self.uri)
-        client = mlflow.MlflowClient(self.uri)
-        experiment = client.get_experiment_by_name(self.experiment_name)
-        if experiment is None:
-            try:
+        with _store_lock(self.uri):
+            # Opening a new SQLite store runs its migrations; parallel step processes (the
+            # fan-out) must not run them at the same time.
+            client = mlflow.MlflowClient(self.uri)
+            client.search_registered_models(max_results=1)
+            if client.get_experiment_by_name(self.experiment_name) is None:
                 client.create_experiment(self.experiment_name, artifact_location=self._artifacts)
-            except Exception:  # created meanwhile by a parallel step
-                if client.get_experiment_by_name(self.experiment_name) is None:
-                    raise
         mlflow.set_experiment(self.experiment_name)
         return mlflow
 

@@ -45,7 +45,14 @@ def run_months(
 
 
 def failure_messages(result: dg.ExecuteInProcessResult) -> str:
-    return "\n".join(event.event_specific_data.error.message for event in result.get_step_failure_events())
+    """Every step failure's message with its chain of causes."""
+    messages = []
+    for event in result.get_step_failure_events():
+        error = event.event_specific_data.error
+        while error is not None:
+            messages.append(error.message)
+            error = error.cause
+    return "\n".join(messages)
 
 
 @pytest.fixture

@@ -1,0 +1,208 @@
+"""Model assets: the scikit-learn fan-out, XGBoost, MLflow tracking, and the load_model API."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import dagster as dg
+import pytest
+
+import taxi_assets
+from taxi_assets.api import ModelNotFoundError
+from taxi_assets.definitions import build_defs
+from taxi_assets.ml.hyperparameters import short_name, valid_model_names
+from taxi_assets.resources import LocalTripSource
+
+from taxi_assets_tests.conftest import DATA_DIR, failure_messages, run_months
+
+SMALL_BUDGET = dg.RunConfig(
+    ops={
+        "sklearn_models": {"ops": {"load_models": {"config": {"max_evaluations": 2}}}},
+        "xgboost_model": {"config": {"max_evaluations": 2, "max_depth": 10, "timeout_seconds": 20}},
+    }
+)
+SAMPLES = [
+    {"PULocationID": 236, "DOLocationID": 239, "trip_distance": 1.98},  # took 11.5 min
+    {"PULocationID": "65", "DOLocationID": "170", "trip_distance": 6.54},  # took 20.87 min
+]
+
+
+def train(instance, month="2024-02", run_config=SMALL_BUDGET, assets=("sklearn_models", "xgboost_model")):
+    job = build_defs(trip_source=LocalTripSource(directory=str(DATA_DIR))).resolve_implicit_global_asset_job_def()
+    return job.execute_in_process(
+        instance=instance, partition_key=month, asset_selection=[dg.AssetKey(a) for a in assets],
+        run_config=run_config, raise_on_error=False,
+    )
+
+
+def mlflow_client(instance):
+    import mlflow
+
+    uri = f"sqlite:///{os.path.join(os.path.dirname(os.path.abspath(instance.storage_directory())), 'mlflow', 'mlflow.db')}"
+    return mlflow.MlflowClient(uri)
+
+
+def runs_of(client, dagster_run_id):
+    experiment = client.get_experiment_by_name("taxi-duration")
+    return client.search_runs([experiment.experiment_id], f"tags.`dagster.run_id` = '{dagster_run_id}'", max_results=1000)
+
+
+@pytest.fixture(scope="session")
+def trained_instance(prepared_instance):
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    result = train(prepared_instance)
+    assert result.success, failure_messages(result)
+    prepared_instance.training_result = result
+    return prepared_instance
+
+
+def test_fan_out_one_result_per_model_with_dynamic_steps(trained_instance):
+    result = trained_instance.training_result
+    models = result.output_for_node("sklearn_models")  # the collected value
+    assert sorted(models) == ["Lasso", "LinearRegression"]
+    assert all(math.isfinite(model.rmse) and model.rmse > 0 for model in models.values())
+    assert all(model.n_trials == 2 for model in models.values())
+    steps = {event.step_key for event in result.get_step_success_events()}
+    assert {"sklearn_models.tune_and_train[LinearRegression]", "sklearn_models.tune_and_train[Lasso]"} <= steps
+    [record] = trained_instance.fetch_materializations(dg.AssetKey("sklearn_models"), limit=1).records
+    metadata = record.asset_materialization.metadata
+    assert metadata["LinearRegression_rmse"].value == pytest.approx(models["LinearRegression"].rmse)
+    assert metadata["LinearRegression_model_version"].value == "taxi-duration-LinearRegression v1"
+    assert metadata["best_model"].value == min(models.values(), key=lambda m: m.rmse).name
+    assert 5.0 < models["LinearRegression"].rmse < 7.0  # the course's linear baseline is about 6
+
+
+def test_xgboost_model_metadata(trained_instance):
+    [record] = trained_instance.fetch_materializations(dg.AssetKey("xgboost_model"), limit=1).records
+    metadata = record.asset_materialization.metadata
+    assert 4.5 < metadata["rmse"].value < 6.5
+    assert metadata["mse"].value == pytest.approx(metadata["rmse"].value ** 2)
+    assert metadata["trials"].value == 2
+    assert metadata["best_params"].value["max_depth"] == 10
+    assert metadata["model_version"].value == "taxi-duration-xgboost v1"
+    assert metadata["best_iteration"].value > 0
+
+
+def test_load_model_in_a_fresh_process_predicts_course_samples(trained_instance):
+    script = (
+        "import json, taxi_assets\n"
+        "out = {}\n"
+        "for name in ('xgboost', 'LinearRegression', 'Lasso'):\n"
+        f"    out[name] = [float(v) for v in taxi_assets.load_model(name).predict({SAMPLES!r})]\n"
+        "print(json.dumps(out))\n"
+    )
+    home = os.path.dirname(os.path.abspath(trained_instance.storage_directory()))
+    env = {**os.environ, "DAGSTER_HOME": home}
+    completed = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    predictions = json.loads(completed.stdout.strip().splitlines()[-1])
+    for name, (short_trip, long_trip) in predictions.items():
+        assert 4 < short_trip < 25, (name, short_trip)  # true: 11.5 minutes
+        assert 8 < long_trip < 45, (name, long_trip)  # true: 20.87 minutes
+    assert predictions["xgboost"][0] < predictions["xgboost"][1]
+
+
+def test_predictor_rejects_malformed_records(trained_instance):
+    predictor = taxi_assets.load_model("xgboost", partition="2024-02", instance=trained_instance)
+    assert predictor.partition == "2024-02"
+    assert len(predictor.predict(SAMPLES[0])) == 1  # a single mapping works too
+    with pytest.raises(ValueError, match="record 1: missing field trip_distance"):
+        predictor.predict([SAMPLES[0], {"PULocationID": 1, "DOLocationID": 2}])
+    with pytest.raises(ValueError, match="field DOLocationID must be an integer location id"):
+        predictor.predict([{"PULocationID": 1, "DOLocationID": "x", "trip_distance": 1}])
+    # Unseen location pairs still predict (the vectorizer ignores unknown categories).
+    assert len(predictor.predict([{"PULocationID": 999, "DOLocationID": 998, "trip_distance": 3.0}])) == 1
+
+
+def test_mlflow_trials_versions_tags_and_no_running_runs(trained_instance):
+    client = mlflow_client(trained_instance)
+    runs = runs_of(client, trained_instance.training_result.run_id)
+    trials = [run for run in runs if "trial" in run.data.tags]
+    parents = [run for run in runs if "trial" not in run.data.tags]
+    # 2 trials for each of LinearRegression, Lasso and XGBoost, under one parent per step.
+    assert len(trials) == 6 and len(parents) == 3
+    assert {run.info.status for run in runs} == {"FINISHED"}
+    parent_ids = {run.info.run_id for run in parents}
+    assert all(run.data.tags["mlflow.parentRunId"] in parent_ids for run in trials)
+    assert all({"rmse", "mse"} <= set(run.data.metrics) for run in trials)
+    assert all(run.data.tags["dagster.partition"] == "2024-02" for run in runs)
+    for name, asset in (("LinearRegression", "sklearn_models"), ("Lasso", "sklearn_models"), ("xgboost", "xgboost_model")):
+        [version] = client.search_model_versions(f"name = 'taxi-duration-{name}'")
+        assert version.tags["dagster.asset"] == asset
+        assert version.tags["dagster.partition"] == "2024-02"
+        assert version.tags["dagster.run_id"] == trained_instance.training_result.run_id
+    # The registered model is servable on its own: the MLflow pyfunc takes the course's records.
+    import mlflow.pyfunc
+    import pandas as pd
+
+    mlflow.set_tracking_uri(client.tracking_uri)
+    model = mlflow.pyfunc.load_model("models:/taxi-duration-xgboost/1")
+    frame = pd.DataFrame([{**record, "PULocationID": int(record["PULocationID"]), "DOLocationID": int(record["DOLocationID"])} for record in SAMPLES])
+    assert len(model.predict(frame)) == 2
+    assert model.metadata.signature.inputs.input_names() == ["PULocationID", "DOLocationID", "trip_distance"]
+
+
+def test_step_failing_midway_leaves_its_mlflow_runs_failed(prepared_instance, monkeypatch):
+    import taxi_assets.ml.training as training
+
+    real_fit = training.fit_sklearn
+    calls = {"n": 0}
+
+    def fit_then_fail(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise RuntimeError("disk on fire during trial 2")
+        return real_fit(*args, **kwargs)
+
+    monkeypatch.setattr(training, "fit_sklearn", fit_then_fail)
+    config = dg.RunConfig(ops={"sklearn_models": {"ops": {"load_models": {"config": {"models": ["linear_model.LinearRegression"], "max_evaluations": 3}}}}})
+    result = train(prepared_instance, run_config=config, assets=("sklearn_models",))
+    assert not result.success
+    assert "disk on fire during trial 2" in failure_messages(result)
+    runs = runs_of(mlflow_client(prepared_instance), result.run_id)
+    statuses = sorted((run.data.tags.get("trial", "parent"), run.info.status) for run in runs)
+    assert statuses == [("1", "FINISHED"), ("2", "FAILED"), ("parent", "FAILED")]
+
+
+def test_unknown_model_lists_valid_ones(prepared_instance):
+    config = dg.RunConfig(ops={"sklearn_models": {"ops": {"load_models": {"config": {"models": ["linear_model.LinearRegression", "ensemble.MagicForest"]}}}}})
+    result = train(prepared_instance, run_config=config, assets=("sklearn_models",))
+    assert not result.success
+    message = failure_messages(result)
+    assert "unknown model 'ensemble.MagicForest'" in message
+    for valid in valid_model_names():
+        assert valid in message
+
+
+def test_model_names():
+    assert short_name("linear_model.Lasso") == short_name("Lasso") == "Lasso"
+    with pytest.raises(ValueError, match="valid models: linear_model.LinearRegression"):
+        short_name("svm.Lasso")  # right class, wrong module
+
+
+def test_load_model_errors(instance, trained_instance):
+    with pytest.raises(ModelNotFoundError, match=r"xgboost_model was never materialized; materialize it first, e\.g\. `taxi-assets materialize --select xgboost_model"):
+        taxi_assets.load_model("xgboost", instance=instance)
+    with pytest.raises(ModelNotFoundError, match="no materialization for partition 2023-05"):
+        taxi_assets.load_model("xgboost", partition="2023-05", instance=trained_instance)
+    with pytest.raises(ModelNotFoundError, match="contains RandomForestRegressor.*with RandomForestRegressor in the sklearn_models config"):
+        taxi_assets.load_model("RandomForestRegressor", instance=trained_instance)
+    with pytest.raises(ValueError, match="unknown model 'catboost'; use 'xgboost' or one of"):
+        taxi_assets.load_model("catboost", instance=trained_instance)
+
+
+def test_model_training_job_runs_the_fan_out_in_parallel_processes(tmp_path):
+    # The model_training job (multiprocess executor) through the CLI's own entry point.
+    from taxi_assets import cli
+
+    home = tmp_path / "home"
+    home.mkdir()
+    with dg.instance_for_test(temp_dir=str(home)) as instance:
+        assert all(r.success for r in run_months(instance, ["2024-01"], ["raw_trips", "cleaned_trips"]) + run_months(instance, ["2024-02"]))
+        config = {"ops": {"sklearn_models": {"ops": {"load_models": {"config": {"max_evaluations": 1}}}}}}
+        with cli._execute(instance, ["sklearn_models"], "2024-02", config) as result:
+            assert result.success
+            pids = {e.pid for e in result.all_events if e.event_type_value == "STEP_SUCCESS" and "tune_and_train" in e.step_key}
+        assert len(pids) == 2 and os.getpid() not in pids
