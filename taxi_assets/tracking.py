@@ -117,7 +117,7 @@ class MlflowTracking(dg.ConfigurableResource):
         """Log the predictor as a pyfunc model with a signature and register a new version."""
         import mlflow
 
-        from taxi_assets.ml.mlflow_model import TripDurationModel, signature
+        from taxi_assets.ml.mlflow_model import TripDurationModel, input_example, signature
 
         mlflow.log_params({f"best_{key}": value for key, value in params.items()})
         mlflow.log_metrics({f"val_{key}": value for key, value in metrics.items()})
@@ -125,6 +125,7 @@ class MlflowTracking(dg.ConfigurableResource):
             name="model",
             python_model=TripDurationModel(predictor),
             signature=signature(),
+            input_example=input_example(),
             registered_model_name=registered_model,
             # Listed, not inferred: inference imports and probes the model, which is slow.
             pip_requirements=["taxi_assets", "scikit-learn", "xgboost", "pandas", "scipy"],

@@ -206,3 +206,18 @@ def test_model_training_job_runs_the_fan_out_in_parallel_processes(tmp_path):
             assert result.success
             pids = {e.pid for e in result.all_events if e.event_type_value == "STEP_SUCCESS" and "tune_and_train" in e.step_key}
         assert len(pids) == 2 and os.getpid() not in pids
+
+
+def test_tracking_store_defaults_beside_instance_and_env_overrides(instance, monkeypatch, tmp_path):
+    from taxi_assets.tracking import MlflowTracking
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    with dg.build_resources({"mlflow": MlflowTracking()}, instance=instance) as resources:
+        home = os.path.dirname(os.path.abspath(instance.storage_directory()))
+        assert resources.mlflow.uri == f"sqlite:///{home}/mlflow/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/elsewhere.db")
+    with dg.build_resources({"mlflow": MlflowTracking()}, instance=instance) as resources:
+        assert resources.mlflow.uri == f"sqlite:///{tmp_path}/elsewhere.db"
+    explicit = MlflowTracking(tracking_uri="http://127.0.0.1:5000")
+    with dg.build_resources({"mlflow": explicit}, instance=instance) as resources:
+        assert resources.mlflow.uri == "http://127.0.0.1:5000"

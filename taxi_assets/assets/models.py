@@ -27,6 +27,10 @@ class SklearnModelsConfig(dg.Config):
     )
     max_evaluations: int = Field(default=10, ge=1, description="hyperopt (TPE) trials per model.")
     random_state: int = Field(default=7, description="Seed for hyperopt and the models.")
+    timeout_seconds: float | None = Field(
+        default=120.0, gt=0,
+        description="Time budget of each model's search: no trial starts after it (a running fit finishes). None: no limit.",
+    )
 
 
 class XGBoostConfig(dg.Config):
@@ -36,8 +40,13 @@ class XGBoostConfig(dg.Config):
     early_stopping_rounds: int = Field(default=10, ge=1, description="Rounds without validation improvement before a trial stops.")
     max_depth: int | None = Field(default=None, ge=1, description="Fix max_depth instead of searching 4..100.")
     random_state: int = Field(default=42, description="Seed for hyperopt and XGBoost.")
-    timeout_seconds: float = Field(
-        default=80.0, gt=0, description="Time budget of the search: no trial starts after it, a running one stops at its best round."
+    timeout_seconds: float | None = Field(
+        default=80.0, gt=0,
+        description="Time budget of the search: no trial starts after it, a running one stops at its best round. None: no limit.",
+    )
+    start_from_known_good: bool = Field(
+        default=True,
+        description="Evaluate a known-good configuration (max_depth 30, learning_rate 0.1) as the first trial.",
     )
 
 
@@ -46,6 +55,7 @@ class ModelSpec:
     name: str
     max_evaluations: int
     random_state: int
+    timeout_seconds: float | None = None
 
 
 def _train_tracked(context, mlflow: MlflowTracking, asset: str, name: str, kind: str, dataset, tune):
@@ -102,7 +112,7 @@ def load_models(config: SklearnModelsConfig):
     if not names:
         raise dg.Failure(description=f"sklearn_models: no models configured; valid models: {', '.join(valid_model_names())}")
     for name in dict.fromkeys(names):
-        yield dg.DynamicOutput(ModelSpec(name, config.max_evaluations, config.random_state), mapping_key=name)
+        yield dg.DynamicOutput(ModelSpec(name, config.max_evaluations, config.random_state, config.timeout_seconds), mapping_key=name)
 
 
 @dg.op(description="hyperopt over the model's space on X_train/X_val, then the final fit on X_train.")
@@ -112,7 +122,7 @@ def tune_and_train(context: dg.OpExecutionContext, spec: ModelSpec, training_set
     def tune(run_trial):
         result = tune_sklearn(
             spec.name, training_set.X_train, training_set.y_train, training_set.X_val, training_set.y_val,
-            spec.max_evaluations, spec.random_state, run_trial=run_trial,
+            spec.max_evaluations, spec.random_state, timeout_seconds=spec.timeout_seconds, run_trial=run_trial,
         )
         # Fitted on the matrix dv produced, so the predictor's vectorizer matches it.
         return result, fit_sklearn(spec.name, result.best_params, training_set.X_train, training_set.y_train)
@@ -164,7 +174,8 @@ def xgboost_model(context: dg.AssetExecutionContext, config: XGBoostConfig, trai
             training_set.X_train, training_set.y_train, training_set.X_val, training_set.y_val,
             max_evaluations=config.max_evaluations, early_stopping_rounds=config.early_stopping_rounds,
             random_state=config.random_state, max_depth=config.max_depth,
-            timeout_seconds=config.timeout_seconds, run_trial=run_trial,
+            timeout_seconds=config.timeout_seconds, seed_known_good=config.start_from_known_good,
+            run_trial=run_trial,
         )
         return result, result.best_model
 

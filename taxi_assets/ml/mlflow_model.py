@@ -27,3 +27,13 @@ def signature():
         inputs=Schema([ColSpec("long", "PULocationID"), ColSpec("long", "DOLocationID"), ColSpec("double", "trip_distance")]),
         outputs=Schema([ColSpec("double")]),
     )
+
+
+def input_example() -> pd.DataFrame:
+    """The course's two sample trips, as the model's documented input."""
+    return pd.DataFrame(
+        [
+            {"PULocationID": 236, "DOLocationID": 239, "trip_distance": 1.98},
+            {"PULocationID": 65, "DOLocationID": 170, "trip_distance": 6.54},
+        ]
+    )

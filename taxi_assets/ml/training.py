@@ -92,7 +92,7 @@ def fit_sklearn(name: str, params: dict[str, Any], X, y):
 
 def tune_sklearn(
     name: str, X_train, y_train, X_val, y_val, max_evaluations: int, random_state: int,
-    run_trial: TrialRunner = _run_directly,
+    timeout_seconds: float | None = None, run_trial: TrialRunner = _run_directly,
 ) -> TuningResult:
     """TPE over the course's space for ``name``; each trial fits on train, scores on validation."""
     from taxi_assets.ml.hyperparameters import sklearn_space
@@ -102,7 +102,8 @@ def tune_sklearn(
         return regression_metrics(y_val, model.predict(X_val))
 
     best_params, best_metrics, history, seconds = _tune(
-        sklearn_space(name, random_state), evaluate, max_evaluations, random_state, run_trial
+        sklearn_space(name, random_state), evaluate, max_evaluations, random_state, run_trial,
+        timeout_seconds=timeout_seconds,
     )
     return TuningResult(best_params, best_metrics, history, seconds)
 
