@@ -3,9 +3,11 @@
 import dagster as dg
 
 from taxi_assets import checks
-from taxi_assets.assets import ingest, models, prepare
-from taxi_assets.jobs import data_preparation_job, model_training_job
+from taxi_assets.assets import ingest, models, prepare, production
+from taxi_assets.jobs import data_preparation_job, model_training_job, retraining_job
+from taxi_assets.predict import predict
 from taxi_assets.resources import LocalPickleIOManager, TripSource, trip_source_from_env
+from taxi_assets.sensors import hourly_retraining_schedule, new_trip_data_sensor
 from taxi_assets.tracking import MlflowTracking
 
 
@@ -16,9 +18,11 @@ def build_defs(
 ) -> dg.Definitions:
     """The whole graph with its resources; arguments replace the environment's choices."""
     return dg.Definitions(
-        assets=dg.load_assets_from_modules([ingest, prepare, models]),
+        assets=dg.load_assets_from_modules([ingest, prepare, models, production]),
         asset_checks=dg.load_asset_checks_from_modules([checks]),
-        jobs=[data_preparation_job, model_training_job],
+        jobs=[data_preparation_job, model_training_job, retraining_job, predict],
+        sensors=[new_trip_data_sensor],
+        schedules=[hourly_retraining_schedule],
         resources={
             "trip_source": trip_source or trip_source_from_env(),
             "io_manager": io_manager or LocalPickleIOManager(),

@@ -21,3 +21,14 @@ model_training_job = dg.define_asset_job(
     description="Tune and train the scikit-learn models and XGBoost for one month, tracked in MLflow.",
     executor_def=dg.multiprocess_executor.configured({"max_concurrent": 2}),
 )
+
+RETRAINING_ASSETS = DATA_PREPARATION_ASSETS + MODEL_ASSETS + ["production_model"]
+
+# Mage's "automatic_retraining": everything from the new file to the serving decision, for one
+# month. Launched by the new-data sensor and the hourly schedule.
+retraining_job = dg.define_asset_job(
+    name="retraining",
+    selection=dg.AssetSelection.assets(*RETRAINING_ASSETS),
+    description="Ingest, prepare, train and choose the production model for one month.",
+    executor_def=dg.multiprocess_executor.configured({"max_concurrent": 2}),
+)

@@ -26,6 +26,7 @@ from taxi_assets.ml.trip_files import (
     LOCAL_LAYOUTS,
     MonthNotAvailableError,
     format_template,
+    parse_month,
     read_trip_file,
 )
 
@@ -51,6 +52,16 @@ class TripSource(dg.ConfigurableResource):
         """The validated trips of ``month`` (``YYYY-MM``)."""
         raise NotImplementedError
 
+    def fingerprint(self, month: str) -> str | None:
+        """What identifies the current file of ``month`` (size and modification time, or an
+        ETag); None if the source has no file for it. A new value means a new file."""
+        raise NotImplementedError
+
+    def available_months(self) -> dict[str, str] | None:
+        """``{month: fingerprint}`` for every month the source has, or None when the source
+        cannot be listed cheaply (then the retraining schedule polls the newest month)."""
+        return None
+
 
 class LocalTripSource(TripSource):
     """A local folder with ``YYYY/MM.parquet`` or ``green_tripdata_YYYY-MM.parquet`` files."""
@@ -75,6 +86,23 @@ class LocalTripSource(TripSource):
             raise MonthNotAvailableError(f"trip folder {self.directory} does not exist")
         looked_for = " or ".join(format_template(layout, month) for layout in LOCAL_LAYOUTS)
         raise MonthNotAvailableError(f"no trip file for {month} in {self.directory} (looked for {looked_for})")
+
+    def fingerprint(self, month: str) -> str | None:
+        for path in self._candidates(month):
+            if path.is_file():
+                stat = path.stat()
+                return f"{stat.st_size}-{stat.st_mtime_ns}"
+        return None
+
+    def available_months(self) -> dict[str, str]:
+        root = Path(self.directory)
+        months = set()
+        for path in root.glob("[0-9][0-9][0-9][0-9]/[0-9][0-9].parquet"):
+            months.add(f"{path.parent.name}-{path.stem}")
+        for path in root.glob("green_tripdata_[0-9][0-9][0-9][0-9]-[0-9][0-9].parquet"):
+            months.add(path.stem.removeprefix("green_tripdata_"))
+        found = {month: self.fingerprint(month) for month in sorted(months) if _is_month(month)}
+        return {month: value for month, value in found.items() if value}
 
 
 class HttpTripSource(TripSource):
@@ -110,6 +138,21 @@ class HttpTripSource(TripSource):
             raise TransientSourceError(f"could not download {url}: {error}") from error
         return read_trip_file(data, url)
 
+    def fingerprint(self, month: str) -> str | None:
+        url = self.describe(month)
+        request = urllib.request.Request(url, method="HEAD", headers={"User-Agent": "taxi-assets"})
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout_seconds) as response:
+                headers = response.headers
+        except urllib.error.HTTPError as error:
+            if error.code in (403, 404, 410):
+                return None
+            raise TransientSourceError(f"HTTP {error.code} from {url}") from error
+        except (urllib.error.URLError, TimeoutError, ConnectionError) as error:
+            raise TransientSourceError(f"could not reach {url}: {error}") from error
+        parts = [headers.get("ETag", ""), headers.get("Last-Modified", ""), headers.get("Content-Length", "")]
+        return "|".join(part.strip('"') for part in parts)
+
 
 class S3TripSource(TripSource):
     """Files in an S3 bucket (or any S3-compatible store), read through dagster-aws."""
@@ -134,9 +177,8 @@ class S3TripSource(TripSource):
     def read_month(self, month: str) -> pd.DataFrame:
         # dagster-aws (and boto3) load only in the step that reads from S3.
         from botocore.exceptions import BotoCoreError, ClientError
-        from dagster_aws.s3 import S3Resource
 
-        client = S3Resource(endpoint_url=self.endpoint_url, region_name=self.region_name).get_client()
+        client = self._client()
         url = self.describe(month)
         try:
             data = client.get_object(Bucket=self.bucket, Key=self._key(month))["Body"].read()
@@ -148,6 +190,45 @@ class S3TripSource(TripSource):
         except BotoCoreError as error:
             raise TransientSourceError(f"could not read {url}: {error}") from error
         return read_trip_file(data, url)
+
+    def _client(self):
+        from dagster_aws.s3 import S3Resource
+
+        return S3Resource(endpoint_url=self.endpoint_url, region_name=self.region_name).get_client()
+
+    def fingerprint(self, month: str) -> str | None:
+        from botocore.exceptions import ClientError
+
+        try:
+            head = self._client().head_object(Bucket=self.bucket, Key=self._key(month))
+        except ClientError as error:
+            if str(error.response.get("Error", {}).get("Code", "")) in ("404", "NoSuchKey", "NotFound"):
+                return None
+            raise TransientSourceError(f"could not reach {self.describe(month)}: {error}") from error
+        return f"{head['ContentLength']}-{head['ETag'].strip(chr(34))}"
+
+    def available_months(self) -> dict[str, str]:
+        import re
+
+        pattern = re.escape(self._key("0000-01")).replace("0000", "(?P<year>[0-9]{4})").replace("01", "(?P<month>[0-9]{2})", 1)
+        found = {}
+        prefix = self.prefix.strip("/")
+        for page in self._client().get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix):
+            for item in page.get("Contents", []):
+                match = re.fullmatch(pattern, item["Key"])
+                if match:
+                    month = f"{match['year']}-{match['month']}"
+                    if _is_month(month):
+                        found[month] = f"{item['Size']}-{item['ETag'].strip(chr(34))}"
+        return dict(sorted(found.items()))
+
+
+def _is_month(text: str) -> bool:
+    try:
+        parse_month(text)
+    except ValueError:
+        return False
+    return True
 
 
 def trip_source_from_env() -> TripSource:

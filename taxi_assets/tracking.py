@@ -135,3 +135,15 @@ class MlflowTracking(dg.ConfigurableResource):
         for key, value in self.dagster_tags(context, asset).items():
             client.set_model_version_tag(registered_model, version, key, value)
         return version
+
+    def set_alias(self, registered_model: str, alias: str, version: str) -> None:
+        """Point ``alias`` at one version, and take it off the other taxi-duration models (the
+        champion may change from one registered model to another)."""
+        import mlflow
+
+        self._activate()
+        client = mlflow.MlflowClient(self.uri)
+        for model in client.search_registered_models(filter_string="name LIKE 'taxi-duration-%'"):
+            if model.name != registered_model and alias in (model.aliases or {}):
+                client.delete_registered_model_alias(model.name, alias)
+        client.set_registered_model_alias(registered_model, alias, version)

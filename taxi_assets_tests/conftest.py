@@ -81,3 +81,46 @@ def data_copy(tmp_path) -> Path:
     target = tmp_path / "trips"
     shutil.copytree(DATA_DIR, target)
     return target
+
+
+SMALL_BUDGET = dg.RunConfig(
+    ops={
+        "sklearn_models": {"ops": {"load_models": {"config": {"max_evaluations": 2}}}},
+        "xgboost_model": {"config": {"max_evaluations": 2, "max_depth": 10, "timeout_seconds": 20}},
+    }
+)
+SAMPLES = [
+    {"PULocationID": 236, "DOLocationID": 239, "trip_distance": 1.98},  # took 11.5 min
+    {"PULocationID": "65", "DOLocationID": "170", "trip_distance": 6.54},  # took 20.87 min
+]
+
+
+def train(instance, month="2024-02", run_config=SMALL_BUDGET, assets=("sklearn_models", "xgboost_model")):
+    job = build_defs(trip_source=LocalTripSource(directory=str(DATA_DIR))).resolve_implicit_global_asset_job_def()
+    return job.execute_in_process(
+        instance=instance, partition_key=month, asset_selection=[dg.AssetKey(a) for a in assets],
+        run_config=run_config, raise_on_error=False,
+    )
+
+
+def mlflow_client(instance):
+    import mlflow
+
+    uri = f"sqlite:///{os.path.join(os.path.dirname(os.path.abspath(instance.storage_directory())), 'mlflow', 'mlflow.db')}"
+    return mlflow.MlflowClient(uri)
+
+
+def runs_of(client, dagster_run_id):
+    experiment = client.get_experiment_by_name("taxi-duration")
+    return client.search_runs([experiment.experiment_id], f"tags.`dagster.run_id` = '{dagster_run_id}'", max_results=1000)
+
+
+@pytest.fixture(scope="session")
+def trained_instance(prepared_instance):
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    result = train(prepared_instance)
+    assert result.success, failure_messages(result)
+    prepared_instance.training_result = result
+    return prepared_instance
+
+

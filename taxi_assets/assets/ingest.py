@@ -33,6 +33,9 @@ def raw_trips(context: dg.AssetExecutionContext, trip_source: TripSource) -> dg.
     month = context.partition_key
     location = trip_source.describe(month)
     try:
+        # Before reading: if the file changes meanwhile, the sensor sees a new fingerprint and
+        # retrains again, rather than missing the change.
+        fingerprint = trip_source.fingerprint(month) or ""
         trips = trip_source.read_month(month)
     except TripDataError as error:
         raise dg.Failure(
@@ -58,6 +61,7 @@ def raw_trips(context: dg.AssetExecutionContext, trip_source: TripSource) -> dg.
             "dagster/row_count": len(trips),
             "dagster/column_schema": column_schema(trips),
             "source": location,
+            "source_fingerprint": fingerprint,
             "columns": len(trips.columns),
             "pickup_min": str(pickups.min()),
             "pickup_max": str(pickups.max()),

@@ -42,7 +42,16 @@ class TripDurationPredictor:
 
     def predict(self, records) -> np.ndarray:
         """Minutes for each record (a list of mappings, or one mapping)."""
-        matrix = self.features(records)
+        return self.predict_matrix(self.features(records))
+
+    def predict_features(self, features) -> np.ndarray:
+        """Minutes for a frame of model features (``PU_DO``, ``trip_distance``), as in cleaned_trips."""
+        from taxi_assets.ml import vectorizing
+        from taxi_assets.ml.features import FEATURES
+
+        return self.predict_matrix(vectorizing.transform(features[FEATURES], self.vectorizer))
+
+    def predict_matrix(self, matrix) -> np.ndarray:
         if matrix.shape[0] == 0:
             return np.empty(0)
         if self.kind == "xgboost":

@@ -1,0 +1,29 @@
+"""Champion/challenger: does a newly trained model replace the one that serves?"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ChampionDecision:
+    promote: bool
+    challenger_rmse: float
+    champion_rmse: float | None
+    reason: str
+
+
+def decide(challenger_rmse: float, champion_rmse: float | None, tolerance: float = 0.0) -> ChampionDecision:
+    """Promote unless the challenger is worse than the champion by more than ``tolerance`` minutes,
+    both measured on the same (newest) validation month."""
+    if champion_rmse is None:
+        return ChampionDecision(True, challenger_rmse, None, "no champion yet")
+    if challenger_rmse <= champion_rmse + tolerance:
+        return ChampionDecision(
+            True, challenger_rmse, champion_rmse,
+            f"challenger RMSE {challenger_rmse:.4f} <= champion {champion_rmse:.4f} + tolerance {tolerance}",
+        )
+    return ChampionDecision(
+        False, challenger_rmse, champion_rmse,
+        f"challenger RMSE {challenger_rmse:.4f} > champion {champion_rmse:.4f} + tolerance {tolerance}: champion stays",
+    )

@@ -1,0 +1,212 @@
+"""The online inference server: ``taxi-assets serve``.
+
+``POST /predict`` with ``{"inputs": [{"PULocationID": .., "DOLocationID": .., "trip_distance": ..}]}``
+returns ``{"predictions": [minutes, ...], "model": {"name", "partition", "version"}}``;
+``GET /health`` says which model is loaded. Requests need ``Authorization: Bearer <token>`` with
+the token from ``TAXI_API_TOKEN`` (compared in constant time). The server serves the production
+model (the newest partition of the ``production_model`` asset) and switches to a new one without a
+restart: a background task polls the Dagster instance, loads the new model beside the old one and
+swaps a single reference, so requests already running finish on the model they started with.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import math
+import os
+from dataclasses import dataclass
+from typing import Any
+
+logger = logging.getLogger("taxi_assets.serving")
+
+FIELDS = ("PULocationID", "DOLocationID", "trip_distance")
+MAX_BATCH = 50_000
+MAX_BODY_BYTES = 8 * 1024 * 1024
+MAX_TRIP_DISTANCE = 500.0  # miles; the TLC data's longest plausible trips are far below this
+
+
+class BadRequest(Exception):
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    predictor: Any
+    name: str
+    partition: str
+    version: str | None
+    storage_id: int  # the materialization it came from: a new one means a new model
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "partition": self.partition, "version": self.version}
+
+
+def parse_inputs(body: bytes) -> list[dict[str, Any]]:
+    """Validate a request body; BadRequest names the problem. Returns records for the predictor."""
+    if len(body) > MAX_BODY_BYTES:
+        raise BadRequest(413, f"request body over {MAX_BODY_BYTES} bytes")
+    try:
+        payload = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as error:
+        raise BadRequest(400, f"invalid JSON: {error}") from None
+    if not isinstance(payload, dict) or "inputs" not in payload:
+        raise BadRequest(422, 'body must be an object with an "inputs" list')
+    extra = sorted(set(payload) - {"inputs"})
+    if extra:
+        raise BadRequest(422, f"unknown top-level field(s): {', '.join(extra)}")
+    inputs = payload["inputs"]
+    if not isinstance(inputs, list):
+        raise BadRequest(422, '"inputs" must be a list of records')
+    if not inputs:
+        raise BadRequest(422, '"inputs" is empty')
+    if len(inputs) > MAX_BATCH:
+        raise BadRequest(413, f'"inputs" has {len(inputs)} records; at most {MAX_BATCH} per request')
+    records = []
+    for position, record in enumerate(inputs):
+        if not isinstance(record, dict):
+            raise BadRequest(422, f"inputs[{position}] must be an object")
+        unknown = sorted(set(record) - set(FIELDS))
+        if unknown:
+            raise BadRequest(422, f"inputs[{position}]: unknown field(s) {', '.join(unknown)}")
+        for field in FIELDS:
+            if field not in record:
+                raise BadRequest(422, f"inputs[{position}]: missing field {field}")
+        for field in ("PULocationID", "DOLocationID"):
+            value = record[field]
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise BadRequest(422, f"inputs[{position}].{field} must be a positive integer, got {value!r}")
+        distance = record["trip_distance"]
+        if isinstance(distance, bool) or not isinstance(distance, (int, float)):
+            raise BadRequest(422, f"inputs[{position}].trip_distance must be a number, got {distance!r}")
+        if not math.isfinite(distance) or distance < 0 or distance > MAX_TRIP_DISTANCE:
+            raise BadRequest(
+                422, f"inputs[{position}].trip_distance must be between 0 and {MAX_TRIP_DISTANCE:g} miles, got {distance!r}"
+            )
+        records.append(record)
+    return records
+
+
+class ModelHolder:
+    """The model being served, replaced atomically when a newer production model appears."""
+
+    def __init__(self, instance, loader):
+        self.instance = instance
+        self.loader = loader  # (instance, known storage id or None) -> LoadedModel | None
+        self.current: LoadedModel | None = None
+
+    def refresh(self) -> bool:
+        fresh = self.loader(self.instance, self.current.storage_id if self.current else None)
+        if fresh is None:
+            return False
+        self.current = fresh  # one reference swap: in-flight requests keep the old object
+        logger.info("serving %s", fresh.describe())
+        return True
+
+
+def load_production_model(instance, known_storage_id: int | None) -> LoadedModel | None:
+    """The newest partition's production model, or None if it is the one already loaded."""
+    import dagster as dg
+
+    from taxi_assets.definitions import defs
+
+    key = dg.AssetKey("production_model")
+    partitions = instance.get_materialized_partitions(key)
+    if not partitions:
+        return None
+    partition = max(partitions)
+    records = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=key, asset_partitions=[partition]), limit=1
+    ).records
+    if not records or records[0].storage_id == known_storage_id:
+        return None
+    production = defs.load_asset_value("production_model", partition_key=partition, instance=instance)
+    return LoadedModel(
+        predictor=production.predictor,
+        name=production.name,
+        partition=production.model_partition,
+        version=production.model_version,
+        storage_id=records[0].storage_id,
+    )
+
+
+def create_app(holder: ModelHolder, token: str, reload_interval: float = 5.0):
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse, Response
+    from starlette.routing import Route
+
+    expected = f"Bearer {token}".encode()
+
+    def authorized(request: Request) -> bool:
+        given = request.headers.get("authorization", "").encode()
+        return hmac.compare_digest(given, expected)
+
+    def error(status: int, message: str) -> Response:
+        headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+        return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+    async def predict(request: Request) -> Response:
+        if not authorized(request):
+            return error(401, "missing or wrong bearer token")
+        model = holder.current
+        if model is None:
+            return error(503, "no production model is materialized yet")
+        length = request.headers.get("content-length")
+        if length and length.isdigit() and int(length) > MAX_BODY_BYTES:
+            return error(413, f"request body over {MAX_BODY_BYTES} bytes")
+        try:
+            records = parse_inputs(await request.body())
+            predictions = model.predictor.predict(records)
+        except BadRequest as bad:
+            return error(bad.status, bad.message)
+        except ValueError as bad:
+            return error(422, str(bad))
+        body = {"predictions": [round(float(value), 4) for value in predictions], "model": model.describe()}
+        return Response(json.dumps(body, separators=(",", ":")), media_type="application/json")
+
+    async def health(request: Request) -> Response:
+        model = holder.current
+        if model is None:
+            return JSONResponse({"status": "no model", "model": None}, status_code=503)
+        return JSONResponse({"status": "ok", "model": model.describe()})
+
+    async def watch():
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(reload_interval)
+            try:
+                # Loading unpickles the model: in a thread, so requests keep flowing meanwhile.
+                await loop.run_in_executor(None, holder.refresh)
+            except Exception:  # a bad new model must not take the server down
+                logger.exception("could not load the new production model; keeping the current one")
+
+    async def lifespan(app):
+        task = asyncio.create_task(watch()) if reload_interval > 0 else None
+        yield
+        if task:
+            task.cancel()
+
+    return Starlette(routes=[Route("/predict", predict, methods=["POST"]), Route("/health", health)], lifespan=lifespan)
+
+
+def serve(host: str = "127.0.0.1", port: int = 8000, reload_interval: float = 5.0) -> int:
+    import dagster as dg
+    import uvicorn
+
+    token = os.environ.get("TAXI_API_TOKEN")
+    if not token:
+        raise SystemExit("TAXI_API_TOKEN is not set: the server needs a bearer token to check requests against")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    instance = dg.DagsterInstance.get()
+    holder = ModelHolder(instance, load_production_model)
+    holder.refresh()
+    if holder.current is None:
+        logger.warning("no production model yet; /predict answers 503 until one is materialized")
+    uvicorn.run(create_app(holder, token, reload_interval), host=host, port=port, log_level="warning", access_log=False)
+    return 0
