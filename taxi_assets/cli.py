@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 DEFAULT_SELECTION = "raw_trips,cleaned_trips,training_set"  # the models: add sklearn_models,xgboost_model
 # Assets that read the previous month's cleaned_trips (so it must exist first).
-NEEDS_PREVIOUS_MONTH = {"training_set"}
+NEEDS_PREVIOUS_MONTH = {"training_set", "sklearn_models", "xgboost_model", "production_model"}
 PREVIOUS_MONTH_ASSETS = ["raw_trips", "cleaned_trips"]
 
 
@@ -36,11 +36,11 @@ def _expand_partitions(partitions: Sequence[str], ranges: Sequence[str]) -> list
     return list(dict.fromkeys(months))
 
 
-def model_training_job():
-    """The model_training job (module-level so ``reconstructable`` can rebuild it in step processes)."""
+def retraining_job():
+    """The retraining job (module-level so ``reconstructable`` can rebuild it in step processes)."""
     from taxi_assets.definitions import defs
 
-    return defs.resolve_job_def("model_training")
+    return defs.resolve_job_def("retraining")
 
 
 def _execute(instance, asset_names: list[str], month: str, run_config: dict | None):
@@ -48,14 +48,14 @@ def _execute(instance, asset_names: list[str], month: str, run_config: dict | No
     import dagster as dg
 
     from taxi_assets.definitions import defs
-    from taxi_assets.jobs import MODEL_ASSETS
+    from taxi_assets.jobs import DATA_PREPARATION_ASSETS, RETRAINING_ASSETS
 
     keys = [dg.AssetKey(name) for name in asset_names]
     tags = {"taxi_assets/launched_by": "taxi-assets materialize"}
-    if set(asset_names) <= set(MODEL_ASSETS):
-        # A process per step, two at a time: the model fan-out trains in parallel.
+    if set(asset_names) <= set(RETRAINING_ASSETS) - set(DATA_PREPARATION_ASSETS):
+        # A process per step, two at a time: the models train in parallel.
         return dg.execute_job(
-            dg.reconstructable(model_training_job), instance=instance, asset_selection=keys,
+            dg.reconstructable(retraining_job), instance=instance, asset_selection=keys,
             tags={**tags, "dagster/partition": month}, run_config=run_config,
         )
     # Data preparation runs in this process, as the code location's in-process executor would.
@@ -130,8 +130,13 @@ def materialize(selection: str, months: list[str], with_previous_month: bool, ru
                     continue
         from taxi_assets.jobs import MODEL_ASSETS
 
-        preparation = [name for name in asset_names if name not in MODEL_ASSETS]
-        training = [name for name in asset_names if name in MODEL_ASSETS]
+        selected = asset_names
+        if month == FIRST_MONTH and NEEDS_PREVIOUS_MONTH & set(asset_names):
+            # Nothing before the first month to train on: prepare it (for the next month) only.
+            selected = [name for name in asset_names if name in PREVIOUS_MONTH_ASSETS]
+            print(f"{month} is the first partition: only {', '.join(selected) or 'nothing'} (no previous month to train on)")
+        preparation = [name for name in selected if name not in MODEL_ASSETS and name != "production_model"]
+        training = [name for name in selected if name in MODEL_ASSETS or name == "production_model"]
         # Data preparation first (it has no config), then the models on top of it.
         if preparation and not _run(instance, preparation, month):
             ok = False
@@ -157,10 +162,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="do not materialize the previous month's raw_trips/cleaned_trips when training_set needs them",
     )
+    serve = commands.add_parser("serve", help="serve the production model over HTTP (POST /predict, GET /health)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--reload-interval", type=float, default=5.0, help="seconds between checks for a new production model (0: never)")
     args = parser.parse_args(argv)
 
     if not os.environ.get("DAGSTER_HOME"):
         parser.error("DAGSTER_HOME is not set; `export DAGSTER_HOME=$PWD` uses the project's dagster.yaml")
+    if args.command == "serve":
+        from taxi_assets.serving import serve as run_server
+
+        return run_server(args.host, args.port, args.reload_interval)
     if args.command == "materialize":
         months = _expand_partitions(args.partition, args.partition_range)
         if not months:

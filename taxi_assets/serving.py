@@ -42,9 +42,10 @@ class LoadedModel:
     partition: str
     version: str | None
     storage_id: int  # the materialization it came from: a new one means a new model
+    run_id: str = ""
 
     def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "partition": self.partition, "version": self.version}
+        return {"name": self.name, "partition": self.partition, "version": self.version, "run_id": self.run_id}
 
 
 def parse_inputs(body: bytes) -> list[dict[str, Any]]:
@@ -132,6 +133,7 @@ def load_production_model(instance, known_storage_id: int | None) -> LoadedModel
         partition=production.model_partition,
         version=production.model_version,
         storage_id=records[0].storage_id,
+        run_id=records[0].run_id,
     )
 
 

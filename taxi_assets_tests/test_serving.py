@@ -1,0 +1,175 @@
+"""The inference server as a real process on 127.0.0.1, driven with real HTTP requests."""
+
+import http.client
+import json
+import os
+import secrets
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from taxi_assets.definitions import build_defs
+
+from taxi_assets_tests.conftest import SAMPLES, failure_messages
+from taxi_assets_tests.servers import free_port
+
+TOKEN = secrets.token_urlsafe(24)  # made per test session; no token lives in the repo
+GOOD = {"inputs": [{"PULocationID": 236, "DOLocationID": 239, "trip_distance": 1.98}, {"PULocationID": 65, "DOLocationID": 170, "trip_distance": 6.54}]}
+
+
+def materialize_production(instance):
+    result = build_defs().resolve_implicit_global_asset_job_def().execute_in_process(
+        instance=instance, partition_key="2024-02", asset_selection=[dg.AssetKey("production_model")], raise_on_error=False
+    )
+    assert result.success, failure_messages(result)
+    return result.run_id
+
+
+class Client:
+    def __init__(self, port):
+        self.connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+
+    def request(self, method, path, body=None, token=TOKEN, raw=None, headers=None):
+        all_headers = {"Content-Type": "application/json", **(headers or {})}
+        if token is not None:
+            all_headers["Authorization"] = f"Bearer {token}"
+        payload = raw if raw is not None else (json.dumps(body) if body is not None else None)
+        self.connection.request(method, path, body=payload, headers=all_headers)
+        response = self.connection.getresponse()
+        data = response.read()
+        return response.status, json.loads(data) if data else None
+
+
+@pytest.fixture(scope="module")
+def server(trained_instance):
+    first_run = materialize_production(trained_instance)
+    home = Path(trained_instance.storage_directory()).resolve().parent
+    port = free_port()
+    env = {**os.environ, "DAGSTER_HOME": str(home), "TAXI_API_TOKEN": TOKEN}
+    process = subprocess.Popen(
+        [Path(sys.executable).parent / "taxi-assets", "serve", "--port", str(port), "--reload-interval", "0.5"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            status, body = Client(port).request("GET", "/health")
+            if status == 200:
+                break
+        except OSError:
+            time.sleep(0.2)
+    else:
+        process.kill()
+        pytest.fail("server did not come up: " + process.stdout.read()[-3000:])
+    yield {"port": port, "instance": trained_instance, "first_run": first_run, "process": process}
+    process.terminate()
+    process.wait(timeout=20)
+
+
+def test_predicts_the_course_samples(server):
+    status, body = Client(server["port"]).request("POST", "/predict", GOOD)
+    assert status == 200
+    short_trip, long_trip = body["predictions"]
+    assert 4 < short_trip < 25 and 8 < long_trip < 45
+    assert body["model"]["partition"] == "2024-02"
+    assert set(body["model"]) >= {"name", "partition", "version"}
+    status, health = Client(server["port"]).request("GET", "/health", token=None)
+    assert status == 200 and health["status"] == "ok" and health["model"]["name"] == body["model"]["name"]
+
+
+@pytest.mark.parametrize(
+    "headers_token",
+    [None, "wrong-token", TOKEN + "x", ""],
+)
+def test_missing_or_wrong_token_is_401(server, headers_token):
+    status, body = Client(server["port"]).request("POST", "/predict", GOOD, token=headers_token)
+    assert status == 401 and "bearer token" in body["error"]
+
+
+def test_basic_auth_is_401(server):
+    client = Client(server["port"])
+    status, _ = client.request("POST", "/predict", GOOD, token=None, headers={"Authorization": f"Basic {TOKEN}"})
+    assert status == 401
+
+
+def record(**changes):
+    base = {"PULocationID": 236, "DOLocationID": 239, "trip_distance": 1.98}
+    base.update(changes)
+    return {key: value for key, value in base.items() if value is not ...}
+
+
+BAD = {
+    "invalid JSON": (None, b"{not json", 400, "invalid JSON"),
+    "not an object": ([1, 2], None, 422, '"inputs"'),
+    "no inputs": ({"records": []}, None, 422, '"inputs"'),
+    "inputs not a list": ({"inputs": {"PULocationID": 1}}, None, 422, "must be a list"),
+    "empty batch": ({"inputs": []}, None, 422, "is empty"),
+    "oversized batch": ({"inputs": [record()] * 50_001}, None, 413, "at most 50000"),
+    "missing field": ({"inputs": [record(trip_distance=...)]}, None, 422, "inputs[0]: missing field trip_distance"),
+    "string id": ({"inputs": [record(PULocationID="abc")]}, None, 422, "inputs[0].PULocationID must be a positive integer"),
+    "float id": ({"inputs": [record(DOLocationID=1.5)]}, None, 422, "inputs[0].DOLocationID must be a positive integer"),
+    "boolean distance": ({"inputs": [record(trip_distance=True)]}, None, 422, "trip_distance must be a number"),
+    "string distance": ({"inputs": [record(), record(trip_distance="far")]}, None, 422, "inputs[1].trip_distance must be a number"),
+    "negative distance": ({"inputs": [record(trip_distance=-1)]}, None, 422, "between 0 and 500"),
+    "absurd distance": ({"inputs": [record(trip_distance=1e9)]}, None, 422, "between 0 and 500"),
+    "NaN distance": (None, b'{"inputs": [{"PULocationID": 1, "DOLocationID": 2, "trip_distance": NaN}]}', 422, "between 0 and 500"),
+    "unknown field": ({"inputs": [record(tip=3)]}, None, 422, "unknown field(s) tip"),
+    "unknown top-level field": ({"inputs": [record()], "debug": True}, None, 422, "unknown top-level field(s): debug"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_bad_requests_get_a_4xx_naming_the_problem(server, case):
+    body, raw, expected_status, fragment = BAD[case]
+    status, answer = Client(server["port"]).request("POST", "/predict", body, raw=raw)
+    assert status == expected_status, answer
+    assert fragment in answer["error"]
+
+
+def test_unknown_location_pair_still_predicts(server):
+    status, body = Client(server["port"]).request("POST", "/predict", {"inputs": [record(PULocationID=264, DOLocationID=1)]})
+    assert status == 200 and len(body["predictions"]) == 1
+
+
+def test_hot_reload_while_a_client_keeps_sending(server):
+    statuses, seen_runs, stop = [], set(), threading.Event()
+
+    def keep_sending():
+        client = Client(server["port"])
+        while not stop.is_set():
+            status, body = client.request("POST", "/predict", GOOD)
+            statuses.append(status)
+            if status == 200:
+                seen_runs.add(body["model"]["run_id"])
+
+    sender = threading.Thread(target=keep_sending)
+    sender.start()
+    try:
+        time.sleep(1.0)
+        new_run = materialize_production(server["instance"])
+        deadline = time.monotonic() + 30
+        while new_run not in seen_runs and time.monotonic() < deadline:
+            time.sleep(0.2)
+        time.sleep(0.5)
+    finally:
+        stop.set()
+        sender.join(timeout=30)
+    assert new_run in seen_runs and len(seen_runs) == 2  # switched without a restart
+    assert len(statuses) > 50 and set(statuses) == {200}  # no request failed meanwhile
+    assert server["process"].poll() is None
+
+
+def test_server_refuses_to_start_without_a_token(trained_instance):
+    home = Path(trained_instance.storage_directory()).resolve().parent
+    env = {key: value for key, value in os.environ.items() if key != "TAXI_API_TOKEN"}
+    env["DAGSTER_HOME"] = str(home)
+    result = subprocess.run(
+        [Path(sys.executable).parent / "taxi-assets", "serve", "--port", str(free_port())],
+        env=env, capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode != 0 and "TAXI_API_TOKEN is not set" in result.stderr
