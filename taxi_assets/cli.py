@@ -70,8 +70,9 @@ def _execute(instance, asset_names: list[str], month: str, run_config: dict | No
 
 
 def _root_cause(error) -> str:
-    """The first line of the innermost error: what went wrong, not Dagster's wrapper around it."""
-    while error.cause is not None:
+    """The first line of what went wrong: a Failure's own message (it names partition and file),
+    or the user exception Dagster wraps in DagsterExecutionStepExecutionError."""
+    if error.cls_name == "DagsterExecutionStepExecutionError" and error.cause is not None:
         error = error.cause
     line = (error.message.strip().splitlines() or ["failed"])[0]
     return line.removeprefix("dagster._core.definitions.events.Failure: ")

@@ -147,6 +147,8 @@ class HttpTripSource(TripSource):
         except urllib.error.HTTPError as error:
             if error.code in (403, 404, 410):
                 return None
+            if error.code in (405, 501):
+                return ""  # the server does not answer HEAD: the file exists, its version is unknown
             raise TransientSourceError(f"HTTP {error.code} from {url}") from error
         except (urllib.error.URLError, TimeoutError, ConnectionError) as error:
             raise TransientSourceError(f"could not reach {url}: {error}") from error

@@ -17,19 +17,28 @@ def free_port() -> int:
 
 
 class FileServer:
-    """Serves ``root`` over HTTP; ``fail_first[path] = n`` answers 503 to the first n requests."""
+    """Serves ``root`` over HTTP (GET and HEAD); ``fail_first[path] = n`` answers 503 to the first
+    n requests for a path. ``requests`` counts them as "GET path" / "HEAD path"."""
 
     def __init__(self, root: Path):
         self.root = root
         self.fail_first: dict[str, int] = {}
         self.requests: Counter[str] = Counter()
+        self.attempts: Counter[str] = Counter()
         server = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self):  # noqa: N802 - the http.server API
+                self._answer(send_body=True)
+
+            def do_HEAD(self):  # noqa: N802
+                self._answer(send_body=False)
+
+            def _answer(self, send_body: bool):
                 path = self.path.lstrip("/")
-                server.requests[path] += 1
-                if server.requests[path] <= server.fail_first.get(path, 0):
+                server.requests[f"{self.command} {path}"] += 1
+                server.attempts[path] += 1
+                if server.attempts[path] <= server.fail_first.get(path, 0):
                     self.send_error(503, "Service Unavailable")
                     return
                 file = (server.root / path).resolve()
@@ -40,8 +49,10 @@ class FileServer:
                 self.send_response(200)
                 self.send_header("Content-Type", "application/octet-stream")
                 self.send_header("Content-Length", str(len(data)))
+                self.send_header("ETag", f'"{file.stat().st_mtime_ns}"')
                 self.end_headers()
-                self.wfile.write(data)
+                if send_body:
+                    self.wfile.write(data)
 
             def log_message(self, *args):
                 pass

@@ -47,7 +47,8 @@ def test_http_source_retries_503_with_backoff_then_succeeds(instance):
         [result] = run_months(instance, ["2024-02"], ["raw_trips"], trip_source=source)
 
     assert result.success, failure_messages(result)
-    assert server.requests["2024/02.parquet"] == 3
+    # Two attempts met a 503 (at the HEAD for the fingerprint); the third downloaded the file.
+    assert server.requests == {"HEAD 2024/02.parquet": 3, "GET 2024/02.parquet": 1}
     retries = [e for e in result.all_events if e.event_type_value == "STEP_UP_FOR_RETRY"]
     assert len(retries) == 2
     pd.testing.assert_frame_equal(
@@ -65,7 +66,7 @@ def test_http_source_missing_month_fails_without_retry(instance):
     message = failure_messages(result)
     assert "raw_trips partition 2024-03: no trip file for 2024-03" in message
     assert f"{server.url}/2024/03.parquet (HTTP 404)" in message
-    assert server.requests["2024/03.parquet"] == 1
+    assert server.requests["GET 2024/03.parquet"] == 1 and server.requests["HEAD 2024/03.parquet"] == 1
     assert not [e for e in result.all_events if e.event_type_value == "STEP_UP_FOR_RETRY"]
 
 
@@ -76,6 +77,10 @@ def test_http_source_classifies_errors():
         with pytest.raises(TransientSourceError, match="HTTP 503"):
             source.read_month("2024-01")
         assert len(source.read_month("2024-01")) == 56_551
+        # The fingerprint of a file is its ETag, size...; a missing month has none.
+        assert source.fingerprint("2024-01").endswith(str((DATA_DIR / "2024" / "01.parquet").stat().st_size))
+        assert source.fingerprint("2024-03") is None
+        assert source.available_months() is None  # HTTP cannot be listed: the schedule covers it
     # Nothing listens there any more: a connection error is transient too.
     with pytest.raises(TransientSourceError, match="could not download"):
         HttpTripSource(base_url=server.url, file_template=COURSE_LAYOUT, timeout_seconds=2).read_month("2024-01")
@@ -103,6 +108,13 @@ def test_s3_source_through_a_real_s3_endpoint(instance, monkeypatch):
         assert result.success, failure_messages(result)
         with pytest.raises(MonthNotAvailableError, match="no trip file for 2024-03 at s3://trips/taxi/green/2024/03.parquet"):
             source.read_month("2024-03")
+        # Listing for the sensor: months by key, fingerprint = size and ETag; noise is ignored.
+        s3.put_object(Bucket="trips", Key="taxi/green/README.txt", Body=b"not a month")
+        size = (DATA_DIR / "2024" / "02.parquet").stat().st_size
+        listed = source.available_months()
+        assert list(listed) == ["2024-02"] and listed["2024-02"].startswith(f"{size}-")
+        assert source.fingerprint("2024-02") == listed["2024-02"]
+        assert source.fingerprint("2024-03") is None
     pd.testing.assert_frame_equal(
         defs.load_asset_value("raw_trips", partition_key="2024-02", instance=instance), reference_month()
     )

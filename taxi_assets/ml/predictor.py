@@ -26,6 +26,10 @@ class TripDurationPredictor:
     best_iteration: int | None = None  # xgboost: trees to use (early stopping)
 
     def features(self, records: Iterable[Mapping[str, Any]] | Mapping[str, Any]):
+        """The model's matrix for records, validated one by one (errors name the record)."""
+        import pandas as pd
+
+        from taxi_assets.ml import vectorizing
         from taxi_assets.ml.features import record_features
 
         if isinstance(records, Mapping):
@@ -38,7 +42,8 @@ class TripDurationPredictor:
                 rows.append(record_features(record))
             except ValueError as error:
                 raise ValueError(f"record {position}: {error}") from None
-        return self.vectorizer.transform(rows)
+        # Same matrix as dv.transform(rows), without a dict per row inside the vectorizer.
+        return vectorizing.transform(pd.DataFrame.from_records(rows, columns=["PU_DO", "trip_distance"]), self.vectorizer)
 
     def predict(self, records) -> np.ndarray:
         """Minutes for each record (a list of mappings, or one mapping)."""
@@ -58,6 +63,9 @@ class TripDurationPredictor:
             import xgboost as xgb
 
             rounds = (0, self.best_iteration + 1) if self.best_iteration is not None else (0, 0)
+            if matrix.shape[0] >= 64:
+                # Batches: straight from the CSR arrays, about twice as fast as via a DMatrix.
+                return self.model.inplace_predict(matrix, iteration_range=rounds)
             return self.model.predict(xgb.DMatrix(matrix), iteration_range=rounds)
         return np.asarray(self.model.predict(matrix), dtype=float)
 
