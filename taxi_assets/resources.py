@@ -28,6 +28,7 @@ from taxi_assets.ml.trip_files import (
     format_template,
     parse_month,
     read_trip_file,
+    template_pattern,
 )
 
 if TYPE_CHECKING:
@@ -210,16 +211,14 @@ class S3TripSource(TripSource):
         return f"{head['ContentLength']}-{head['ETag'].strip(chr(34))}"
 
     def available_months(self) -> dict[str, str]:
-        import re
-
-        pattern = re.escape(self._key("0000-01")).replace("0000", "(?P<year>[0-9]{4})").replace("01", "(?P<month>[0-9]{2})", 1)
-        found = {}
         prefix = self.prefix.strip("/")
+        pattern = template_pattern(f"{prefix}/{self.key_template}" if prefix else self.key_template)
+        found = {}
         for page in self._client().get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix):
             for item in page.get("Contents", []):
-                match = re.fullmatch(pattern, item["Key"])
+                match = pattern.fullmatch(item["Key"])
                 if match:
-                    month = f"{match['year']}-{match['month']}"
+                    month = f"{match['year']}-{int(match['month']):02d}"
                     if _is_month(month):
                         found[month] = f"{item['Size']}-{item['ETag'].strip(chr(34))}"
         return dict(sorted(found.items()))

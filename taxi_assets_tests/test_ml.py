@@ -137,3 +137,12 @@ def test_month_helpers():
     for bad in ("2024-13", "24-02", "2024/02", "x"):
         with pytest.raises(ValueError, match="YYYY-MM"):
             parse_month(bad)
+
+
+def test_template_pattern_matches_what_the_template_formats():
+    from taxi_assets.ml.trip_files import template_pattern
+
+    for template in ("{year}/{month:02d}.parquet", "green_tripdata_{year}-{month:02d}.parquet", "x/{year}.{month}.pq"):
+        match = template_pattern(template).fullmatch(format_template(template, "2024-02"))
+        assert match and (match["year"], int(match["month"])) == ("2024", 2)
+    assert template_pattern("{year}/{month:02d}.parquet").fullmatch("2024/02.parquet.bak") is None

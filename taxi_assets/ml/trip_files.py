@@ -44,6 +44,18 @@ def format_template(template: str, month: str) -> str:
     return template.format(year=year, month=month_number)
 
 
+def template_pattern(template: str) -> "re.Pattern[str]":
+    """A regex matching the names a file template produces, with groups ``year`` and ``month``."""
+    import re
+
+    parts = re.split(r"(\{year\}|\{month(?::02d)?\})", template)
+    pattern = "".join(
+        "(?P<year>[0-9]{4})" if part == "{year}" else "(?P<month>[0-9]{1,2})" if part.startswith("{month") else re.escape(part)
+        for part in parts
+    )
+    return re.compile(pattern)
+
+
 # The two layouts a local folder may use: the course's mirror and the TLC's own file names.
 LOCAL_LAYOUTS = ("{year}/{month:02d}.parquet", "green_tripdata_{year}-{month:02d}.parquet")
 
