@@ -43,6 +43,7 @@ def write_instance(home: Path) -> None:
     (home / "dagster.yaml").write_text(
         f"storage:\n  sqlite:\n    base_dir: {home}\nlocal_artifact_storage:\n  module: dagster._core.storage.root\n"
         f"  class: LocalArtifactStorage\n  config:\n    base_dir: {home}\ntelemetry:\n  enabled: false\n"
+        "run_coordinator:\n  module: dagster._core.run_coordinator\n  class: DefaultRunCoordinator\n"
     )
 
 

@@ -1,6 +1,7 @@
 """Training benchmark (issue 3), partition 2024-02.
 
-(a) All six scikit-learn models (the model_training job: one process per model, two at a time)
+(a) All six scikit-learn models (the retraining job's multiprocess executor: one process per model,
+    two at a time)
     and XGBoost with the default budgets: validation RMSE, trials and wall time, in one table.
 (b) XGBoost with the course's own settings (early_stopping_rounds=3, max_evaluations=3, plain
     TPE, no time budget) beside our defaults.
@@ -84,7 +85,7 @@ def main() -> None:
             models = defs.load_asset_value("sklearn_models", partition_key=MONTH, instance=instance)
             for model in sorted(models.values(), key=lambda m: m.rmse):
                 rows.append([model.name, f"{model.rmse:.3f}", model.n_trials, f"{model.train_seconds:.1f} s", "default (10 trials, 120 s budget per model)"])
-            rows.append(["(all six, model_training job, 2 processes)", "", "", f"{six_wall:.1f} s wall", ""])
+            rows.append(["(all six, multiprocess executor, 2 processes)", "", "", f"{six_wall:.1f} s wall", ""])
 
         xgb_default, _ = run_in_process(defs, instance, ["xgboost_model"], None)
         default_model = defs.load_asset_value("xgboost_model", partition_key=MONTH, instance=instance)
@@ -120,7 +121,7 @@ def main() -> None:
         f"step {default_step:.1f} s (target <= 120 s): {'PASS' if ok_time else 'FAIL'}. "
         f"Course settings: RMSE {course_model.rmse:.3f} in {course_step:.1f} s "
         f"(issue's reference: Mage original 5.17-5.30 in 80-130 s; LinearRegression about 6.0).",
-        "(c) the scikit-learn fan-out, whole run, in-process executor against the model_training job's multiprocess executor (2 at a time):",
+        "(c) the scikit-learn fan-out, whole run, in-process executor against the multiprocess executor (2 at a time):",
         table(["models", "in-process", "multiprocess", "in-process / multiprocess"], fan_rows),
         "Command: `python benchmarks/bench_training.py" + (" --skip-six" if args.skip_six else "") + "`",
     ])
