@@ -29,22 +29,13 @@ import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import BENCH_DIR, DATA_DIR, REPO_ROOT, append_results, table  # noqa: E402
+from common import BENCH_DIR, DATA_DIR, REPO_ROOT, append_results, table, write_scratch_instance  # noqa: E402
 
 import dagster as dg  # noqa: E402
 import pandas as pd  # noqa: E402
 
 BIN = Path(sys.executable).parent
 MONTH = "2024-02"
-
-
-def write_instance(home: Path) -> None:
-    # Absolute paths and the default run coordinator: GraphQL launches run without a daemon.
-    (home / "dagster.yaml").write_text(
-        f"storage:\n  sqlite:\n    base_dir: {home}\nlocal_artifact_storage:\n  module: dagster._core.storage.root\n"
-        f"  class: LocalArtifactStorage\n  config:\n    base_dir: {home}\ntelemetry:\n  enabled: false\n"
-        "run_coordinator:\n  module: dagster._core.run_coordinator\n  class: DefaultRunCoordinator\n"
-    )
 
 
 def free_port() -> int:
@@ -186,8 +177,8 @@ def graphql(home: Path, rows: list) -> None:
 def backfill(rows: list, notes: list) -> None:
     with tempfile.TemporaryDirectory() as single_dir, tempfile.TemporaryDirectory() as range_dir:
         single, ranged = Path(single_dir), Path(range_dir)
-        write_instance(single)
-        write_instance(ranged)
+        write_scratch_instance(single)
+        write_scratch_instance(ranged)
         run_cli(["materialize", "--partition", "2024-01", "--select", "raw_trips,cleaned_trips"], single)
         one_wall = run_cli(["materialize", "--partition", MONTH, "--no-previous-month"], single)
         one_month = month_durations(single)[MONTH]
@@ -213,7 +204,7 @@ def main() -> None:
     notes: list = []
     with tempfile.TemporaryDirectory() as scratch:
         home = Path(scratch)
-        write_instance(home)
+        write_scratch_instance(home)
         serving(home, rows, notes)
         graphql(home, rows)
     backfill(rows, notes)

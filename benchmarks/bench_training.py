@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import DATA_DIR, append_results, table  # noqa: E402
+from common import DATA_DIR, append_results, table, write_scratch_instance  # noqa: E402
 
 import dagster as dg  # noqa: E402
 
@@ -35,10 +35,7 @@ MONTH = "2024-02"
 
 
 def instance_in(home: Path) -> dg.DagsterInstance:
-    (home / "dagster.yaml").write_text(
-        f"storage:\n  sqlite:\n    base_dir: {home}\nlocal_artifact_storage:\n  module: dagster._core.storage.root\n"
-        f"  class: LocalArtifactStorage\n  config:\n    base_dir: {home}\ntelemetry:\n  enabled: false\n"
-    )
+    write_scratch_instance(home)
     return dg.DagsterInstance.from_config(str(home))
 
 

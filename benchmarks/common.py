@@ -66,3 +66,15 @@ def append_results(title: str, body: str) -> None:
     with RESULTS.open("a") as results:
         results.write(f"\n## {title} ({stamp})\n\nMachine: {machine()}\n\n{body}\n")
     print(f"\nappended to {RESULTS}")
+
+
+def write_scratch_instance(home: Path) -> None:
+    """A dagster.yaml for a throwaway instance in ``home``: absolute paths, and the default run
+    coordinator so runs launched through GraphQL start without a daemon."""
+    (home / "dagster.yaml").write_text(
+        f"storage:\n  sqlite:\n    base_dir: {home}\n"
+        f"local_artifact_storage:\n  module: dagster._core.storage.root\n  class: LocalArtifactStorage\n"
+        f"  config:\n    base_dir: {home}\n"
+        "run_coordinator:\n  module: dagster._core.run_coordinator\n  class: DefaultRunCoordinator\n"
+        "telemetry:\n  enabled: false\n"
+    )

@@ -164,7 +164,10 @@ def create_app(holder: ModelHolder, token: str, reload_interval: float = 5.0):
             return error(413, f"request body over {MAX_BODY_BYTES} bytes")
         try:
             records = parse_inputs(await request.body())
-            predictions = model.predictor.predict(records)
+            # Already validated: straight to the model's features.
+            pairs = [f"{record['PULocationID']}_{record['DOLocationID']}" for record in records]
+            distances = [float(record["trip_distance"]) for record in records]
+            predictions = model.predictor.predict_pairs(pairs, distances)
         except BadRequest as bad:
             return error(bad.status, bad.message)
         except ValueError as bad:

@@ -180,3 +180,44 @@ def test_tracking_store_defaults_beside_instance_and_env_overrides(instance, mon
     explicit = MlflowTracking(tracking_uri="http://127.0.0.1:5000")
     with dg.build_resources({"mlflow": explicit}, instance=instance) as resources:
         assert resources.mlflow.uri == "http://127.0.0.1:5000"
+
+
+def test_compiled_lookup_returns_exactly_the_boosters_predictions(trained_instance):
+    import numpy as np
+    import pandas as pd
+
+    from taxi_assets.definitions import defs
+    from taxi_assets.ml.predictor import compile_lookup
+
+    predictor = defs.load_asset_value("xgboost_model", partition_key="2024-02", instance=trained_instance).predictor
+    cleaned = defs.load_asset_value("cleaned_trips", partition_key="2024-02", instance=trained_instance)
+    check = cleaned.loc[cleaned.lpep_pickup_datetime >= "2024-02-01", ["PU_DO", "trip_distance"]]
+    lookup, message = compile_lookup(predictor, check)
+    assert lookup is not None, message
+    assert "identical on" in message
+    # Beyond the check rows: distances exactly at, just below and above every threshold, zero,
+    # large ones, and pairs the model never saw.
+    rng = np.random.default_rng(0)
+    thresholds = lookup.thresholds.astype(float)
+    distances = np.concatenate([thresholds, np.nextafter(thresholds, -1), thresholds + 1e-3, [0.0, 0.01, 499.0]])
+    pairs = list(rng.choice(list(lookup.rows), size=len(distances))) + []
+    pairs[:5] = ["999_998", "1_1", "265_265", "7_7", "263_263"]
+    frame = pd.DataFrame({"PU_DO": pairs, "trip_distance": distances})
+    expected = predictor.predict_features(frame).astype(np.float32)
+    np.testing.assert_array_equal(lookup.predict(pairs, distances), expected)
+
+
+def test_production_model_serves_from_a_verified_lookup(trained_instance):
+    from taxi_assets.definitions import build_defs
+
+    result = build_defs().resolve_implicit_global_asset_job_def().execute_in_process(
+        instance=trained_instance, partition_key="2024-02", asset_selection=[dg.AssetKey("production_model")]
+    )
+    [event] = result.get_asset_materialization_events()
+    metadata = event.materialization.metadata
+    if metadata["serving_model"].value == "xgboost":
+        assert "identical on" in metadata["serving_lookup_table"].value
+        production = result.output_for_node("production_model")
+        assert production.predictor.lookup is not None
+    else:  # a linear model won: nothing to compile
+        assert metadata["serving_lookup_table"].value.startswith("no")

@@ -37,18 +37,13 @@ def raw_trips(context: dg.AssetExecutionContext, trip_source: TripSource) -> dg.
         # retrains again, rather than missing the change.
         fingerprint = trip_source.fingerprint(month) or ""
         trips = trip_source.read_month(month)
-    except TripDataError as error:
-        raise dg.Failure(
-            description=f"raw_trips partition {month}: {error}",
-            metadata={"partition": month, "source": location},
-            allow_retries=False,
-        ) from error
     except TransientSourceError as error:
         context.log.warning(f"raw_trips partition {month}: {error}; will retry")
         raise
     except Exception as error:
+        problem = str(error) if isinstance(error, TripDataError) else f"reading {location} failed: {error!r}"
         raise dg.Failure(
-            description=f"raw_trips partition {month}: reading {location} failed: {error!r}",
+            description=f"raw_trips partition {month}: {problem}",
             metadata={"partition": month, "source": location},
             allow_retries=False,
         ) from error

@@ -10,7 +10,7 @@ from taxi_assets.metadata import summary_table
 from taxi_assets.ml.cleaning import clean
 from taxi_assets.ml.features import TARGET, combine_features
 from taxi_assets.ml.trip_files import month_start, previous_month
-from taxi_assets.partitions import FIRST_MONTH, monthly_partitions
+from taxi_assets.partitions import FIRST_MONTH, monthly_partitions, previous_and_current_month
 
 
 @dg.asset(
@@ -65,13 +65,7 @@ def _months_by_key(cleaned_trips: Any, month: str, materialized: set[str]) -> li
 
 @dg.asset(
     partitions_def=monthly_partitions,
-    ins={
-        "cleaned_trips": dg.AssetIn(
-            partition_mapping=dg.TimeWindowPartitionMapping(start_offset=-1),
-            # Load what exists so a missing previous month gets our message, not a load error.
-            metadata={"allow_missing_partitions": True},
-        )
-    },
+    ins={"cleaned_trips": previous_and_current_month()},
     group_name="data_preparation",
     kinds={"scikitlearn", "scipy"},
     owners=["team:ml-platform"],

@@ -10,6 +10,28 @@ import numpy as np
 
 
 @dataclass
+class DistanceLookup:
+    """An XGBoost ensemble compiled for the course's two features.
+
+    Every row the model sees has one ``PU_DO`` one-hot column (or none, for an unseen pair) and
+    ``trip_distance``. For a given pair, every tree routes all distances between two consecutive
+    ``trip_distance`` split thresholds the same way, so the ensemble is a step function of the
+    distance per pair. ``table[pair, k]`` holds XGBoost's own prediction at one distance of
+    interval ``k``, so a lookup returns exactly what the booster returns, in microseconds.
+    """
+
+    rows: dict[str, int]  # PU_DO value -> row of the table; unseen pairs use the last row
+    thresholds: np.ndarray  # float32, sorted: XGBoost compares float32 values with "<"
+    table: np.ndarray  # float32 [pairs + 1, thresholds + 1]
+
+    def predict(self, pu_do: list[str], distance: np.ndarray) -> np.ndarray:
+        unseen = self.table.shape[0] - 1
+        rows = np.fromiter((self.rows.get(pair, unseen) for pair in pu_do), np.int64, len(pu_do))
+        intervals = np.searchsorted(self.thresholds, np.asarray(distance, dtype=np.float32), side="right")
+        return self.table[rows, intervals]
+
+
+@dataclass
 class TripDurationPredictor:
     """``predict`` takes the course's records (``PULocationID``, ``DOLocationID``,
     ``trip_distance``; ids as int or str) and returns minutes.
@@ -24,6 +46,7 @@ class TripDurationPredictor:
     vectorizer: Any
     partition: str | None = None
     best_iteration: int | None = None  # xgboost: trees to use (early stopping)
+    lookup: DistanceLookup | None = None  # a compiled xgboost model (see compile_lookup)
 
     def features(self, records: Iterable[Mapping[str, Any]] | Mapping[str, Any]):
         """The model's matrix for records, validated one by one (errors name the record)."""
@@ -47,14 +70,36 @@ class TripDurationPredictor:
 
     def predict(self, records) -> np.ndarray:
         """Minutes for each record (a list of mappings, or one mapping)."""
-        return self.predict_matrix(self.features(records))
+        from taxi_assets.ml.features import record_features
+
+        if isinstance(records, Mapping):
+            records = [records]
+        pairs, distances = [], []
+        for position, record in enumerate(records):
+            if not isinstance(record, Mapping):
+                raise ValueError(f"record {position} must be a mapping, got {type(record).__name__}")
+            try:
+                features = record_features(record)
+            except ValueError as error:
+                raise ValueError(f"record {position}: {error}") from None
+            pairs.append(features["PU_DO"])
+            distances.append(features["trip_distance"])
+        return self.predict_pairs(pairs, np.asarray(distances, dtype=float))
 
     def predict_features(self, features) -> np.ndarray:
         """Minutes for a frame of model features (``PU_DO``, ``trip_distance``), as in cleaned_trips."""
-        from taxi_assets.ml import vectorizing
-        from taxi_assets.ml.features import FEATURES
+        return self.predict_pairs(features["PU_DO"].tolist(), features["trip_distance"].to_numpy(dtype=float))
 
-        return self.predict_matrix(vectorizing.transform(features[FEATURES], self.vectorizer))
+    def predict_pairs(self, pu_do: list[str], distance: np.ndarray) -> np.ndarray:
+        """Minutes for validated features: ``PU_DO`` strings and distances."""
+        if getattr(self, "lookup", None) is not None:  # older pickles have no lookup attribute
+            return self.lookup.predict(pu_do, distance)
+        import pandas as pd
+
+        from taxi_assets.ml import vectorizing
+
+        frame = pd.DataFrame({"PU_DO": pu_do, "trip_distance": distance})
+        return self.predict_matrix(vectorizing.transform(frame, self.vectorizer))
 
     def predict_matrix(self, matrix) -> np.ndarray:
         if matrix.shape[0] == 0:
@@ -85,3 +130,50 @@ class TrainedModel:
     registered_model: str | None = None
     model_version: str | None = None
     trials: list[dict[str, Any]] = field(default_factory=list)
+
+
+def compile_lookup(predictor: TripDurationPredictor, check_features, max_thresholds: int = 4096):
+    """Compile an XGBoost predictor into a :class:`DistanceLookup`, or say why not.
+
+    ``check_features`` (a frame with ``PU_DO`` and ``trip_distance``) is predicted both ways; the
+    lookup is returned only if every value is identical. Returns ``(lookup or None, message)``.
+    """
+    from taxi_assets.ml import vectorizing
+
+    if predictor.kind != "xgboost":
+        return None, "only XGBoost models are compiled"
+    vocabulary = predictor.vectorizer.vocabulary_
+    distance_column = vocabulary["trip_distance"]
+    trees = predictor.model[: predictor.best_iteration + 1] if predictor.best_iteration is not None else predictor.model
+    nodes = trees.trees_to_dataframe()
+    names = {f"f{distance_column}", "trip_distance"}
+    thresholds = np.unique(nodes.loc[nodes["Feature"].isin(names), "Split"].to_numpy(dtype=np.float32))
+    if len(thresholds) > max_thresholds:
+        return None, f"{len(thresholds)} distance thresholds (more than {max_thresholds})"
+    # One distance per interval: below the first threshold, then each threshold itself
+    # (x < t is false at t, and true below the next one).
+    below = np.nextafter(thresholds[0], np.float32(-np.inf)) if len(thresholds) else np.float32(0)
+    points = np.concatenate([[below], thresholds]).astype(np.float32)
+    pairs = sorted((name.removeprefix("PU_DO="), column) for name, column in vocabulary.items() if name.startswith("PU_DO="))
+    columns = [column for _, column in pairs] + [-1]  # -1: an unseen pair (no one-hot column)
+    table = np.empty((len(columns), len(points)), dtype=np.float32)
+    chunk = max(1, 400_000 // len(points))
+    for start in range(0, len(columns), chunk):
+        block = np.asarray(columns[start : start + chunk], dtype=np.int64)
+        n_rows = len(block) * len(points)
+        # Rows laid out as the vectorizer lays them out: the pair's column, then the distance.
+        matrix = vectorizing.assemble_csr(
+            [np.repeat(block, len(points)), np.full(n_rows, distance_column, dtype=np.int64)],
+            [np.ones(n_rows), np.tile(points.astype(np.float64), len(block))],
+            n_rows,
+            len(vocabulary),
+        )
+        table[start : start + len(block)] = predictor.predict_matrix(matrix).reshape(len(block), len(points))
+    lookup = DistanceLookup(rows={pair: row for row, (pair, _) in enumerate(pairs)}, thresholds=thresholds, table=table)
+
+    expected = predictor.predict_features(check_features)
+    got = lookup.predict(check_features["PU_DO"].tolist(), check_features["trip_distance"].to_numpy(dtype=float))
+    mismatches = int(np.sum(expected.astype(np.float32) != got))
+    if mismatches:
+        return None, f"{mismatches} of {len(got)} check predictions differ from the booster's"
+    return lookup, f"{len(pairs):,} zone pairs x {len(points)} distance intervals, identical on {len(got):,} check rows"

@@ -43,7 +43,7 @@ def _column_entries(
     return np.full(len(series), vocabulary.get(column, -1), dtype=np.int64), values, [column]
 
 
-def _assemble(
+def assemble_csr(
     indices: list[np.ndarray], values: list[np.ndarray], n_rows: int, n_features: int
 ) -> sp.csr_matrix:
     # Row-major: each row's entries in column order, as DictVectorizer appends them.
@@ -69,7 +69,7 @@ def fit_transform(features: pd.DataFrame) -> tuple[sp.csr_matrix, DictVectorizer
     for (codes, _, column_names) in per_column:
         lookup = np.fromiter((vocabulary[name] for name in column_names), np.int64, len(column_names))
         indices.append(np.where(codes >= 0, lookup[np.maximum(codes, 0)], -1))
-    matrix = _assemble(indices, [entry[1] for entry in per_column], len(features), len(names))
+    matrix = assemble_csr(indices, [entry[1] for entry in per_column], len(features), len(names))
 
     vectorizer = DictVectorizer()
     vectorizer.feature_names_ = names
@@ -84,7 +84,7 @@ def transform(features: pd.DataFrame, vectorizer: DictVectorizer) -> sp.csr_matr
     """
     vocabulary = vectorizer.vocabulary_
     per_column = [_column_entries(features[column], vocabulary) for column in features.columns]
-    return _assemble(
+    return assemble_csr(
         [entry[0] for entry in per_column],
         [entry[1] for entry in per_column],
         len(features),
