@@ -217,3 +217,37 @@ def test_predict_job_with_config(trained_instance):
         instance=trained_instance, run_config={"ops": {"predict_trip_durations": {"config": {"PULocationID": 1}}}}, raise_on_error=False
     )
     assert not bad.success and "missing DOLocationID, trip_distance" in failure_messages(bad)
+
+
+def test_predict_job_from_the_cli(trained_instance, tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    defs = build_defs()
+    if not trained_instance.get_materialized_partitions(dg.AssetKey("production_model")):
+        assert defs.resolve_implicit_global_asset_job_def().execute_in_process(
+            instance=trained_instance, partition_key="2024-02", asset_selection=[dg.AssetKey("production_model")]
+        ).success
+    config = tmp_path / "predict.yaml"
+    config.write_text("ops:\n  predict_trip_durations:\n    config: {PULocationID: 65, DOLocationID: 170, trip_distance: 6.54}\n")
+    home = Path(trained_instance.storage_directory()).resolve().parent
+    before = {run.run_id for run in trained_instance.get_runs()}
+    completed = subprocess.run(
+        [Path(sys.executable).parent / "dagster", "job", "execute", "-m", "taxi_assets.definitions", "-j", "predict", "-c", str(config)],
+        env={**os.environ, "DAGSTER_HOME": str(home)}, capture_output=True, text=True, timeout=180,
+    )
+    [run] = [run for run in trained_instance.get_runs() if run.run_id not in before]
+    assert run.job_name == "predict" and run.status == dg.DagsterRunStatus.SUCCESS, completed.stderr[-2000:]
+    [output] = [
+        entry.dagster_event for entry in trained_instance.all_logs(run.run_id)
+        if entry.dagster_event and entry.dagster_event.event_type_value == "STEP_OUTPUT"
+    ]
+    assert 8 < output.event_specific_data.metadata["first_prediction_minutes"].value < 45
+
+
+def test_automation_ships_as_documented():
+    assert new_trip_data_sensor.default_status == dg.DefaultSensorStatus.RUNNING
+    assert new_trip_data_sensor.minimum_interval_seconds == int(os.environ.get("TAXI_SENSOR_INTERVAL_SECONDS", "60"))
+    assert hourly_retraining_schedule.cron_schedule == "0 * * * *"
+    assert new_trip_data_sensor.job_name == hourly_retraining_schedule.job_name == "retraining"
