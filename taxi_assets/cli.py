@@ -1,7 +1,7 @@
 """``taxi-assets``: the command-line entry point.
 
-``taxi-assets materialize`` exists because ``dagster asset materialize`` (dagster 1.13) can exit 0
-when its run fails, which a cron job or CI step would never notice. This command runs one
+``taxi-assets materialize`` exists because ``dagster asset materialize`` has been reported to exit 0
+after a failed run (dagster 1.13), which a cron job or CI step would never notice. This command runs one
 Dagster run per month on the instance at ``DAGSTER_HOME``, prints what happened to every asset
 and check, and exits 1 if anything failed.
 """
@@ -12,6 +12,7 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+from contextlib import nullcontext
 
 DEFAULT_SELECTION = "raw_trips,cleaned_trips,training_set"  # the models: add sklearn_models,xgboost_model
 # Assets that read the previous month's cleaned_trips (so it must exist first).
@@ -44,7 +45,7 @@ def retraining_job():
 
 
 def _execute(instance, asset_names: list[str], month: str, run_config: dict | None):
-    """Run ``asset_names`` for ``month``; yields the result while it is still open."""
+    """Run ``asset_names`` for ``month``; returns a context manager around the run's result."""
     import dagster as dg
 
     from taxi_assets.definitions import defs
@@ -59,8 +60,6 @@ def _execute(instance, asset_names: list[str], month: str, run_config: dict | No
             tags={**tags, "dagster/partition": month}, run_config=run_config,
         )
     # Data preparation runs in this process, as the code location's in-process executor would.
-    from contextlib import nullcontext
-
     return nullcontext(
         defs.resolve_implicit_global_asset_job_def().execute_in_process(
             instance=instance, asset_selection=keys, partition_key=month, tags=tags, raise_on_error=False,
