@@ -6,7 +6,7 @@ import os
 
 import dagster as dg
 
-from taxi_assets.jobs import RETRAINING_ASSETS, retraining_job
+from taxi_assets.jobs import retraining_job
 from taxi_assets.ml.trip_files import previous_month
 from taxi_assets.partitions import FIRST_MONTH, monthly_partitions
 from taxi_assets.resources import TripSource

@@ -11,9 +11,7 @@ import pytest
 
 import taxi_assets
 from taxi_assets.api import ModelNotFoundError
-from taxi_assets.definitions import build_defs
 from taxi_assets.ml.hyperparameters import short_name, valid_model_names
-from taxi_assets.resources import LocalTripSource
 
 from taxi_assets_tests.conftest import SAMPLES, failure_messages, mlflow_client, run_months, runs_of, train
 

@@ -15,7 +15,7 @@ import pytest
 
 from taxi_assets.definitions import build_defs
 
-from taxi_assets_tests.conftest import SAMPLES, failure_messages
+from taxi_assets_tests.conftest import failure_messages
 from taxi_assets_tests.servers import free_port
 
 TOKEN = secrets.token_urlsafe(24)  # made per test session; no token lives in the repo

@@ -44,7 +44,7 @@ def format_template(template: str, month: str) -> str:
     return template.format(year=year, month=month_number)
 
 
-def template_pattern(template: str) -> "re.Pattern[str]":
+def template_pattern(template: str):
     """A regex matching the names a file template produces, with groups ``year`` and ``month``."""
     import re
 
