@@ -32,3 +32,11 @@ retraining_job = dg.define_asset_job(
     description="Ingest, prepare, train and choose the production model for one month.",
     executor_def=dg.multiprocess_executor.configured({"max_concurrent": 2}),
 )
+
+# The run-health view and the model freshness check, refreshed daily by a schedule.
+observability_job = dg.define_asset_job(
+    name="observability",
+    selection=dg.AssetSelection.assets("pipeline_health")
+    | dg.AssetSelection.checks(dg.AssetCheckKey(dg.AssetKey("production_model"), "model_freshness")),
+    description="Refresh pipeline_health and run the production model's freshness check.",
+)

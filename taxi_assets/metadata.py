@@ -21,3 +21,14 @@ def summary_table(values: pd.Series, unit: str) -> dg.MetadataValue:
 
 def null_counts(frame: pd.DataFrame) -> dict[str, int]:
     return {str(name): int(count) for name, count in frame.isna().sum().items()}
+
+
+def chart(png: bytes, alt: str) -> dg.MetadataValue:
+    """A PNG as a markdown image with a data URI: the asset page shows it inline."""
+    import base64
+
+    return dg.MetadataValue.md(f"![{alt}](data:image/png;base64,{base64.b64encode(png).decode('ascii')})")
+
+
+def markdown(text: str) -> dg.MetadataValue:
+    return dg.MetadataValue.md(text)

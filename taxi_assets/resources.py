@@ -239,7 +239,7 @@ def trip_source_from_env() -> TripSource:
     ``TAXI_DATA_S3_PREFIX``, ``AWS_ENDPOINT_URL``) -> S3; else the TLC's public download.
     Values stay ``EnvVar``s, so the UI shows where they come from.
     """
-    if os.getenv("TAXI_DATA_DIR"):
+    if os.getenv("TAXI_DATA_DIR") and not is_production():
         return LocalTripSource(directory=dg.EnvVar("TAXI_DATA_DIR"))
     if os.getenv("TAXI_DATA_S3_BUCKET"):
         return S3TripSource(
@@ -290,3 +290,38 @@ class LocalPickleIOManager(dg.ConfigurableIOManagerFactory):
     def create_io_manager(self, context: dg.InitResourceContext) -> _AtomicPickleIOManager:
         base_dir = self.base_dir or context.instance.storage_directory()
         return _AtomicPickleIOManager(base_dir=base_dir)
+
+
+# Production: TAXI_ENV=production switches every resource to its shared, multi-machine form.
+PRODUCTION_VARIABLES = {
+    "TAXI_S3_BUCKET": "bucket for asset values (S3 IO manager)",
+    "TAXI_DATA_S3_BUCKET": "bucket holding the monthly trip files",
+    "MLFLOW_TRACKING_URI": "the MLflow tracking server (PostgreSQL backend, S3 artifacts)",
+}
+
+
+class ProductionConfigError(RuntimeError):
+    """TAXI_ENV=production without the settings it needs; the message lists them."""
+
+
+def is_production() -> bool:
+    return os.getenv("TAXI_ENV", "local").strip().lower() == "production"
+
+
+def production_io_manager() -> dg.ConfigurableIOManager:
+    """Pickled asset values in S3 (dagster-aws): s3://$TAXI_S3_BUCKET/$TAXI_S3_PREFIX/<asset>/<month>.
+
+    S3 writes an object whole or not at all, so a failed run never replaces a good value."""
+    from dagster_aws.s3 import S3PickleIOManager, S3Resource
+
+    return S3PickleIOManager(
+        s3_resource=S3Resource(endpoint_url=os.getenv("AWS_ENDPOINT_URL"), region_name=os.getenv("AWS_REGION")),
+        s3_bucket=dg.EnvVar("TAXI_S3_BUCKET"),
+        s3_prefix=os.getenv("TAXI_S3_PREFIX", "taxi_assets/assets"),
+    )
+
+
+def check_production_environment() -> None:
+    missing = [f"{name} ({meaning})" for name, meaning in PRODUCTION_VARIABLES.items() if not os.getenv(name)]
+    if missing:
+        raise ProductionConfigError("TAXI_ENV=production needs: " + "; ".join(missing))

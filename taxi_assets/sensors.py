@@ -6,7 +6,8 @@ import os
 
 import dagster as dg
 
-from taxi_assets.jobs import retraining_job
+from taxi_assets.alerts import AlertDeliveryError, EmailAlerts, failure_report
+from taxi_assets.jobs import observability_job, retraining_job
 from taxi_assets.ml.trip_files import previous_month
 from taxi_assets.partitions import FIRST_MONTH, monthly_partitions
 from taxi_assets.resources import TripSource
@@ -115,3 +116,37 @@ def hourly_retraining_schedule(context: dg.ScheduleEvaluationContext, trip_sourc
         return dg.SkipReason(f"the source has no file for {month} yet")
     requests, skipped = retraining_requests(context.instance, {month: fingerprint}, set(keys))
     return requests or dg.SkipReason("; ".join(skipped) or f"{month} is already retrained from this file")
+
+
+@dg.run_failure_sensor(
+    name="email_on_failure",
+    monitor_all_code_locations=False,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    minimum_interval_seconds=30,
+    description="Emails every failed run (including runs stopped by a failed blocking check): job, run id, "
+    "partition, failed steps and checks with their errors, and a link to the run. SMTP from TAXI_SMTP_*.",
+)
+def email_on_failure(context: dg.RunFailureSensorContext, alerts: EmailAlerts):
+    run = context.dagster_run
+    if not alerts.enabled:
+        context.log.info(f"run {run.run_id} failed; email alerts are off (set TAXI_SMTP_HOST and TAXI_ALERT_TO)")
+        return
+    report = failure_report(context.instance, run, context.failure_event.message)
+    try:
+        alerts.send(report.subject(), report.body(alerts.run_url(run.run_id)))
+    except AlertDeliveryError as error:
+        # Logged where the sensor's ticks are shown, and raised so the tick fails and the alert
+        # is retried on the next tick rather than dropped.
+        context.log.error(f"failure alert for run {run.run_id} ({run.job_name}) not delivered: {error}")
+        raise
+    context.log.info(f"failure alert for run {run.run_id} sent to {', '.join(alerts.recipient_list)}")
+
+
+@dg.schedule(
+    job=observability_job,
+    cron_schedule="15 6 * * *",
+    default_status=dg.DefaultScheduleStatus.RUNNING,
+    description="Daily: refresh pipeline_health and check that the production model is not older than the data.",
+)
+def daily_health_schedule(context: dg.ScheduleEvaluationContext):
+    return dg.RunRequest()

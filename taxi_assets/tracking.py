@@ -81,7 +81,11 @@ class MlflowTracking(dg.ConfigurableResource):
 
     @staticmethod
     def dagster_tags(context, asset: str) -> dict[str, str]:
-        tags = {"dagster.run_id": context.run_id, "dagster.asset": asset, "dagster.step": context.op_handle.name}
+        try:
+            step = context.op_handle.name
+        except Exception:  # a directly invoked asset (tests, notebooks) has no op handle
+            step = asset
+        tags = {"dagster.run_id": context.run_id, "dagster.asset": asset, "dagster.step": step}
         if context.has_partition_key:
             tags["dagster.partition"] = context.partition_key
         return tags
@@ -135,6 +139,28 @@ class MlflowTracking(dg.ConfigurableResource):
         for key, value in self.dagster_tags(context, asset).items():
             client.set_model_version_tag(registered_model, version, key, value)
         return version
+
+    def log_metrics(self, metrics: dict[str, float]) -> None:
+        import mlflow
+
+        mlflow.log_metrics(metrics)
+
+    def log_params(self, params: dict) -> None:
+        import mlflow
+
+        mlflow.log_params(params)
+
+    def log_charts(self, charts: dict[str, bytes], folder: str = "charts") -> None:
+        """PNG charts as artifacts of the active run (``charts/<name>.png``)."""
+        import tempfile
+
+        import mlflow
+
+        with tempfile.TemporaryDirectory() as directory:
+            for name, png in charts.items():
+                path = Path(directory) / f"{name}.png"
+                path.write_bytes(png)
+                mlflow.log_artifact(str(path), artifact_path=folder)
 
     def set_alias(self, registered_model: str, alias: str, version: str) -> None:
         """Point ``alias`` at one version, and take it off the other taxi-duration models (the

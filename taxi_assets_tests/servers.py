@@ -81,3 +81,85 @@ def moto_s3_server():
         yield f"http://127.0.0.1:{port}"
     finally:
         server.stop()
+
+
+def self_signed_certificate(directory: Path, host: str = "127.0.0.1") -> tuple[Path, Path]:
+    """A certificate for ``host`` (also its own CA) and its key, as PEM files."""
+    import datetime as dt
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host)])
+    now = dt.datetime.now(dt.timezone.utc)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(host))]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = directory / "smtp-cert.pem", directory / "smtp-key.pem"
+    cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return cert_path, key_path
+
+
+class SmtpServer:
+    """aiosmtpd on 127.0.0.1 that requires STARTTLS and AUTH (``user``/``password``) and keeps
+    every delivered message in ``messages`` (``email.message.Message``); ``logins`` records
+    (user, accepted) per AUTH attempt. ``tls=False`` gives a plaintext server without STARTTLS."""
+
+    def __init__(self, directory: Path, user: str, password: str, tls: bool = True):
+        import email
+        import ssl
+
+        from aiosmtpd.controller import Controller
+        from aiosmtpd.smtp import AuthResult, LoginPassword
+
+        self.messages: list = []
+        self.logins: list[tuple[str, bool]] = []
+        self.port = free_port()
+        self.cert, key = self_signed_certificate(directory)
+        server = self
+
+        class Handler:
+            async def handle_DATA(self, smtp, session, envelope):  # noqa: N802 - aiosmtpd's API
+                message = email.message_from_bytes(envelope.content)
+                message["X-Envelope-To"] = ", ".join(envelope.rcpt_tos)
+                message["X-Was-Encrypted"] = str(session.ssl is not None)
+                server.messages.append(message)
+                return "250 OK"
+
+        def authenticate(smtp, session, envelope, mechanism, auth_data):
+            ok = isinstance(auth_data, LoginPassword) and (auth_data.login.decode(), auth_data.password.decode()) == (user, password)
+            self.logins.append((auth_data.login.decode() if isinstance(auth_data, LoginPassword) else "?", ok))
+            return AuthResult(success=ok, handled=False)  # handled=False: aiosmtpd replies 535
+
+        options = {}
+        if tls:
+            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            context.load_cert_chain(self.cert, key)
+            options = {"tls_context": context, "require_starttls": True, "auth_require_tls": True}
+        self.controller = Controller(
+            Handler(), hostname="127.0.0.1", port=self.port, authenticator=authenticate,
+            auth_required=tls, **options,
+        )
+
+    def __enter__(self) -> SmtpServer:
+        self.controller.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.controller.stop()

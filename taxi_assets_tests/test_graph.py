@@ -48,6 +48,9 @@ def test_checks_ran_and_passed_per_partition(prepared_instance):
     assert set(evaluations) == {
         ("cleaned_trips", "durations_within_bounds"),
         ("cleaned_trips", "features_not_null"),
+        ("cleaned_trips", "dropped_share_stable"),
+        ("cleaned_trips", "duration_drift"),
+        ("cleaned_trips", "trip_distance_drift"),
         ("training_set", "matrices_consistent"),
         ("training_set", "matches_course_figures"),
     }
@@ -55,7 +58,9 @@ def test_checks_ran_and_passed_per_partition(prepared_instance):
     assert evaluations[("training_set", "matches_course_figures")].metadata["X_actual"].value == "(105870, 7027)"
     # Recorded per partition in the instance.
     january = prepared_instance.test_results["2024-01"]
-    assert {e.check_name for e in january.get_asset_check_evaluations()} == {"durations_within_bounds", "features_not_null"}
+    assert {e.check_name for e in january.get_asset_check_evaluations()} == {
+        "durations_within_bounds", "features_not_null", "dropped_share_stable", "duration_drift", "trip_distance_drift"
+    }
 
 
 def test_materialization_metadata(prepared_instance):

@@ -4,8 +4,11 @@
 import dagster as dg
 import pandas as pd
 
-from taxi_assets.metadata import column_schema, null_counts
-from taxi_assets.ml.schema import PICKUP, TripDataError
+from taxi_assets import charts
+from taxi_assets.metadata import chart, column_schema, markdown, null_counts
+from taxi_assets.ml.quality import markdown_table, profile
+from taxi_assets.ml.schema import REQUIRED_COLUMNS, PICKUP, TripDataError
+from taxi_assets.ml.trip_files import month_start, next_month
 from taxi_assets.partitions import monthly_partitions
 from taxi_assets.resources import TransientSourceError, TripSource
 
@@ -62,5 +65,13 @@ def raw_trips(context: dg.AssetExecutionContext, trip_source: TripSource) -> dg.
             "pickup_max": str(pickups.max()),
             "null_cells": sum(nulls.values()),
             "null_counts": dg.MetadataValue.json({k: v for k, v in nulls.items() if v}),
+            "feature_profile": markdown(markdown_table(profile(trips, list(REQUIRED_COLUMNS)))),
+            "pickups_per_day": chart(
+                charts.pickups_per_day(pickups, f"Pickups per day, {month}", month_start(month), month_start(next_month(month))),
+                "pickups per day",
+            ),
+            "missing_values": chart(
+                charts.bars(nulls, f"Missing values per column, {month}", "missing cells"), "missing values per column"
+            ),
         },
     )

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 import dagster as dg
 from pydantic import Field
 
+from taxi_assets import charts
+from taxi_assets.metadata import chart
 from taxi_assets.ml.hyperparameters import DEFAULT_SKLEARN_MODELS, short_name, valid_model_names
 from taxi_assets.partitions import monthly_partitions
 from taxi_assets.tracking import MlflowTracking
@@ -74,19 +76,78 @@ def _train_tracked(context, mlflow: MlflowTracking, asset: str, name: str, kind:
             partition=context.partition_key, best_iteration=result.best_iteration,
         )
         metrics = {"rmse": result.best_metrics["rmse"], "mse": result.best_metrics["mse"]}
+        predicted = predictor.predict_matrix(dataset.X_val)
         if kind == "sklearn":  # the final fit is scored again: that is the model being served
             from taxi_assets.ml.training import regression_metrics
 
-            metrics = regression_metrics(dataset.y_val, predictor.model.predict(dataset.X_val))
+            metrics = regression_metrics(dataset.y_val, predicted)
         registered = REGISTERED_MODEL_PREFIX + name
         version = mlflow.log_and_register(context, asset, predictor, registered, metrics, result.best_params)
+        model_charts = evaluation_charts(name, context.partition_key, dataset.y_val, predicted)
+        if kind == "xgboost":
+            model_charts["shap_importance"] = shap_chart(predictor, dataset.X_val, context.partition_key)
+        mlflow.log_charts(model_charts)
         run_id = run.info.run_id
     return TrainedModel(
         name=name, predictor=predictor, rmse=metrics["rmse"], mse=metrics["mse"],
         best_params=result.best_params, n_trials=len(result.trials),
         train_seconds=time.perf_counter() - start, mlflow_run_id=run_id,
-        registered_model=registered, model_version=version, trials=result.trials,
+        registered_model=registered, model_version=version, trials=result.trials, charts=model_charts,
     )
+
+
+def evaluation_charts(name: str, month: str, actual, predicted) -> dict[str, bytes]:
+    """Predicted vs actual minutes and the residual histogram on the validation month."""
+    import numpy as np
+
+    residuals = np.asarray(predicted, dtype=float) - np.asarray(actual, dtype=float)
+    return {
+        "predicted_vs_actual": charts.predicted_vs_actual(actual, predicted, f"{name}, validation {month}"),
+        "residuals": charts.histogram(
+            residuals, f"{name} residuals (predicted - actual), {month}", "minutes", bins=80, clip_quantile=None
+        ),
+    }
+
+
+SHAP_ROWS = 2_000
+
+
+def shap_chart(predictor, X_val, month: str) -> bytes:
+    """Mean |SHAP| of the top features on a seeded sample of validation rows."""
+    import numpy as np
+
+    from taxi_assets.ml.explain import mean_abs_shap
+
+    rows = X_val
+    if X_val.shape[0] > SHAP_ROWS:
+        rows = X_val[np.sort(np.random.default_rng(0).choice(X_val.shape[0], SHAP_ROWS, replace=False))]
+    importance = mean_abs_shap(
+        predictor.model, rows, predictor.vectorizer.get_feature_names_out(), predictor.best_iteration
+    )
+    return charts.shap_importance(importance, f"XGBoost: top features by mean |SHAP|, {month} ({rows.shape[0]:,} rows)")
+
+
+def rmse_history(instance, month: str, current: dict[str, float]) -> dict[str, dict[str, float]]:
+    """Validation RMSE per model per month, from the event log's model materializations, with
+    this run's values for ``month`` (not in the event log yet)."""
+    from taxi_assets.history import metadata_by_partition
+
+    series: dict[str, dict[str, float]] = {}
+    for partition, metadata in metadata_by_partition(instance, "sklearn_models").items():
+        for key, value in metadata.items():
+            if key.endswith("_rmse") and key != "best_rmse":
+                series.setdefault(key.removesuffix("_rmse"), {})[partition] = float(value)
+    for partition, metadata in metadata_by_partition(instance, "xgboost_model").items():
+        if "rmse" in metadata:
+            series.setdefault("xgboost", {})[partition] = float(metadata["rmse"])
+    for name, rmse in current.items():
+        series.setdefault(name, {})[month] = rmse
+    return series
+
+
+def model_charts_metadata(trained, prefix: str = "") -> dict:
+    found = getattr(trained, "charts", None) or {}
+    return {f"{prefix}{name}_chart": chart(png, name.replace("_", " ")) for name, png in found.items()}
 
 
 def _model_metadata(trained, prefix: str = "") -> dict:
@@ -136,9 +197,20 @@ def tune_and_train(context: dg.OpExecutionContext, spec: ModelSpec, training_set
 def collect_models(context: dg.OpExecutionContext, trained: list):
     models = {model.name: model for model in sorted(trained, key=lambda model: model.rmse)}
     best = next(iter(models.values()))
+    month = context.partition_key
     metadata = {"best_model": best.name, "best_rmse": best.rmse, "models": len(models)}
     for model in models.values():
         metadata.update(_model_metadata(model, prefix=f"{model.name}_"))
+    current = {name: model.rmse for name, model in models.items()}
+    metadata["rmse_by_model"] = chart(
+        charts.bars(current, f"Validation RMSE by model, {month}", "RMSE (minutes)", highlight=best.name, fmt="{:.3f}"),
+        "validation RMSE by model",
+    )
+    history = {name: points for name, points in rmse_history(context.instance, month, current).items() if name in current}
+    metadata["rmse_over_months"] = chart(
+        charts.series_over_months(history, "Validation RMSE across months", "RMSE (minutes)"), "RMSE across months"
+    )
+    metadata.update(model_charts_metadata(best, prefix="best_model_"))
     context.add_output_metadata(metadata)
     return models
 
@@ -180,7 +252,16 @@ def xgboost_model(context: dg.AssetExecutionContext, config: XGBoostConfig, trai
         return result, result.best_model
 
     trained = _train_tracked(context, mlflow, "xgboost_model", "xgboost", "xgboost", training_set, tune)
+    history = rmse_history(context.instance, context.partition_key, {"xgboost": trained.rmse})
     return dg.Output(
         trained,
-        metadata=_model_metadata(trained) | {"best_iteration": trained.predictor.best_iteration},
+        metadata=_model_metadata(trained)
+        | {"best_iteration": trained.predictor.best_iteration}
+        | model_charts_metadata(trained)
+        | {
+            "rmse_over_months": chart(
+                charts.series_over_months({"xgboost": history["xgboost"]}, "XGBoost validation RMSE across months", "RMSE (minutes)"),
+                "RMSE across months",
+            )
+        },
     )

@@ -6,7 +6,9 @@ from typing import Any
 import dagster as dg
 import pandas as pd
 
-from taxi_assets.metadata import summary_table
+from taxi_assets import charts
+from taxi_assets.metadata import chart, summary_table
+from taxi_assets.ml.quality import DRIFT_EDGES, histogram
 from taxi_assets.ml.cleaning import clean
 from taxi_assets.ml.features import TARGET, combine_features
 from taxi_assets.ml.trip_files import month_start, previous_month
@@ -20,11 +22,21 @@ from taxi_assets.partitions import FIRST_MONTH, monthly_partitions, previous_and
     owners=["team:ml-platform"],
     tags={"stage": "prepare"},
 )
-def cleaned_trips(raw_trips: pd.DataFrame) -> dg.Output[pd.DataFrame]:
+def cleaned_trips(context: dg.AssetExecutionContext, raw_trips: pd.DataFrame) -> dg.Output[pd.DataFrame]:
     """Trips with ``duration`` (minutes) kept within [1, 60], location ids as strings, and
-    ``PU_DO`` = "<PULocationID>_<DOLocationID>"."""
+    ``PU_DO`` = "<PULocationID>_<DOLocationID>".
+
+    Its metadata holds fixed-bin histograms of duration and trip_distance, which the drift
+    checks compare with the previous month's."""
+    month = context.partition_key
     cleaned = combine_features(clean(raw_trips))
     dropped = len(raw_trips) - len(cleaned)
+    drift_histograms = {
+        f"{column}_histogram": dg.MetadataValue.json(
+            {"edges": [str(edge) for edge in edges], "counts": histogram(cleaned[column], edges)}
+        )
+        for column, edges in DRIFT_EDGES.items()
+    }
     return dg.Output(
         cleaned,
         metadata={
@@ -33,7 +45,16 @@ def cleaned_trips(raw_trips: pd.DataFrame) -> dg.Output[pd.DataFrame]:
             "rows_dropped": dropped,
             "dropped_share": round(dropped / len(raw_trips), 6) if len(raw_trips) else 0.0,
             "duration_mean_minutes": float(cleaned[TARGET].mean()) if len(cleaned) else float("nan"),
+            "trip_distance_mean_miles": float(cleaned["trip_distance"].mean()) if len(cleaned) else float("nan"),
             "duration_summary": summary_table(cleaned[TARGET], "minutes"),
+            "duration_chart": chart(
+                charts.histogram(cleaned[TARGET], f"Trip duration, {month}", "minutes", bins=59, clip_quantile=None),
+                "duration histogram",
+            ),
+            "trip_distance_chart": chart(
+                charts.histogram(cleaned["trip_distance"], f"Trip distance, {month}", "miles"), "trip distance histogram"
+            ),
+            **drift_histograms,
         },
     )
 

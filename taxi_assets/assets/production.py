@@ -8,7 +8,10 @@ import dagster as dg
 import pandas as pd
 from pydantic import Field
 
+from taxi_assets import charts
+from taxi_assets.assets.models import evaluation_charts, rmse_history
 from taxi_assets.assets.prepare import _months_by_key
+from taxi_assets.metadata import chart
 from taxi_assets.partitions import monthly_partitions, previous_and_current_month
 from taxi_assets.tracking import MlflowTracking
 
@@ -110,6 +113,29 @@ def production_model(
     if serving.registered_model and serving.model_version:
         mlflow.set_alias(serving.registered_model, CHAMPION_ALIAS, serving.model_version)
 
+    # Charts of the decision, also kept as artifacts of an MLflow run for this step.
+    scores = {f"{model.name}": score for score, model in scored}
+    if champion is not None:
+        scores[f"champion: {champion.name} ({champion.model_partition})"] = champion_rmse
+    decision_charts = {
+        "rmse_by_model": charts.bars(
+            scores, f"RMSE on {month} validation trips", "RMSE (minutes)", highlight=serving.name if decision.promote else
+            f"champion: {champion.name} ({champion.model_partition})", fmt="{:.3f}",
+        ),
+        "rmse_over_months": charts.series_over_months(
+            rmse_history(context.instance, month, {model.name: model.rmse for model in candidates}),
+            "Validation RMSE of each model across months", "RMSE (minutes)",
+        ),
+        **evaluation_charts(f"serving: {serving.name}", month, actual.to_numpy(), serving.predictor.predict_features(features)),
+    }
+    with mlflow.step_run(context, "production_model", run_name=f"production_model-{month}", extra_tags={"decision": "promoted" if decision.promote else "kept"}):
+        mlflow.log_metrics(
+            {"challenger_rmse": challenger_rmse, "serving_rmse": serving.rmse}
+            | ({"champion_rmse": champion_rmse} if champion_rmse is not None else {})
+        )
+        mlflow.log_params({"serving_model": serving.name, "serving_model_partition": serving.model_partition, "tolerance_minutes": config.tolerance_minutes})
+        mlflow.log_charts(decision_charts)
+
     # Serve deep boosters from a verified lookup table: same predictions, microseconds per trip.
     compiled = "no (not an XGBoost model)"
     if serving.predictor.kind == "xgboost" and getattr(serving.predictor, "lookup", None) is None:
@@ -137,5 +163,6 @@ def production_model(
             "tolerance_minutes": config.tolerance_minutes,
             "validation_rows": len(actual),
             "serving_lookup_table": compiled,
+            **{f"{name}_chart": chart(png, name.replace("_", " ")) for name, png in decision_charts.items()},
         },
     )

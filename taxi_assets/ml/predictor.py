@@ -130,6 +130,7 @@ class TrainedModel:
     registered_model: str | None = None
     model_version: str | None = None
     trials: list[dict[str, Any]] = field(default_factory=list)
+    charts: dict[str, bytes] = field(default_factory=dict)  # PNGs: predicted_vs_actual, residuals, ...
 
 
 def compile_lookup(predictor: TripDurationPredictor, check_features, max_thresholds: int = 4096):

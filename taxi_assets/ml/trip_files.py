@@ -32,6 +32,11 @@ def previous_month(month: str) -> str:
     return f"{year - 1}-12" if month_number == 1 else f"{year}-{month_number - 1:02d}"
 
 
+def next_month(month: str) -> str:
+    year, month_number = parse_month(month)
+    return f"{year + 1}-01" if month_number == 12 else f"{year}-{month_number + 1:02d}"
+
+
 def month_start(month: str) -> pd.Timestamp:
     """The first instant of the month: where the training set splits train from validation."""
     year, month_number = parse_month(month)

@@ -1,0 +1,44 @@
+# One image for the code location (gRPC server), the webserver, the daemon, run workers and the
+# inference server; the command picks the role. Nothing secret is built in: connection settings
+# and credentials arrive as environment variables (ECS injects them from Secrets Manager).
+FROM python:3.11.10-slim-bookworm AS build
+
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY taxi_assets ./taxi_assets
+# A virtual environment that the runtime stage copies whole: no compilers or caches ship.
+RUN python -m venv /opt/venv \
+    && /opt/venv/bin/pip install ".[deploy]"
+
+FROM python:3.11.10-slim-bookworm AS runtime
+
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    DAGSTER_HOME=/opt/dagster/home \
+    TAXI_ENV=production
+# libgomp: XGBoost's and scikit-learn's OpenMP runtime.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends libgomp1=12.2.0-14+deb12u1 \
+    && rm -rf /var/lib/apt/lists/* \
+    && groupadd --system --gid 10001 dagster \
+    && useradd --system --uid 10001 --gid dagster --home-dir /opt/dagster --shell /usr/sbin/nologin dagster \
+    && mkdir -p /opt/dagster/home /opt/dagster/app \
+    && chown -R dagster:dagster /opt/dagster
+
+COPY --from=build /opt/venv /opt/venv
+COPY --chown=dagster:dagster deploy/dagster.yaml /opt/dagster/home/dagster.yaml
+COPY --chown=dagster:dagster deploy/dagster-ecs.yaml /opt/dagster/app/dagster-ecs.yaml
+COPY --chown=dagster:dagster deploy/workspace.yaml /opt/dagster/app/workspace.yaml
+
+USER 10001:10001
+WORKDIR /opt/dagster/app
+EXPOSE 4000 3000 8080
+
+# The default role is the code location; its health check asks the gRPC server itself. Other
+# roles (webserver, daemon, inference) override the command and their own health check in
+# docker-compose.yaml and the ECS task definitions.
+HEALTHCHECK --interval=30s --timeout=10s --start-period=60s --retries=3 \
+    CMD ["dagster", "api", "grpc-health-check", "-p", "4000"]
+
+CMD ["dagster", "code-server", "start", "-h", "0.0.0.0", "-p", "4000", "-m", "taxi_assets.definitions", "--location-name", "taxi_assets"]
