@@ -23,12 +23,13 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/* \
     && groupadd --system --gid 10001 dagster \
     && useradd --system --uid 10001 --gid dagster --home-dir /opt/dagster --shell /usr/sbin/nologin dagster \
-    && mkdir -p /opt/dagster/home /opt/dagster/app \
+    && mkdir -p /opt/dagster/home /opt/dagster/ecs-home /opt/dagster/app \
     && chown -R dagster:dagster /opt/dagster
 
 COPY --from=build /opt/venv /opt/venv
 COPY --chown=dagster:dagster deploy/dagster.yaml /opt/dagster/home/dagster.yaml
-COPY --chown=dagster:dagster deploy/dagster-ecs.yaml /opt/dagster/app/dagster-ecs.yaml
+# On ECS, DAGSTER_HOME=/opt/dagster/ecs-home: the same instance plus the EcsRunLauncher.
+COPY --chown=dagster:dagster deploy/dagster-ecs.yaml /opt/dagster/ecs-home/dagster.yaml
 COPY --chown=dagster:dagster deploy/workspace.yaml /opt/dagster/app/workspace.yaml
 
 USER 10001:10001

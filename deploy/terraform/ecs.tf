@@ -1,0 +1,152 @@
+resource "aws_ecs_cluster" "main" {
+  name = var.name
+  setting {
+    name  = "containerInsights"
+    value = "enabled"
+  }
+}
+
+resource "aws_cloudwatch_log_group" "ecs" {
+  name              = "/ecs/${var.name}"
+  retention_in_days = var.log_retention_days
+  kms_key_id        = aws_kms_key.main.arn
+}
+
+locals {
+  image     = "${aws_ecr_repository.app.repository_url}:${var.image_tag}"
+  pg_secret = aws_db_instance.main.master_user_secret[0].secret_arn
+
+  # Every Dagster process: the ECS instance config (deploy/dagster-ecs.yaml, baked into the image
+  # at /opt/dagster/ecs-home) and the production resources.
+  dagster_environment = [
+    { name = "TAXI_ENV", value = "production" },
+    { name = "DAGSTER_HOME", value = "/opt/dagster/ecs-home" },
+    { name = "DAGSTER_PG_HOST", value = aws_db_instance.main.address },
+    { name = "DAGSTER_PG_PORT", value = tostring(aws_db_instance.main.port) },
+    { name = "DAGSTER_PG_DB", value = "dagster" },
+    { name = "DAGSTER_PG_USERNAME", value = aws_db_instance.main.username },
+    { name = "DAGSTER_PG_PASSWORD_SECRET_ARN", value = "${local.pg_secret}:password::" },
+    { name = "DAGSTER_MAX_CONCURRENT_RUNS", value = tostring(var.max_concurrent_runs) },
+    { name = "DAGSTER_CODE_LOCATION_HOST", value = "code-location.${var.name}.internal" },
+    { name = "DAGSTER_CURRENT_IMAGE", value = local.image },
+    { name = "TAXI_S3_BUCKET", value = aws_s3_bucket.data.bucket },
+    { name = "TAXI_DATA_S3_BUCKET", value = aws_s3_bucket.data.bucket },
+    { name = "MLFLOW_TRACKING_URI", value = "http://mlflow.${var.name}.internal:5000" },
+    { name = "AWS_REGION", value = var.region },
+    { name = "TAXI_SMTP_HOST", value = var.smtp_host },
+    { name = "TAXI_ALERT_TO", value = var.alert_email_to },
+  ]
+  target_groups = {
+    webserver = aws_lb_target_group.webserver.arn
+    inference = aws_lb_target_group.inference.arn
+  }
+  dagster_secrets = [
+    { name = "DAGSTER_PG_PASSWORD", valueFrom = "${local.pg_secret}:password::" },
+  ]
+
+  services = {
+    code-location = {
+      command = ["dagster", "code-server", "start", "-h", "0.0.0.0", "-p", "4000", "-m", "taxi_assets.definitions", "--location-name", "taxi_assets"]
+      port    = 4000, cpu = 1024, memory = 4096, role = aws_iam_role.dagster.arn, secrets = []
+    }
+    webserver = {
+      command = ["dagster-webserver", "-h", "0.0.0.0", "-p", "3000", "-w", "workspace.yaml"]
+      port    = 3000, cpu = 1024, memory = 2048, role = aws_iam_role.dagster.arn, secrets = []
+    }
+    daemon = {
+      command = ["dagster-daemon", "run", "-w", "workspace.yaml"]
+      port    = null, cpu = 512, memory = 2048, role = aws_iam_role.daemon.arn
+      secrets = [{ name = "TAXI_SMTP_PASSWORD", valueFrom = aws_secretsmanager_secret.smtp_password.arn }]
+    }
+    mlflow = {
+      # The mlflow database is created on first start if missing; artifacts go to the bucket.
+      command = ["sh", "-c", join(" ", [
+        "python -c \"import os,psycopg2;c=psycopg2.connect(host=os.environ['DAGSTER_PG_HOST'],dbname='dagster',user=os.environ['DAGSTER_PG_USERNAME'],password=os.environ['DAGSTER_PG_PASSWORD']);c.autocommit=True;cur=c.cursor();cur.execute(\\\"select 1 from pg_database where datname='mlflow'\\\");cur.fetchone() or cur.execute('create database mlflow')\"",
+        "&& exec mlflow server --host 0.0.0.0 --port 5000",
+        "--backend-store-uri \"postgresql+psycopg2://$DAGSTER_PG_USERNAME:$DAGSTER_PG_PASSWORD@$DAGSTER_PG_HOST:$DAGSTER_PG_PORT/mlflow?sslmode=require\"",
+        "--artifacts-destination s3://${aws_s3_bucket.data.bucket}/mlflow",
+      ])]
+      port = 5000, cpu = 512, memory = 2048, role = aws_iam_role.dagster.arn, secrets = []
+    }
+    inference = {
+      command = ["taxi-assets", "serve", "--host", "0.0.0.0", "--port", "8080"]
+      port    = 8080, cpu = 1024, memory = 2048, role = aws_iam_role.inference.arn
+      secrets = [{ name = "TAXI_API_TOKEN", valueFrom = aws_secretsmanager_secret.api_token.arn }]
+    }
+  }
+}
+
+resource "aws_ecs_task_definition" "service" {
+  #checkov:skip=CKV_AWS_336:Dagster writes compute logs and run artefacts under DAGSTER_HOME and /tmp before uploading them; the root filesystem stays writable, the container runs as a non-root user
+  for_each                 = local.services
+  family                   = "${var.name}-${each.key}"
+  requires_compatibilities = ["FARGATE"]
+  network_mode             = "awsvpc"
+  cpu                      = each.value.cpu
+  memory                   = each.value.memory
+  execution_role_arn       = aws_iam_role.execution.arn
+  task_role_arn            = each.value.role
+  runtime_platform {
+    operating_system_family = "LINUX"
+    cpu_architecture        = "X86_64"
+  }
+  container_definitions = jsonencode([{
+    name         = each.key
+    image        = local.image
+    command      = each.value.command
+    essential    = true
+    user         = "10001:10001"
+    environment  = local.dagster_environment
+    secrets      = concat(local.dagster_secrets, each.value.secrets)
+    portMappings = each.value.port == null ? [] : [{ containerPort = each.value.port, protocol = "tcp" }]
+    logConfiguration = {
+      logDriver = "awslogs"
+      options = {
+        awslogs-group         = aws_cloudwatch_log_group.ecs.name
+        awslogs-region        = var.region
+        awslogs-stream-prefix = each.key
+      }
+    }
+  }])
+}
+
+resource "aws_ecs_service" "service" {
+  for_each               = local.services
+  name                   = each.key
+  cluster                = aws_ecs_cluster.main.id
+  task_definition        = aws_ecs_task_definition.service[each.key].arn
+  desired_count          = 1
+  launch_type            = "FARGATE"
+  enable_execute_command = false
+  propagate_tags         = "SERVICE"
+  # The daemon must never run twice (two daemons would dequeue the same runs).
+  deployment_minimum_healthy_percent = each.key == "daemon" ? 0 : 100
+  deployment_maximum_percent         = each.key == "daemon" ? 100 : 200
+
+  network_configuration {
+    subnets          = var.private_subnet_ids
+    security_groups  = [aws_security_group.tasks.id]
+    assign_public_ip = false
+  }
+
+  dynamic "load_balancer" {
+    for_each = contains(["webserver", "inference"], each.key) ? [local.target_groups[each.key]] : []
+    content {
+      target_group_arn = load_balancer.value
+      container_name   = each.key
+      container_port   = each.value.port
+    }
+  }
+
+  dynamic "service_registries" {
+    for_each = contains(["code-location", "mlflow"], each.key) ? [aws_service_discovery_service.internal[each.key].arn] : []
+    content {
+      registry_arn = service_registries.value
+    }
+  }
+
+  deployment_circuit_breaker {
+    enable   = true
+    rollback = true
+  }
+}

@@ -1,0 +1,158 @@
+data "aws_iam_policy_document" "ecs_assume" {
+  statement {
+    actions = ["sts:AssumeRole"]
+    principals {
+      type        = "Service"
+      identifiers = ["ecs-tasks.amazonaws.com"]
+    }
+    condition {
+      test     = "StringEquals"
+      variable = "aws:SourceAccount"
+      values   = [data.aws_caller_identity.current.account_id]
+    }
+  }
+}
+
+# Execution role: what ECS itself needs to start a container (pull, log, inject secrets).
+resource "aws_iam_role" "execution" {
+  name_prefix        = "${var.name}-exec-"
+  assume_role_policy = data.aws_iam_policy_document.ecs_assume.json
+}
+
+resource "aws_iam_role_policy_attachment" "execution" {
+  role       = aws_iam_role.execution.name
+  policy_arn = "arn:${data.aws_partition.current.partition}:iam::aws:policy/service-role/AmazonECSTaskExecutionRolePolicy"
+}
+
+data "aws_iam_policy_document" "execution" {
+  statement {
+    sid     = "ReadTheSecretsTasksNeed"
+    actions = ["secretsmanager:GetSecretValue"]
+    resources = [
+      aws_db_instance.main.master_user_secret[0].secret_arn,
+      aws_secretsmanager_secret.api_token.arn,
+      aws_secretsmanager_secret.smtp_password.arn,
+    ]
+  }
+  statement {
+    sid       = "DecryptThem"
+    actions   = ["kms:Decrypt"]
+    resources = [aws_kms_key.main.arn]
+  }
+}
+
+resource "aws_iam_role_policy" "execution" {
+  role   = aws_iam_role.execution.id
+  policy = data.aws_iam_policy_document.execution.json
+}
+
+# Dagster role: code location, webserver, MLflow and every run. Reads and writes the data bucket
+# (asset values, trip files, compute logs, MLflow artifacts); nothing else.
+resource "aws_iam_role" "dagster" {
+  name_prefix        = "${var.name}-dagster-"
+  assume_role_policy = data.aws_iam_policy_document.ecs_assume.json
+}
+
+data "aws_iam_policy_document" "data_bucket" {
+  statement {
+    sid       = "ListTheBucket"
+    actions   = ["s3:ListBucket"]
+    resources = [aws_s3_bucket.data.arn]
+  }
+  statement {
+    sid       = "ObjectsInIt"
+    actions   = ["s3:GetObject", "s3:PutObject", "s3:DeleteObject"]
+    resources = ["${aws_s3_bucket.data.arn}/*"]
+  }
+  statement {
+    sid       = "ItsKey"
+    actions   = ["kms:Decrypt", "kms:GenerateDataKey"]
+    resources = [aws_kms_key.main.arn]
+  }
+}
+
+resource "aws_iam_role_policy" "dagster" {
+  role   = aws_iam_role.dagster.id
+  policy = data.aws_iam_policy_document.data_bucket.json
+}
+
+# Daemon role: the Dagster role, plus launching one ECS task per run (EcsRunLauncher). Runs are
+# started from the daemon's task configuration, so they run with this role.
+resource "aws_iam_role" "daemon" {
+  name_prefix        = "${var.name}-daemon-"
+  assume_role_policy = data.aws_iam_policy_document.ecs_assume.json
+}
+
+resource "aws_iam_role_policy" "daemon_data" {
+  role   = aws_iam_role.daemon.id
+  policy = data.aws_iam_policy_document.data_bucket.json
+}
+
+data "aws_iam_policy_document" "run_launcher" {
+  #checkov:skip=CKV_AWS_111:ecs:RegisterTaskDefinition and the Describe/List calls support no resource-level restriction
+  #checkov:skip=CKV_AWS_356:As above; task-level actions are limited to this cluster
+  statement {
+    sid       = "TaskDefinitions"
+    actions   = ["ecs:RegisterTaskDefinition", "ecs:DescribeTaskDefinition", "ecs:ListTaskDefinitions", "ec2:DescribeNetworkInterfaces", "secretsmanager:ListSecrets"]
+    resources = ["*"]
+  }
+  statement {
+    sid       = "RunTasksInThisCluster"
+    actions   = ["ecs:RunTask", "ecs:StopTask", "ecs:DescribeTasks", "ecs:TagResource", "ecs:ListTagsForResource"]
+    resources = ["*"]
+    condition {
+      test     = "ArnEquals"
+      variable = "ecs:cluster"
+      values   = [aws_ecs_cluster.main.arn]
+    }
+  }
+  statement {
+    sid       = "PassOnlyTheseRoles"
+    actions   = ["iam:PassRole"]
+    resources = [aws_iam_role.execution.arn, aws_iam_role.daemon.arn]
+    condition {
+      test     = "StringEquals"
+      variable = "iam:PassedToService"
+      values   = ["ecs-tasks.amazonaws.com"]
+    }
+  }
+}
+
+resource "aws_iam_role_policy" "daemon_launcher" {
+  role   = aws_iam_role.daemon.id
+  policy = data.aws_iam_policy_document.run_launcher.json
+}
+
+# Inference role: read-only, and only the asset values (it loads production_model).
+resource "aws_iam_role" "inference" {
+  name_prefix        = "${var.name}-infer-"
+  assume_role_policy = data.aws_iam_policy_document.ecs_assume.json
+}
+
+data "aws_iam_policy_document" "inference" {
+  statement {
+    sid       = "ListAssetValues"
+    actions   = ["s3:ListBucket"]
+    resources = [aws_s3_bucket.data.arn]
+    condition {
+      test     = "StringLike"
+      variable = "s3:prefix"
+      values   = ["taxi_assets/assets/*"]
+    }
+  }
+  statement {
+    sid       = "ReadAssetValues"
+    actions   = ["s3:GetObject"]
+    resources = ["${aws_s3_bucket.data.arn}/taxi_assets/assets/*"]
+  }
+  statement {
+    sid       = "DecryptThem"
+    actions   = ["kms:Decrypt"]
+    resources = [aws_kms_key.main.arn]
+  }
+}
+
+resource "aws_iam_role_policy" "inference" {
+  role   = aws_iam_role.inference.id
+  policy = data.aws_iam_policy_document.inference.json
+}

@@ -1,0 +1,174 @@
+resource "aws_security_group" "alb" {
+  name_prefix = "${var.name}-alb-"
+  description = "Load balancer: HTTPS from the allowed networks"
+  vpc_id      = var.vpc_id
+
+  ingress {
+    description = "HTTPS from allowed networks"
+    from_port   = 443
+    to_port     = 443
+    protocol    = "tcp"
+    cidr_blocks = var.allowed_cidrs
+  }
+  egress {
+    description = "To the tasks in the VPC"
+    from_port   = 0
+    to_port     = 65535
+    protocol    = "tcp"
+    cidr_blocks = [data.aws_vpc.main.cidr_block]
+  }
+}
+
+data "aws_vpc" "main" {
+  id = var.vpc_id
+}
+
+resource "aws_security_group" "tasks" {
+  name_prefix = "${var.name}-tasks-"
+  description = "ECS tasks: webserver, daemon, code location, runs, MLflow, inference"
+  vpc_id      = var.vpc_id
+
+  ingress {
+    description     = "Webserver and inference from the load balancer"
+    from_port       = 3000
+    to_port         = 8080
+    protocol        = "tcp"
+    security_groups = [aws_security_group.alb.id]
+  }
+  ingress {
+    description = "Code location gRPC and MLflow between tasks"
+    from_port   = 4000
+    to_port     = 5000
+    protocol    = "tcp"
+    self        = true
+  }
+  egress {
+    description = "AWS APIs (S3, ECR, ECS, Secrets Manager, CloudWatch) over HTTPS"
+    from_port   = 443
+    to_port     = 443
+    protocol    = "tcp"
+    cidr_blocks = ["0.0.0.0/0"]
+  }
+  egress {
+    description = "Code location and MLflow between tasks"
+    from_port   = 4000
+    to_port     = 5000
+    protocol    = "tcp"
+    self        = true
+  }
+  egress {
+    description     = "PostgreSQL"
+    from_port       = 5432
+    to_port         = 5432
+    protocol        = "tcp"
+    security_groups = [aws_security_group.database.id]
+  }
+  egress {
+    description = "SMTP submission for failure alerts"
+    from_port   = 587
+    to_port     = 587
+    protocol    = "tcp"
+    cidr_blocks = ["0.0.0.0/0"]
+  }
+}
+
+resource "aws_security_group" "database" {
+  name_prefix = "${var.name}-db-"
+  description = "PostgreSQL: only from the ECS tasks"
+  vpc_id      = var.vpc_id
+}
+
+resource "aws_security_group_rule" "database_from_tasks" {
+  description              = "PostgreSQL from the ECS tasks"
+  type                     = "ingress"
+  from_port                = 5432
+  to_port                  = 5432
+  protocol                 = "tcp"
+  security_group_id        = aws_security_group.database.id
+  source_security_group_id = aws_security_group.tasks.id
+}
+
+resource "aws_lb" "main" {
+  #checkov:skip=CKV2_AWS_28:A WAF web ACL is an account-level choice; ingress is already limited to allowed_cidrs
+  #checkov:skip=CKV_AWS_91:ALB access logs need an SSE-S3 bucket of their own; enable them with the account's central log bucket
+  name_prefix                = "taxi-"
+  load_balancer_type         = "application"
+  internal                   = false
+  security_groups            = [aws_security_group.alb.id]
+  subnets                    = var.public_subnet_ids
+  drop_invalid_header_fields = true
+  enable_deletion_protection = true
+}
+
+resource "aws_lb_listener" "https" {
+  load_balancer_arn = aws_lb.main.arn
+  port              = 443
+  protocol          = "HTTPS"
+  ssl_policy        = "ELBSecurityPolicy-TLS13-1-2-2021-06"
+  certificate_arn   = var.certificate_arn
+  default_action {
+    type             = "forward"
+    target_group_arn = aws_lb_target_group.webserver.arn
+  }
+}
+
+resource "aws_lb_listener_rule" "inference" {
+  listener_arn = aws_lb_listener.https.arn
+  priority     = 10
+  action {
+    type             = "forward"
+    target_group_arn = aws_lb_target_group.inference.arn
+  }
+  condition {
+    path_pattern {
+      values = ["/predict", "/health"]
+    }
+  }
+}
+
+resource "aws_lb_target_group" "webserver" {
+  #checkov:skip=CKV_AWS_378:TLS ends at the load balancer; the hop to the task stays inside the VPC, restricted by security groups
+  name_prefix = "dgweb-"
+  port        = 3000
+  protocol    = "HTTP"
+  target_type = "ip"
+  vpc_id      = var.vpc_id
+  health_check {
+    path    = "/server_info"
+    matcher = "200"
+  }
+}
+
+resource "aws_lb_target_group" "inference" {
+  #checkov:skip=CKV_AWS_378:TLS ends at the load balancer; the hop to the task stays inside the VPC, restricted by security groups
+  name_prefix = "infer-"
+  port        = 8080
+  protocol    = "HTTP"
+  target_type = "ip"
+  vpc_id      = var.vpc_id
+  health_check {
+    path    = "/health"
+    matcher = "200"
+  }
+}
+
+# Private DNS for task-to-task calls: code-location.<name>.internal:4000, mlflow.<name>.internal:5000.
+resource "aws_service_discovery_private_dns_namespace" "main" {
+  name = "${var.name}.internal"
+  vpc  = var.vpc_id
+}
+
+resource "aws_service_discovery_service" "internal" {
+  for_each = toset(["code-location", "mlflow"])
+  name     = each.key
+  dns_config {
+    namespace_id = aws_service_discovery_private_dns_namespace.main.id
+    dns_records {
+      ttl  = 10
+      type = "A"
+    }
+  }
+  health_check_custom_config {
+    failure_threshold = 1
+  }
+}

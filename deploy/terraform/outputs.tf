@@ -1,0 +1,26 @@
+output "url" {
+  description = "The Dagster UI (and, under /predict and /health, the inference server)."
+  value       = "https://${aws_lb.main.dns_name}"
+}
+
+output "ecr_repository_url" {
+  description = "Where the deploy workflow pushes images."
+  value       = aws_ecr_repository.app.repository_url
+}
+
+output "cluster_name" {
+  value = aws_ecs_cluster.main.name
+}
+
+output "data_bucket" {
+  value = aws_s3_bucket.data.bucket
+}
+
+output "api_token_secret_arn" {
+  description = "Put the inference API token here (aws secretsmanager put-secret-value)."
+  value       = aws_secretsmanager_secret.api_token.arn
+}
+
+output "smtp_password_secret_arn" {
+  value = aws_secretsmanager_secret.smtp_password.arn
+}
