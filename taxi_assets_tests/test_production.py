@@ -2,6 +2,7 @@
 
 - a throwaway PostgreSQL 15 cluster (initdb/pg_ctl, as the ``postgres`` user when we are root),
 - moto's standalone S3 server (trip files in one bucket; asset values and compute logs in another),
+- an MLflow tracking server (backend store in PostgreSQL, artifacts in the S3 bucket),
 - the code location as ``dagster code-server start``, ``dagster-webserver`` and ``dagster-daemon``,
 
 all on ``deploy/dagster.yaml`` and the production resources (``TAXI_ENV=production``). The test
@@ -34,6 +35,13 @@ pytestmark = pytest.mark.production
 
 BIN = Path(sys.executable).parent
 TRIPS_BUCKET, ASSETS_BUCKET = "taxi-trips", "taxi-assets"
+# Small search budgets: the point here is the deployment, not the models.
+SMALL_BUDGET = {
+    "ops": {
+        "sklearn_models": {"ops": {"load_models": {"config": {"max_evaluations": 2}}}},
+        "xgboost_model": {"config": {"max_evaluations": 2, "max_depth": 6, "timeout_seconds": 10}},
+    }
+}
 COURSE_SHAPES = {"X": (105_870, 7_027), "X_train": (54_378, 5_094), "X_val": (51_492, 5_094)}
 
 
@@ -128,14 +136,14 @@ class GraphQL:
         assert "errors" not in answer, answer
         return answer["data"]
 
-    def launch(self, job: str, tags: dict[str, str]) -> str:
+    def launch(self, job: str, tags: dict[str, str], run_config: dict | None = None) -> str:
         data = self(
             """mutation($params: ExecutionParams!) { launchRun(executionParams: $params) {
                  __typename ... on LaunchRunSuccess { run { runId status } } ... on PythonError { message }
                  ... on InvalidSubsetError { message } ... on RunConfigValidationInvalid { errors { message } } } }""",
             {"params": {
                 "selector": {"repositoryLocationName": "taxi_assets", "repositoryName": "__repository__", "jobName": job},
-                "runConfigData": {},
+                "runConfigData": run_config or {},
                 "executionMetadata": {"tags": [{"key": key, "value": value} for key, value in tags.items()]},
             }},
         )["launchRun"]
@@ -195,7 +203,7 @@ def test_production_like_stack(tmp_path):
             s3.create_bucket(Bucket=bucket)
         s3.upload_file(str(DATA_DIR / "2024" / "01.parquet"), TRIPS_BUCKET, "taxi/green/2024/01.parquet")
 
-        code_port, web_port = free_port(), free_port()
+        code_port, web_port, mlflow_port = free_port(), free_port(), free_port()
         workspace = tmp_path / "workspace.yaml"
         workspace.write_text(
             f"load_from:\n  - grpc_server:\n      host: 127.0.0.1\n      port: {code_port}\n      location_name: taxi_assets\n"
@@ -211,13 +219,20 @@ def test_production_like_stack(tmp_path):
             "TAXI_ENV": "production",
             "TAXI_S3_BUCKET": ASSETS_BUCKET,
             "TAXI_DATA_S3_BUCKET": TRIPS_BUCKET,
-            "MLFLOW_TRACKING_URI": f"postgresql+psycopg2://{pg['user']}:{pg['password']}@127.0.0.1:{pg['port']}/mlflow",
+            "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{mlflow_port}",
             "AWS_ENDPOINT_URL": endpoint, "AWS_REGION": "us-east-1", "AWS_DEFAULT_REGION": "us-east-1",
             "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
+            "MLFLOW_S3_ENDPOINT_URL": endpoint,  # where the MLflow server stores artifacts (moto)
             "TAXI_SENSOR_INTERVAL_SECONDS": "5",
         }
         processes = Processes(tmp_path, env)
         try:
+            # MLflow's server keeps runs and the registry in PostgreSQL and proxies artifacts to S3.
+            processes.start("mlflow", [
+                str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(mlflow_port),
+                "--backend-store-uri", f"postgresql+psycopg2://{pg['user']}:{pg['password']}@127.0.0.1:{pg['port']}/mlflow",
+                "--artifacts-destination", f"s3://{ASSETS_BUCKET}/mlflow",
+            ])
             processes.start("code-server", [str(BIN / "dagster"), "code-server", "start", "-h", "127.0.0.1", "-p", str(code_port),
                                             "-m", "taxi_assets.definitions", "--location-name", "taxi_assets"])
             processes.start("webserver", [str(BIN / "dagster-webserver"), "-w", str(workspace), "-h", "127.0.0.1", "-p", str(web_port)])
@@ -230,10 +245,18 @@ def test_production_like_stack(tmp_path):
                 except OSError:
                     return False
 
+            def mlflow_up():
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{mlflow_port}/health", timeout=2) as response:
+                        return response.status == 200
+                except OSError:
+                    return False
+
             try:
                 wait_for(webserver_up, 180, "the webserver and the code location")
+                wait_for(mlflow_up, 120, "the MLflow server")
             except TimeoutError:
-                pytest.fail("stack did not come up:\n" + processes.log("code-server") + processes.log("webserver"))
+                pytest.fail("stack did not come up:\n" + processes.log("code-server") + processes.log("webserver") + processes.log("mlflow"))
 
             # 1. The sensor (daemon) finds 2024-01 in the trip bucket and prepares it: the first
             #    month has no previous month, so raw_trips and cleaned_trips only.
@@ -247,10 +270,11 @@ def test_production_like_stack(tmp_path):
             cursor_before, _ = sensor_state(pg)
             assert list(cursor_before) == ["2024-01"]
 
-            # 2. Launch 2024-02's data preparation through GraphQL, then publish its file. The
-            #    queued run carries the month tag, so the sensor does not start a second one.
+            # 2. Launch 2024-02's retraining (the whole graph for the month) through GraphQL, then
+            #    publish its file. The queued run carries the month tag, so the sensor does not
+            #    start a second one.
             launched = graphql.launch(
-                "data_preparation", {"dagster/partition": "2024-02", "taxi_assets/retrain_month": "2024-02"}
+                "retraining", {"dagster/partition": "2024-02", "taxi_assets/retrain_month": "2024-02"}, SMALL_BUDGET
             )
             s3.upload_file(str(DATA_DIR / "2024" / "02.parquet"), TRIPS_BUCKET, "taxi/green/2024/02.parquet")
 
@@ -267,7 +291,7 @@ def test_production_like_stack(tmp_path):
 
             for run_id in (launched, queued):
                 status = wait_for(lambda: graphql.status(run_id) in ("SUCCESS", "FAILURE", "CANCELED") and graphql.status(run_id),
-                                  240, f"run {run_id}")
+                                  420, f"run {run_id}")
                 assert status == "SUCCESS", processes.log("code-server") + processes.log("daemon")
 
             # 4. The sensor ticks again after the restart, with its cursor intact, and asks for
@@ -282,7 +306,7 @@ def test_production_like_stack(tmp_path):
             assert [(run_id, status) for run_id, status, _ in rows] == [
                 (sensor_run, "SUCCESS"), (launched, "SUCCESS"), (queued, "SUCCESS")
             ], rows
-            assert [job for _, _, job in rows] == ["retraining", "data_preparation", "observability"]
+            assert [job for _, _, job in rows] == ["retraining", "retraining", "observability"]
             [(run_key,)] = sql(pg, "SELECT value FROM run_tags WHERE key = 'dagster/run_key'")
             assert run_key == f"retrain:2024-01:{cursor_before['2024-01']}"
             materialized = sql(
@@ -291,19 +315,45 @@ def test_production_like_stack(tmp_path):
             assert sorted(materialized, key=str) == sorted([
                 ('["raw_trips"]', "2024-01"), ('["cleaned_trips"]', "2024-01"),
                 ('["raw_trips"]', "2024-02"), ('["cleaned_trips"]', "2024-02"), ('["training_set"]', "2024-02"),
+                ('["sklearn_models"]', "2024-02"), ('["xgboost_model"]', "2024-02"), ('["production_model"]', "2024-02"),
                 ('["pipeline_health"]', None),
             ], key=str)
 
             # Asset values in the bucket, loadable, and the training set is the course's.
-            keys = {item["Key"] for item in s3.list_objects_v2(Bucket=ASSETS_BUCKET, Prefix="taxi_assets/assets/")["Contents"]}
+            everything = {item["Key"] for item in s3.list_objects_v2(Bucket=ASSETS_BUCKET, Prefix="taxi_assets/assets/")["Contents"]}
+            # Op outputs inside the graph-backed asset (the fan-out) are stored per run.
+            step_outputs = {key for key in everything if key.startswith("taxi_assets/assets/storage/")}
+            assert step_outputs and all(key.startswith(f"taxi_assets/assets/storage/{launched}/") for key in step_outputs)
+            keys = everything - step_outputs
             assert {
                 "taxi_assets/assets/raw_trips/2024-01", "taxi_assets/assets/cleaned_trips/2024-01",
                 "taxi_assets/assets/raw_trips/2024-02", "taxi_assets/assets/cleaned_trips/2024-02",
-                "taxi_assets/assets/training_set/2024-02",
+                "taxi_assets/assets/training_set/2024-02", "taxi_assets/assets/sklearn_models/2024-02",
+                "taxi_assets/assets/xgboost_model/2024-02", "taxi_assets/assets/production_model/2024-02",
             } == keys, keys  # pipeline_health stores no value, only metadata
             body = s3.get_object(Bucket=ASSETS_BUCKET, Key="taxi_assets/assets/training_set/2024-02")["Body"].read()
             shapes = pickle.loads(body).shapes()
             assert {name: shapes[name] for name in COURSE_SHAPES} == COURSE_SHAPES
+            # MLflow: the run's models in the server's registry (PostgreSQL), their artifacts in S3.
+            import mlflow
+
+            client = mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"])
+            experiment = client.get_experiment_by_name("taxi-duration")
+            parents = [
+                run for run in client.search_runs([experiment.experiment_id], f"tags.`dagster.run_id` = '{launched}'", max_results=500)
+                if "trial" not in run.data.tags
+            ]
+            assert sorted(run.data.tags.get("model", run.data.tags["dagster.asset"]) for run in parents) == [
+                "Lasso", "LinearRegression", "production_model", "xgboost"
+            ]
+            assert all(run.info.status == "FINISHED" for run in parents)
+            version = client.get_model_version_by_alias(
+                f"taxi-duration-{pickle.loads(s3.get_object(Bucket=ASSETS_BUCKET, Key='taxi_assets/assets/production_model/2024-02')['Body'].read()).name}",
+                "champion",
+            )
+            assert version.tags["dagster.run_id"] == launched
+            artifacts = s3.list_objects_v2(Bucket=ASSETS_BUCKET, Prefix="mlflow/").get("KeyCount", 0)
+            assert artifacts > 0
             # Compute logs in S3, under the instance's prefix.
             logs = s3.list_objects_v2(Bucket=ASSETS_BUCKET, Prefix="dagster/compute-logs/").get("KeyCount", 0)
             assert logs > 0
