@@ -93,39 +93,32 @@ def matches_course_figures(context: dg.AssetCheckExecutionContext, training_set)
 # Not blocking: drift is a reason to look (and retrain), not to stop the pipeline.
 
 
-def _previous_metadata(context: dg.AssetCheckExecutionContext) -> tuple[str, dict | None, dict | None]:
-    from taxi_assets.history import latest_metadata
-    from taxi_assets.ml.trip_files import previous_month
-
-    month = context.partition_key
-    current = latest_metadata(context.instance, "cleaned_trips", month)
-    previous = latest_metadata(context.instance, "cleaned_trips", previous_month(month))
-    return month, current, previous
-
-
 def _severity_result(name: str, value: float, warn: float, error: float, metadata: dict, description: str) -> dg.AssetCheckResult:
     from taxi_assets.ml.quality import severity
 
     level = severity(value, warn, error)
     return dg.AssetCheckResult(
+        check_name=name.split(":")[0],
         passed=level == "ok",
         severity=dg.AssetCheckSeverity.ERROR if level == "error" else dg.AssetCheckSeverity.WARN,
         description=f"{description}: {level.upper()} (warn above {warn}, error above {error})",
-        metadata={name: value, "warn_threshold": warn, "error_threshold": error, "level": level, **metadata},
+        metadata={name.split(":")[1]: value, "warn_threshold": warn, "error_threshold": error, "level": level, **metadata},
     )
 
 
-def _no_reference(month: str, previous: dict | None, field: str | None = None) -> dg.AssetCheckResult | None:
+def _no_reference(check: str, month: str, previous: dict | None, field: str | None = None) -> dg.AssetCheckResult | None:
     from taxi_assets.ml.trip_files import previous_month
 
     if previous is None:
         return dg.AssetCheckResult(
+            check_name=check,
             passed=True,
             description=f"no cleaned_trips for {previous_month(month)} to compare {month} with",
             metadata={"reference_month": "none"},
         )
     if field is not None and field not in previous:
         return dg.AssetCheckResult(
+            check_name=check,
             passed=True,
             description=f"cleaned_trips {previous_month(month)} was materialized before {field} was recorded; "
             "re-materialize it to compare",
@@ -134,20 +127,16 @@ def _no_reference(month: str, previous: dict | None, field: str | None = None) -
     return None
 
 
-@dg.asset_check(asset="cleaned_trips", partitions_def=monthly_partitions, blocking=False)
-def dropped_share_stable(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
-    """The share of raw rows that cleaning drops (durations outside [1, 60] minutes) moved by
-    no more than 2 points (WARN) / 5 points (ERROR) from the previous month."""
+def dropped_share_result(month: str, current: dict, previous: dict | None) -> dg.AssetCheckResult:
     from taxi_assets.ml.quality import DROPPED_SHARE_ERROR_POINTS, DROPPED_SHARE_WARN_POINTS
     from taxi_assets.ml.trip_files import previous_month
 
-    month, current, previous = _previous_metadata(context)
-    missing = _no_reference(month, previous)
+    missing = _no_reference("dropped_share_stable", month, previous)
     if missing:
         return missing
     change = 100 * (float(current["dropped_share"]) - float(previous["dropped_share"]))
     return _severity_result(
-        "change_points", round(abs(change), 4), DROPPED_SHARE_WARN_POINTS, DROPPED_SHARE_ERROR_POINTS,
+        "dropped_share_stable:change_points", round(abs(change), 4), DROPPED_SHARE_WARN_POINTS, DROPPED_SHARE_ERROR_POINTS,
         {
             "dropped_share": float(current["dropped_share"]),
             "reference_dropped_share": float(previous["dropped_share"]),
@@ -158,46 +147,64 @@ def dropped_share_stable(context: dg.AssetCheckExecutionContext) -> dg.AssetChec
     )
 
 
-def _drift_check(column: str, unit: str):
-    @dg.asset_check(
-        asset="cleaned_trips", partitions_def=monthly_partitions, blocking=False, name=f"{column}_drift",
-        description=f"Population stability index of {column} ({unit}) against the previous month: "
-        "WARN above 0.1, ERROR above 0.25. The binned KS statistic is reported alongside.",
-    )
-    def drift(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
-        from taxi_assets.ml.quality import PSI_ERROR, PSI_WARN, ks_statistic, psi
-        from taxi_assets.ml.trip_files import previous_month
+def drift_result(column: str, month: str, current: dict, previous: dict | None) -> dg.AssetCheckResult:
+    from taxi_assets.ml.quality import PSI_ERROR, PSI_WARN, ks_statistic, psi
+    from taxi_assets.ml.trip_files import previous_month
 
-        field = f"{column}_histogram"
-        month, current, previous = _previous_metadata(context)
-        missing = _no_reference(month, previous, field)
-        if missing:
-            return missing
-        now, before = current[field], previous[field]
-        if now["edges"] != before["edges"]:
-            return dg.AssetCheckResult(
-                passed=True,
-                description=f"{column} bins changed since {previous_month(month)}; re-materialize it to compare",
-                metadata={"reference_month": previous_month(month)},
-            )
-        if not sum(now["counts"]) or not sum(before["counts"]):
-            return dg.AssetCheckResult(
-                passed=False, severity=dg.AssetCheckSeverity.ERROR,
-                description=f"{column}: {month if not sum(now['counts']) else previous_month(month)} has no trips to compare",
-                metadata={"reference_month": previous_month(month)},
-            )
-        index = psi(before["counts"], now["counts"])
-        return _severity_result(
-            "psi", round(index, 5), PSI_WARN, PSI_ERROR,
-            {"ks_statistic": round(ks_statistic(before["counts"], now["counts"]), 5), "reference_month": previous_month(month)},
-            f"{column} PSI {index:.4f} for {month} against {previous_month(month)}",
+    check, field = f"{column}_drift", f"{column}_histogram"
+    missing = _no_reference(check, month, previous, field)
+    if missing:
+        return missing
+    now, before = current[field], previous[field]
+    if now["edges"] != before["edges"]:
+        return dg.AssetCheckResult(
+            check_name=check, passed=True,
+            description=f"{column} bins changed since {previous_month(month)}; re-materialize it to compare",
+            metadata={"reference_month": previous_month(month)},
         )
+    if not sum(now["counts"]) or not sum(before["counts"]):
+        return dg.AssetCheckResult(
+            check_name=check, passed=False, severity=dg.AssetCheckSeverity.ERROR,
+            description=f"{column}: {month if not sum(now['counts']) else previous_month(month)} has no trips to compare",
+            metadata={"reference_month": previous_month(month)},
+        )
+    index = psi(before["counts"], now["counts"])
+    return _severity_result(
+        f"{check}:psi", round(index, 5), PSI_WARN, PSI_ERROR,
+        {"ks_statistic": round(ks_statistic(before["counts"], now["counts"]), 5), "reference_month": previous_month(month)},
+        f"{column} PSI {index:.4f} for {month} against {previous_month(month)}",
+    )
 
-    return drift
 
+# One step evaluates all three (a step per check would cost more than the checks themselves).
+@dg.multi_asset_check(
+    name="cleaned_trips_month_over_month",
+    specs=[
+        dg.AssetCheckSpec(
+            "dropped_share_stable", asset="cleaned_trips", partitions_def=monthly_partitions, blocking=False,
+            description="The share of raw rows that cleaning drops (durations outside [1, 60] minutes) moved by no "
+            "more than 2 points (WARN) / 5 points (ERROR) from the previous month.",
+        ),
+        *[
+            dg.AssetCheckSpec(
+                f"{column}_drift", asset="cleaned_trips", partitions_def=monthly_partitions, blocking=False,
+                description=f"Population stability index of {column} ({unit}) against the previous month: WARN "
+                "above 0.1, ERROR above 0.25. The binned KS statistic is reported alongside.",
+            )
+            for column, unit in (("duration", "minutes"), ("trip_distance", "miles"))
+        ],
+    ],
+)
+def cleaned_trips_month_over_month(context: dg.AssetCheckExecutionContext):
+    from taxi_assets.history import latest_metadata
+    from taxi_assets.ml.trip_files import previous_month
 
-duration_drift = _drift_check("duration", "minutes")
-trip_distance_drift = _drift_check("trip_distance", "miles")
+    month = context.partition_key
+    current = latest_metadata(context.instance, "cleaned_trips", month)
+    previous = latest_metadata(context.instance, "cleaned_trips", previous_month(month))
+    yield dropped_share_result(month, current, previous)
+    yield drift_result("duration", month, current, previous)
+    yield drift_result("trip_distance", month, current, previous)
 
 
 @dg.asset_check(asset="production_model", blocking=False)

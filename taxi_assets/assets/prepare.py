@@ -101,7 +101,9 @@ def training_set(context: dg.AssetExecutionContext, cleaned_trips) -> dg.Output[
     """
     # sklearn loads here, in the one step that builds matrices, not when the code location loads.
     from taxi_assets.ml.dataset import build_training_set
+    from taxi_assets.ml.memory import release_memory
 
+    release_memory()  # this step has the run's peak: start it from a clean heap
     month = context.partition_key
     materialized = context.instance.get_materialized_partitions(dg.AssetKey("cleaned_trips"))
     months = _months_by_key(cleaned_trips, month, materialized)
