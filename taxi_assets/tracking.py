@@ -75,7 +75,13 @@ class MlflowTracking(dg.ConfigurableResource):
             client = mlflow.MlflowClient(self.uri)
             client.search_registered_models(max_results=1)
             if client.get_experiment_by_name(self.experiment_name) is None:
-                client.create_experiment(self.experiment_name, artifact_location=self._artifacts)
+                try:
+                    client.create_experiment(self.experiment_name, artifact_location=self._artifacts)
+                except mlflow.exceptions.MlflowException as error:
+                    # Another step process (the fan-out, XGBoost) created it first; the file
+                    # lock above only serialises local SQLite stores, not a tracking server.
+                    if error.error_code != "RESOURCE_ALREADY_EXISTS":
+                        raise
         mlflow.set_experiment(self.experiment_name)
         return mlflow
 

@@ -99,3 +99,18 @@ def test_dockerfile_basics():
     assert bases and all(re.fullmatch(r"python:3\.11\.\d+-slim-bookworm", base) for base in bases)
     assert re.search(r"^USER 10001:10001$", text, re.M) and "HEALTHCHECK" in text
     assert not re.search(r"(?i)(password|secret|token)\s*=", text)
+
+
+def test_experiment_created_concurrently_is_not_an_error(tmp_path, monkeypatch):
+    # Two step processes against one tracking server: both see no experiment, one creates it,
+    # the other's create fails with RESOURCE_ALREADY_EXISTS (seen with the PostgreSQL-backed
+    # server in test_production). That must not fail the step.
+    import mlflow
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    mlflow.MlflowClient(uri).create_experiment("taxi-duration")
+    monkeypatch.setattr(mlflow.MlflowClient, "get_experiment_by_name", lambda self, name: None)
+    with dg.build_resources({"mlflow": MlflowTracking(tracking_uri=uri)}) as resources:
+        resources.mlflow._activate()
+    monkeypatch.undo()
+    assert len(mlflow.MlflowClient(uri).search_experiments(filter_string="name = 'taxi-duration'")) == 1
