@@ -93,16 +93,18 @@ def matches_course_figures(context: dg.AssetCheckExecutionContext, training_set)
 # Not blocking: drift is a reason to look (and retrain), not to stop the pipeline.
 
 
-def _severity_result(name: str, value: float, warn: float, error: float, metadata: dict, description: str) -> dg.AssetCheckResult:
+def _severity_result(
+    check: str, key: str, value: float, warn: float, error: float, metadata: dict, description: str
+) -> dg.AssetCheckResult:
     from taxi_assets.ml.quality import severity
 
     level = severity(value, warn, error)
     return dg.AssetCheckResult(
-        check_name=name.split(":")[0],
+        check_name=check,
         passed=level == "ok",
         severity=dg.AssetCheckSeverity.ERROR if level == "error" else dg.AssetCheckSeverity.WARN,
         description=f"{description}: {level.upper()} (warn above {warn}, error above {error})",
-        metadata={name.split(":")[1]: value, "warn_threshold": warn, "error_threshold": error, "level": level, **metadata},
+        metadata={key: value, "warn_threshold": warn, "error_threshold": error, "level": level, **metadata},
     )
 
 
@@ -136,7 +138,7 @@ def dropped_share_result(month: str, current: dict, previous: dict | None) -> dg
         return missing
     change = 100 * (float(current["dropped_share"]) - float(previous["dropped_share"]))
     return _severity_result(
-        "dropped_share_stable:change_points", round(abs(change), 4), DROPPED_SHARE_WARN_POINTS, DROPPED_SHARE_ERROR_POINTS,
+        "dropped_share_stable", "change_points", round(abs(change), 4), DROPPED_SHARE_WARN_POINTS, DROPPED_SHARE_ERROR_POINTS,
         {
             "dropped_share": float(current["dropped_share"]),
             "reference_dropped_share": float(previous["dropped_share"]),
@@ -170,7 +172,7 @@ def drift_result(column: str, month: str, current: dict, previous: dict | None) 
         )
     index = psi(before["counts"], now["counts"])
     return _severity_result(
-        f"{check}:psi", round(index, 5), PSI_WARN, PSI_ERROR,
+        check, "psi", round(index, 5), PSI_WARN, PSI_ERROR,
         {"ks_statistic": round(ks_statistic(before["counts"], now["counts"]), 5), "reference_month": previous_month(month)},
         f"{column} PSI {index:.4f} for {month} against {previous_month(month)}",
     )

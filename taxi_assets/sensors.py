@@ -7,6 +7,7 @@ import os
 import dagster as dg
 
 from taxi_assets.alerts import AlertDeliveryError, EmailAlerts, failure_report
+from taxi_assets.history import latest_metadata
 from taxi_assets.jobs import observability_job, retraining_job
 from taxi_assets.ml.trip_files import previous_month
 from taxi_assets.partitions import FIRST_MONTH, monthly_partitions
@@ -30,13 +31,8 @@ def run_key(month: str, fingerprint: str) -> str:
 
 def _ingested_fingerprint(instance, month: str) -> str | None:
     """The source fingerprint recorded by raw_trips' latest materialization of ``month``."""
-    records = instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=dg.AssetKey("raw_trips"), asset_partitions=[month]), limit=1
-    ).records
-    if not records:
-        return None
-    value = records[0].asset_materialization.metadata.get("source_fingerprint")
-    return value.value if value is not None else ""
+    metadata = latest_metadata(instance, "raw_trips", month)
+    return None if metadata is None else metadata.get("source_fingerprint", "")
 
 
 def _already_requested(instance, key: str) -> bool:

@@ -127,9 +127,8 @@ def shap_chart(predictor, X_val, month: str) -> bytes:
     return charts.shap_importance(importance, f"XGBoost: top features by mean |SHAP|, {month} ({rows.shape[0]:,} rows)")
 
 
-def rmse_history(instance, month: str, current: dict[str, float]) -> dict[str, dict[str, float]]:
-    """Validation RMSE per model per month, from the event log's model materializations, with
-    this run's values for ``month`` (not in the event log yet)."""
+def recorded_rmse(instance) -> dict[str, dict[str, float]]:
+    """Validation RMSE per model per month, from the event log's model materializations."""
     from taxi_assets.history import metadata_by_partition
 
     series: dict[str, dict[str, float]] = {}
@@ -140,6 +139,12 @@ def rmse_history(instance, month: str, current: dict[str, float]) -> dict[str, d
     for partition, metadata in metadata_by_partition(instance, "xgboost_model").items():
         if "rmse" in metadata:
             series.setdefault("xgboost", {})[partition] = float(metadata["rmse"])
+    return series
+
+
+def rmse_history(instance, month: str, current: dict[str, float]) -> dict[str, dict[str, float]]:
+    """:func:`recorded_rmse` with this run's values for ``month`` (not in the event log yet)."""
+    series = recorded_rmse(instance)
     for name, rmse in current.items():
         series.setdefault(name, {})[month] = rmse
     return series

@@ -7,7 +7,7 @@ import pandas as pd
 from pydantic import Field
 
 from taxi_assets import charts
-from taxi_assets.history import metadata_by_partition
+from taxi_assets.assets.models import recorded_rmse
 from taxi_assets.metadata import chart, markdown
 from taxi_assets.ml.quality import markdown_table
 
@@ -20,15 +20,7 @@ class PipelineHealthConfig(dg.Config):
 
 def model_training_counts(instance: dg.DagsterInstance) -> dict[str, int]:
     """How many times each model was trained: one per month materialized, from the event log."""
-    counts: dict[str, int] = {}
-    for metadata in metadata_by_partition(instance, "sklearn_models").values():
-        for key in metadata:
-            if key.endswith("_rmse") and key != "best_rmse":
-                counts[key.removesuffix("_rmse")] = counts.get(key.removesuffix("_rmse"), 0) + 1
-    xgboost = len(metadata_by_partition(instance, "xgboost_model"))
-    if xgboost:
-        counts["xgboost"] = xgboost
-    return counts
+    return {name: len(months) for name, months in recorded_rmse(instance).items()}
 
 
 def finished_runs(instance: dg.DagsterInstance, since: dt.datetime) -> pd.DataFrame:

@@ -114,13 +114,14 @@ def production_model(
         mlflow.set_alias(serving.registered_model, CHAMPION_ALIAS, serving.model_version)
 
     # Charts of the decision, also kept as artifacts of an MLflow run for this step.
-    scores = {f"{model.name}": score for score, model in scored}
+    scores = {model.name: score for score, model in scored}
+    champion_label = f"champion: {champion.name} ({champion.model_partition})" if champion is not None else None
     if champion is not None:
-        scores[f"champion: {champion.name} ({champion.model_partition})"] = champion_rmse
+        scores[champion_label] = champion_rmse
     decision_charts = {
         "rmse_by_model": charts.bars(
-            scores, f"RMSE on {month} validation trips", "RMSE (minutes)", highlight=serving.name if decision.promote else
-            f"champion: {champion.name} ({champion.model_partition})", fmt="{:.3f}",
+            scores, f"RMSE on {month} validation trips", "RMSE (minutes)",
+            highlight=challenger.name if decision.promote else champion_label, fmt="{:.3f}",
         ),
         "rmse_over_months": charts.series_over_months(
             rmse_history(context.instance, month, {model.name: model.rmse for model in candidates}),
