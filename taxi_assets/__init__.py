@@ -1,11 +1,12 @@
 """taxi_assets: NYC green-taxi trip durations as a Dagster asset graph.
 
-``taxi_assets.load_model("xgboost")`` returns a predictor for the latest materialized model.
+``taxi_assets.load_model()`` returns the predictor that serves (the newest production_model
+decision); ``taxi_assets.load_model("xgboost")`` the latest materialized XGBoost model.
 Importing the package stays light; Dagster loads ``taxi_assets.definitions``.
 """
 
 
-def load_model(name: str = "xgboost", partition: str | None = None, instance=None):
+def load_model(name: str | None = None, partition: str | None = None, instance=None):
     """See :func:`taxi_assets.api.load_model`."""
     from taxi_assets.api import load_model as _load_model
 

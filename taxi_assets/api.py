@@ -22,18 +22,32 @@ def _asset_for(name: str) -> tuple[str, str]:
 
 
 def load_model(
-    name: str = "xgboost", partition: str | None = None, instance: dg.DagsterInstance | None = None
+    name: str | None = None, partition: str | None = None, instance: dg.DagsterInstance | None = None
 ) -> TripDurationPredictor:
-    """The predictor of model ``name`` (``"xgboost"`` or a scikit-learn class such as
-    ``"LinearRegression"``) from the latest materialized partition, or from ``partition``.
+    """The predictor that serves (no ``name``: the newest month's production_model decision, as
+    the server and the predict job use), or model ``name`` (``"xgboost"`` or a scikit-learn class
+    such as ``"LinearRegression"``) from the latest materialized partition, or from ``partition``.
 
     ``predictor.predict([{"PULocationID": 236, "DOLocationID": 239, "trip_distance": 1.98}])``
     returns minutes. Reads the instance at ``DAGSTER_HOME`` unless one is given.
     """
     from taxi_assets.definitions import defs
 
-    asset, model_name = _asset_for(name)
     instance = instance or dg.DagsterInstance.get()
+    if name is None:
+        from taxi_assets.serving import load_production_model
+
+        if partition is not None:
+            raise ValueError("partition needs a model name; without one, load_model gives the model that serves")
+        production = load_production_model(instance, None)
+        if production is None:
+            raise ModelNotFoundError(
+                "no production_model is materialized yet; retrain a month first, e.g. "
+                "`taxi-assets materialize --partition YYYY-MM --select raw_trips,cleaned_trips,training_set,"
+                "sklearn_models,xgboost_model,production_model`"
+            )
+        return production.predictor
+    asset, model_name = _asset_for(name)
     materialized = sorted(instance.get_materialized_partitions(dg.AssetKey(asset)), reverse=True)
     how = (
         f"materialize it first, e.g. `taxi-assets materialize --select {asset} --partition "

@@ -228,5 +228,6 @@ def pie(values: Mapping[str, int], title: str) -> bytes:
     return _png(figure)
 
 
-def shap_importance(importance: Sequence[tuple[str, float]], title: str) -> bytes:
-    return bars(dict(importance), title, "mean |SHAP value| (minutes)", fmt="{:.3f}")
+def contributions(importance: Sequence[tuple[str, float]], title: str) -> bytes:
+    """Features by mean absolute contribution to the prediction (the method is in the title)."""
+    return bars(dict(importance), title, "mean |contribution| (minutes)", fmt="{:.3f}")

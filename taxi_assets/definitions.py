@@ -15,7 +15,14 @@ from taxi_assets.resources import (
     production_io_manager,
     trip_source_from_env,
 )
-from taxi_assets.sensors import daily_health_schedule, email_on_failure, hourly_retraining_schedule, new_trip_data_sensor
+from taxi_assets.sensors import (
+    daily_health_schedule,
+    email_on_failure,
+    hourly_retraining_schedule,
+    mlflow_runs_of_canceled_runs,
+    mlflow_runs_of_failed_runs,
+    new_trip_data_sensor,
+)
 from taxi_assets.tracking import MlflowTracking
 
 
@@ -39,7 +46,7 @@ def build_defs(
         assets=dg.load_assets_from_modules([ingest, prepare, models, production, observability]),
         asset_checks=dg.load_asset_checks_from_modules([checks]),
         jobs=[data_preparation_job, model_training_job, retraining_job, observability_job, predict],
-        sensors=[new_trip_data_sensor, email_on_failure],
+        sensors=[new_trip_data_sensor, email_on_failure, mlflow_runs_of_failed_runs, mlflow_runs_of_canceled_runs],
         schedules=[hourly_retraining_schedule, daily_health_schedule],
         resources={
             "trip_source": trip_source or trip_source_from_env(),

@@ -12,7 +12,9 @@ from taxi_assets.jobs import observability_job, retraining_job
 from taxi_assets.ml.trip_files import previous_month
 from taxi_assets.partitions import FIRST_MONTH, monthly_partitions
 from taxi_assets.resources import TripSource
+from taxi_assets.tracking import MlflowTracking
 
+WILL_RETRY_TAG = "dagster/will_retry"  # set by Dagster on a failed run it is going to retry
 MONTH_TAG = "taxi_assets/retrain_month"
 FINGERPRINT_TAG = "taxi_assets/source_fingerprint"
 ACTIVE = [
@@ -123,7 +125,12 @@ def hourly_retraining_schedule(context: dg.ScheduleEvaluationContext, trip_sourc
     "partition, failed steps and checks with their errors, and a link to the run. SMTP from TAXI_SMTP_*.",
 )
 def email_on_failure(context: dg.RunFailureSensorContext, alerts: EmailAlerts):
-    run = context.dagster_run
+    # The run as stored now: the instance tags a failed run that run retries will re-execute.
+    run = context.instance.get_run_by_id(context.dagster_run.run_id) or context.dagster_run
+    if run.tags.get(WILL_RETRY_TAG) == "true":
+        attempt = int(run.tags.get("dagster/retry_number", "0")) + 1
+        context.log.info(f"run {run.run_id} failed (attempt {attempt}); run retries will re-execute it, so no alert yet")
+        return
     if not alerts.enabled:
         context.log.info(f"run {run.run_id} failed; email alerts are off (set TAXI_SMTP_HOST and TAXI_ALERT_TO)")
         return
@@ -146,3 +153,39 @@ def email_on_failure(context: dg.RunFailureSensorContext, alerts: EmailAlerts):
 )
 def daily_health_schedule(context: dg.ScheduleEvaluationContext):
     return dg.RunRequest()
+
+
+def _end_mlflow_runs(context: dg.RunStatusSensorContext, mlflow: MlflowTracking, status: str) -> None:
+    """MLflow runs of a Dagster run that ended badly are ended too (a killed process cannot)."""
+    run = context.dagster_run
+    try:
+        ended = mlflow.end_runs_of(run.run_id, status)
+    except Exception as error:  # the tracking server may be down: retried on the next tick
+        context.log.error(f"could not end the MLflow runs of run {run.run_id}: {error}")
+        raise
+    if ended:
+        context.log.info(f"run {run.run_id} is {run.status.value}: ended {len(ended)} MLflow run(s) as {status}: {', '.join(ended)}")
+
+
+@dg.run_failure_sensor(
+    name="mlflow_runs_of_failed_runs",
+    monitor_all_code_locations=False,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    minimum_interval_seconds=10,
+    description="Ends as FAILED the MLflow runs that a failed Dagster run left RUNNING (its process died, "
+    "or run monitoring ended it).",
+)
+def mlflow_runs_of_failed_runs(context: dg.RunFailureSensorContext, mlflow: MlflowTracking):
+    _end_mlflow_runs(context, mlflow, "FAILED")
+
+
+@dg.run_status_sensor(
+    name="mlflow_runs_of_canceled_runs",
+    run_status=dg.DagsterRunStatus.CANCELED,
+    monitor_all_code_locations=False,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    minimum_interval_seconds=10,
+    description="Ends as KILLED the MLflow runs that a canceled Dagster run left RUNNING.",
+)
+def mlflow_runs_of_canceled_runs(context: dg.RunStatusSensorContext, mlflow: MlflowTracking):
+    _end_mlflow_runs(context, mlflow, "KILLED")

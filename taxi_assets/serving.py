@@ -15,17 +15,15 @@ import asyncio
 import hmac
 import json
 import logging
-import math
 import os
 from dataclasses import dataclass
 from typing import Any
 
 logger = logging.getLogger("taxi_assets.serving")
 
-FIELDS = ("PULocationID", "DOLocationID", "trip_distance")
 MAX_BATCH = 50_000
 MAX_BODY_BYTES = 8 * 1024 * 1024
-MAX_TRIP_DISTANCE = 500.0  # miles; the TLC data's longest plausible trips are far below this
+MIN_TOKEN_CHARACTERS = 16
 
 
 class BadRequest(Exception):
@@ -48,49 +46,49 @@ class LoadedModel:
         return {"name": self.name, "partition": self.partition, "version": self.version, "run_id": self.run_id}
 
 
-def parse_inputs(body: bytes) -> list[dict[str, Any]]:
-    """Validate a request body; BadRequest names the problem. Returns records for the predictor."""
+def _predict_request():
+    from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+    from taxi_assets.ml.trip_record import TripRecord
+
+    class PredictRequest(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        inputs: list[TripRecord] = Field(min_length=1, max_length=MAX_BATCH)
+
+    return TypeAdapter(PredictRequest)
+
+
+_PREDICT_REQUEST = None
+
+
+def parse_inputs(body: bytes):
+    """Validate a ``{"inputs": [...]}`` body in one pass (pydantic's JSON parser, which stops at
+    200 levels of nesting, so no body can exhaust the stack); BadRequest names the problem."""
+    global _PREDICT_REQUEST
+    from pydantic import ValidationError
+
+    from taxi_assets.ml.trip_record import describe
+
     if len(body) > MAX_BODY_BYTES:
         raise BadRequest(413, f"request body over {MAX_BODY_BYTES} bytes")
+    if _PREDICT_REQUEST is None:
+        _PREDICT_REQUEST = _predict_request()
     try:
-        payload = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as error:
-        raise BadRequest(400, f"invalid JSON: {error}") from None
-    if not isinstance(payload, dict) or "inputs" not in payload:
-        raise BadRequest(422, 'body must be an object with an "inputs" list')
-    extra = sorted(set(payload) - {"inputs"})
-    if extra:
-        raise BadRequest(422, f"unknown top-level field(s): {', '.join(extra)}")
-    inputs = payload["inputs"]
-    if not isinstance(inputs, list):
-        raise BadRequest(422, '"inputs" must be a list of records')
-    if not inputs:
-        raise BadRequest(422, '"inputs" is empty')
-    if len(inputs) > MAX_BATCH:
-        raise BadRequest(413, f'"inputs" has {len(inputs)} records; at most {MAX_BATCH} per request')
-    records = []
-    for position, record in enumerate(inputs):
-        if not isinstance(record, dict):
-            raise BadRequest(422, f"inputs[{position}] must be an object")
-        unknown = sorted(set(record) - set(FIELDS))
-        if unknown:
-            raise BadRequest(422, f"inputs[{position}]: unknown field(s) {', '.join(unknown)}")
-        for field in FIELDS:
-            if field not in record:
-                raise BadRequest(422, f"inputs[{position}]: missing field {field}")
-        for field in ("PULocationID", "DOLocationID"):
-            value = record[field]
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise BadRequest(422, f"inputs[{position}].{field} must be a positive integer, got {value!r}")
-        distance = record["trip_distance"]
-        if isinstance(distance, bool) or not isinstance(distance, (int, float)):
-            raise BadRequest(422, f"inputs[{position}].trip_distance must be a number, got {distance!r}")
-        if not math.isfinite(distance) or distance < 0 or distance > MAX_TRIP_DISTANCE:
-            raise BadRequest(
-                422, f"inputs[{position}].trip_distance must be between 0 and {MAX_TRIP_DISTANCE:g} miles, got {distance!r}"
-            )
-        records.append(record)
-    return records
+        return _PREDICT_REQUEST.validate_json(body).inputs
+    except ValidationError as error:
+        problems = error.errors(include_url=False, include_input=False)
+        first = problems[0]
+        if first["type"] == "json_invalid":
+            detail = str(first.get("ctx", {}).get("error", first["msg"]))
+            hint = " (nested too deeply: a trip record is two levels down)" if "recursion limit" in detail else ""
+            raise BadRequest(400, f"invalid JSON: {detail}{hint}") from None
+        if first["loc"] == () and first["type"] in ("model_type", "dict_type", "model_attributes_type"):
+            raise BadRequest(422, 'body must be a JSON object {"inputs": [{"PULocationID": .., "DOLocationID": .., "trip_distance": ..}]}') from None
+        if any(problem["type"] == "too_long" and problem["loc"] == ("inputs",) for problem in problems):
+            raise BadRequest(413, f'"inputs" has too many records; at most {MAX_BATCH} per request') from None
+        if first["type"] == "too_short" and first["loc"] == ("inputs",):
+            raise BadRequest(422, '"inputs" is empty') from None
+        raise BadRequest(422, describe(error)) from None
 
 
 class ModelHolder:
@@ -143,15 +141,30 @@ def create_app(holder: ModelHolder, token: str, reload_interval: float = 5.0):
     from starlette.responses import JSONResponse, Response
     from starlette.routing import Route
 
-    expected = f"Bearer {token}".encode()
+    expected = token.encode()
 
     def authorized(request: Request) -> bool:
-        given = request.headers.get("authorization", "").encode()
-        return hmac.compare_digest(given, expected)
+        # RFC 7235: the scheme is case-insensitive ("bearer", "Bearer", "BEARER").
+        scheme, _, credentials = request.headers.get("authorization", "").strip().partition(" ")
+        return scheme.lower() == "bearer" and hmac.compare_digest(credentials.strip().encode(), expected)
 
     def error(status: int, message: str) -> Response:
         headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
         return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+    async def read_body(request: Request) -> bytes:
+        """The body, refusing more than MAX_BODY_BYTES before reading it all (chunked uploads
+        have no Content-Length to check up front)."""
+        length = request.headers.get("content-length", "")
+        if length.isdigit() and int(length) > MAX_BODY_BYTES:
+            raise BadRequest(413, f"request body over {MAX_BODY_BYTES} bytes")
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > MAX_BODY_BYTES:
+                raise BadRequest(413, f"request body over {MAX_BODY_BYTES} bytes")
+            chunks.append(chunk)
+        return b"".join(chunks)
 
     async def predict(request: Request) -> Response:
         if not authorized(request):
@@ -159,14 +172,11 @@ def create_app(holder: ModelHolder, token: str, reload_interval: float = 5.0):
         model = holder.current
         if model is None:
             return error(503, "no production model is materialized yet")
-        length = request.headers.get("content-length")
-        if length and length.isdigit() and int(length) > MAX_BODY_BYTES:
-            return error(413, f"request body over {MAX_BODY_BYTES} bytes")
         try:
-            records = parse_inputs(await request.body())
+            records = parse_inputs(await read_body(request))
             # Already validated: straight to the model's features.
-            pairs = [f"{record['PULocationID']}_{record['DOLocationID']}" for record in records]
-            distances = [float(record["trip_distance"]) for record in records]
+            pairs = [record.pu_do for record in records]
+            distances = [record.trip_distance for record in records]
             predictions = model.predictor.predict_pairs(pairs, distances)
         except BadRequest as bad:
             return error(bad.status, bad.message)
@@ -204,9 +214,14 @@ def serve(host: str = "127.0.0.1", port: int = 8000, reload_interval: float = 5.
     import dagster as dg
     import uvicorn
 
-    token = os.environ.get("TAXI_API_TOKEN")
+    token = os.environ.get("TAXI_API_TOKEN", "").strip()
     if not token:
         raise SystemExit("TAXI_API_TOKEN is not set: the server needs a bearer token to check requests against")
+    if len(token) < MIN_TOKEN_CHARACTERS:
+        raise SystemExit(
+            f"TAXI_API_TOKEN has {len(token)} characters; use at least {MIN_TOKEN_CHARACTERS}, e.g. "
+            "python3 -c 'import secrets; print(secrets.token_urlsafe(32))'"
+        )
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     instance = dg.DagsterInstance.get()
     holder = ModelHolder(instance, load_production_model)

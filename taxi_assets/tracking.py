@@ -18,6 +18,27 @@ import dagster as dg
 from pydantic import Field, PrivateAttr
 
 EXPERIMENT = "taxi-duration"
+# Every model is registered as taxi-duration-<model> (taxi-duration-xgboost, ...-LinearRegression).
+REGISTERED_MODEL_PREFIX = "taxi-duration-"
+CHAMPION_ALIAS = "champion"
+DECIDED_FOR_TAG = "champion_decided_for"
+
+
+@contextmanager
+def _ended_by_outcome(mlflow):
+    """End the active MLflow run by how the block ends: FINISHED, KILLED (interrupted or stopped:
+    someone or something ended the Dagster run) or FAILED."""
+    from taxi_assets.ml.budget import Stopped
+
+    try:
+        yield
+    except (KeyboardInterrupt, dg.DagsterExecutionInterruptedError, Stopped):
+        mlflow.end_run("KILLED")
+        raise
+    except BaseException:
+        mlflow.end_run("FAILED")
+        raise
+    mlflow.end_run("FINISHED")
 
 
 @contextmanager
@@ -98,16 +119,22 @@ class MlflowTracking(dg.ConfigurableResource):
 
     @contextmanager
     def step_run(self, context, asset: str, run_name: str, extra_tags: dict[str, str] | None = None):
-        """A parent MLflow run for one Dagster step; FINISHED on success, FAILED on error."""
+        """A parent MLflow run for one Dagster step: FINISHED on success, KILLED when the step was
+        interrupted or asked to stop, FAILED on any other error."""
         mlflow = self._activate()
         while mlflow.active_run():  # never nest under a run a previous step left open
             mlflow.end_run("KILLED")
         tags = {**self.dagster_tags(context, asset), **(extra_tags or {})}
-        with mlflow.start_run(run_name=run_name, tags=tags) as run:
+        run = mlflow.start_run(run_name=run_name, tags=tags)
+        with _ended_by_outcome(mlflow):
             yield run
 
-    def trial_runner(self, context, asset: str, extra_tags: dict[str, str] | None = None):
-        """A ``run_trial`` for taxi_assets.ml.training: one nested MLflow run per trial."""
+    def trial_runner(self, context, asset: str, extra_tags: dict[str, str] | None = None, on_trial=None):
+        """A ``run_trial`` for taxi_assets.ml.training: one nested MLflow run per trial.
+
+        ``on_trial(number, params, metrics, seconds)`` is called after each trial (progress logs)."""
+        import time
+
         import mlflow
 
         tags = {**self.dagster_tags(context, asset), **(extra_tags or {})}
@@ -115,13 +142,37 @@ class MlflowTracking(dg.ConfigurableResource):
 
         def run_trial(params, evaluate):
             counter["n"] += 1
-            with mlflow.start_run(run_name=f"trial-{counter['n']}", nested=True, tags={**tags, "trial": str(counter["n"])}):
+            number = counter["n"]
+            mlflow.start_run(run_name=f"trial-{number}", nested=True, tags={**tags, "trial": str(number)})
+            with _ended_by_outcome(mlflow):
                 mlflow.log_params(params)
+                began = time.perf_counter()
                 metrics = evaluate()
                 mlflow.log_metrics(metrics)
-                return metrics
+            if on_trial is not None:
+                on_trial(number, params, metrics, time.perf_counter() - began)
+            return metrics
 
         return run_trial
+
+    def end_runs_of(self, dagster_run_id: str, status: str) -> list[str]:
+        """End every MLflow run still RUNNING that a Dagster run started, with ``status``
+        (FAILED or KILLED); returns their ids. For runs whose process died before it could."""
+        import mlflow
+
+        client = mlflow.MlflowClient(self.uri)
+        experiment = client.get_experiment_by_name(self.experiment_name)
+        if experiment is None:
+            return []
+        ended = []
+        for run in client.search_runs(
+            [experiment.experiment_id],
+            f"tags.`dagster.run_id` = '{dagster_run_id}' and attributes.status = 'RUNNING'",
+            max_results=5000,
+        ):
+            client.set_terminated(run.info.run_id, status=status)
+            ended.append(run.info.run_id)
+        return ended
 
     def log_and_register(self, context, asset: str, predictor, registered_model: str, metrics: dict[str, float], params: dict):
         """Log the predictor as a pyfunc model with a signature and register a new version."""
@@ -168,14 +219,28 @@ class MlflowTracking(dg.ConfigurableResource):
                 path.write_bytes(png)
                 mlflow.log_artifact(str(path), artifact_path=folder)
 
-    def set_alias(self, registered_model: str, alias: str, version: str) -> None:
-        """Point ``alias`` at one version, and take it off the other taxi-duration models (the
-        champion may change from one registered model to another)."""
+    def set_champion(self, registered_model: str, version: str, decided_for: str) -> bool:
+        """Point the ``champion`` alias at one version for the decision of month ``decided_for``,
+        unless a newer month's decision holds it; returns whether the alias is now this version.
+
+        The alias is taken off the other taxi-duration models (the champion may move from one
+        registered model to another). The month of the decision is kept as the holder's
+        ``champion_decided_for`` tag, so a backfill of an older month never moves it back.
+        """
         import mlflow
 
         self._activate()
         client = mlflow.MlflowClient(self.uri)
-        for model in client.search_registered_models(filter_string="name LIKE 'taxi-duration-%'"):
-            if model.name != registered_model and alias in (model.aliases or {}):
-                client.delete_registered_model_alias(model.name, alias)
-        client.set_registered_model_alias(registered_model, alias, version)
+        holders = [
+            model for model in client.search_registered_models(filter_string=f"name LIKE '{REGISTERED_MODEL_PREFIX}%'")
+            if CHAMPION_ALIAS in (model.aliases or {})
+        ]
+        newer = [model.name for model in holders if (model.tags or {}).get(DECIDED_FOR_TAG, "") > decided_for]
+        if newer:
+            return False
+        for model in holders:
+            if model.name != registered_model:
+                client.delete_registered_model_alias(model.name, CHAMPION_ALIAS)
+        client.set_registered_model_alias(registered_model, CHAMPION_ALIAS, version)
+        client.set_registered_model_tag(registered_model, DECIDED_FOR_TAG, decided_for)
+        return True

@@ -86,7 +86,14 @@ def data_copy(tmp_path) -> Path:
 SMALL_BUDGET = dg.RunConfig(
     ops={
         "sklearn_models": {"ops": {"load_models": {"config": {"max_evaluations": 2}}}},
-        "xgboost_model": {"config": {"max_evaluations": 2, "max_depth": 10, "timeout_seconds": 20}},
+        "xgboost_model": {"config": {"max_evaluations": 2, "fixed_params": {"max_depth": 10}, "timeout_seconds": 20}},
+    }
+)
+# The least a retraining can do: one trial each, shallow trees. For tests about the lifecycle.
+TINY_BUDGET = dg.RunConfig(
+    ops={
+        "sklearn_models": {"ops": {"load_models": {"config": {"models": ["linear_model.LinearRegression"], "max_evaluations": 1}}}},
+        "xgboost_model": {"config": {"max_evaluations": 1, "fixed_params": {"max_depth": 6}, "timeout_seconds": 10}},
     }
 )
 SAMPLES = [

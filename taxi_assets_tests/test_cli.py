@@ -18,15 +18,20 @@ BIN = Path(sys.executable).parent
 
 @pytest.fixture
 def project_home(tmp_path, monkeypatch):
-    """A folder set up like the README's: DAGSTER_HOME with the project's dagster.yaml, cwd there."""
-    shutil.copy(REPO_ROOT / "dagster.yaml", tmp_path / "dagster.yaml")
-    monkeypatch.chdir(tmp_path)  # dagster.yaml's paths are relative to the working directory
-    return tmp_path
+    """A folder set up like the README's: DAGSTER_HOME with the project's dagster.yaml. Commands
+    run from another folder (``elsewhere``), which must stay empty: state follows DAGSTER_HOME."""
+    home = tmp_path / "project"
+    home.mkdir()
+    shutil.copy(REPO_ROOT / "dagster.yaml", home / "dagster.yaml")
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.setenv("DAGSTER_HOME", str(home))  # this process reads the same instance
+    yield home
+    assert list((tmp_path / "elsewhere").iterdir()) == []
 
 
-def run(args, home: Path, data_dir: Path = DATA_DIR):
-    env = {**os.environ, "DAGSTER_HOME": str(home), "TAXI_DATA_DIR": str(data_dir)}
-    return subprocess.run(args, cwd=home, env=env, capture_output=True, text=True, timeout=300)
+def run(args, home: Path, data_dir: Path = DATA_DIR, env: dict | None = None):
+    env = {**os.environ, "DAGSTER_HOME": str(home), "TAXI_DATA_DIR": str(data_dir), **(env or {})}
+    return subprocess.run(args, cwd=home.parent / "elsewhere", env=env, capture_output=True, text=True, timeout=300)
 
 
 def runs_by_status(home: Path):
@@ -83,3 +88,47 @@ def test_dagster_definitions_validate(project_home):
     result = run([BIN / "dagster", "definitions", "validate", "-w", REPO_ROOT / "workspace.yaml"], project_home)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Validation successful" in result.stdout + result.stderr
+
+
+def test_state_follows_dagster_home_from_any_folder(project_home):
+    """The README's set-up, then the CLI, load_model and the server from another folder: all see
+    the same instance, and none creates anything where it runs (the fixture checks)."""
+    from taxi_assets_tests.conftest import TINY_BUDGET
+
+    config = project_home / "tiny.yaml"
+    import yaml
+
+    config.write_text(yaml.safe_dump(TINY_BUDGET.to_config_dict()))
+    trained = run([BIN / "taxi-assets", "materialize", "--partition", "2024-02", "--config", str(config),
+                   "--select", "raw_trips,cleaned_trips,training_set,sklearn_models,xgboost_model,production_model"], project_home)
+    assert trained.returncode == 0, trained.stdout + trained.stderr
+    assert (project_home / ".dagster_home" / "history" / "runs.db").is_file()
+    assert (project_home / ".dagster_home" / "mlflow" / "mlflow.db").is_file()
+    loaded = run([sys.executable, "-c", "import taxi_assets; m = taxi_assets.load_model('xgboost'); "
+                  "print(m.partition, taxi_assets.load_model().partition)"], project_home)
+    assert loaded.returncode == 0 and loaded.stdout.split() == ["2024-02", "2024-02"], loaded.stderr[-2000:]
+    # The server refuses a short token, and starts (and answers) with a long one.
+    short = run([BIN / "taxi-assets", "serve", "--port", "1"], project_home, env={"TAXI_API_TOKEN": "x" * 15})
+    assert short.returncode != 0 and "use at least 16" in short.stderr
+    from taxi_assets_tests.servers import free_port
+    from taxi_assets_tests.stack import wait_for
+    from taxi_assets_tests.test_serving import TOKEN, Client
+
+    port = free_port()
+    server = subprocess.Popen(
+        [BIN / "taxi-assets", "serve", "--port", str(port)], cwd=project_home.parent / "elsewhere",
+        env={**os.environ, "DAGSTER_HOME": str(project_home), "TAXI_API_TOKEN": TOKEN},
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        def health():
+            try:
+                return Client(port).request("GET", "/health")
+            except OSError:
+                return None
+
+        status, body = wait_for(health, 60, "the server")
+    finally:
+        server.terminate()
+        server.wait(timeout=20)
+    assert status == 200 and body["model"]["partition"] == "2024-02"

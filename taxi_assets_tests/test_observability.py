@@ -145,7 +145,7 @@ def test_model_assets_carry_charts_and_log_them_to_mlflow(trained_instance):
     for name in ("rmse_by_model", "rmse_over_months", "best_model_predicted_vs_actual_chart", "best_model_residuals_chart"):
         png_size(chart_png(sklearn[name]))
     xgb = latest_metadata(trained_instance, "xgboost_model", "2024-02")
-    for name in ("predicted_vs_actual_chart", "residuals_chart", "shap_importance_chart", "rmse_over_months"):
+    for name in ("predicted_vs_actual_chart", "residuals_chart", "feature_contributions_chart", "rmse_over_months"):
         png_size(chart_png(xgb[name]))
     assert isinstance(xgb["rmse"].value, float)
 
@@ -157,22 +157,24 @@ def test_model_assets_carry_charts_and_log_them_to_mlflow(trained_instance):
         names = sorted(artifact.path for artifact in client.list_artifacts(run.info.run_id, "charts"))
         expected = ["charts/predicted_vs_actual.png", "charts/residuals.png"]
         if run.data.tags["model"] == "xgboost":
-            expected = sorted(expected + ["charts/shap_importance.png"])
+            expected = sorted(expected + ["charts/feature_contributions.png"])
         assert names == expected, run.data.tags["model"]
 
 
-def test_shap_importance_maps_contributions_to_feature_names(trained_instance):
-    from taxi_assets.ml.explain import mean_abs_shap
+def test_feature_contributions_map_to_feature_names(trained_instance):
+    from taxi_assets.ml.explain import mean_abs_contributions
 
     defs = build_defs()
     model = defs.load_asset_value("xgboost_model", partition_key="2024-02", instance=trained_instance)
     dataset = defs.load_asset_value("training_set", partition_key="2024-02", instance=trained_instance)
     names = dataset.dv.get_feature_names_out()
-    top = mean_abs_shap(model.predictor.model, dataset.X_val[:1000], names, model.predictor.best_iteration, top=10)
+    explained = mean_abs_contributions(model.predictor.model, dataset.X_val[:1000], names, model.predictor.best_iteration, top=10)
+    assert explained.rows == 1000 and "approx" in explained.method
+    top = explained.top
     assert len(top) == 10 and [value for _, value in top] == sorted((value for _, value in top), reverse=True)
     assert top[0][0] == "trip_distance"  # distance drives duration; a zone pair cannot outweigh it
     assert all(name in set(names) for name, _ in top)
-    assert mean_abs_shap(model.predictor.model, dataset.X_val[:0], names) == []
+    assert mean_abs_contributions(model.predictor.model, dataset.X_val[:0], names).top == []
 
 
 # Drift and data-quality checks -------------------------------------------------------------------

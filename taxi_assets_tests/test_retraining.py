@@ -251,3 +251,83 @@ def test_automation_ships_as_documented():
     assert new_trip_data_sensor.minimum_interval_seconds == int(os.environ.get("TAXI_SENSOR_INTERVAL_SECONDS", "60"))
     assert hourly_retraining_schedule.cron_schedule == "0 * * * *"
     assert new_trip_data_sensor.job_name == hourly_retraining_schedule.job_name == "retraining"
+
+
+def test_retraining_an_older_month_never_moves_what_serves(instance, tmp_path):
+    """2024-02's decision, then a retraining of 2023-12: the MLflow champion alias, the server,
+    load_model() and the predict job all still answer with 2024-02's decision."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import mlflow.pyfunc
+    import pandas as pd
+
+    import taxi_assets
+    from taxi_assets_tests.conftest import SAMPLES, TINY_BUDGET, run_months
+    from taxi_assets_tests.servers import free_port
+    from taxi_assets_tests.test_serving import TOKEN, Client
+
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    everything = ["raw_trips", "cleaned_trips", "training_set", "sklearn_models", "xgboost_model", "production_model"]
+    defs = build_defs(trip_source=LocalTripSource(directory=str(DATA_DIR)))
+    job = defs.resolve_implicit_global_asset_job_def()
+
+    def retrain(month, previous):
+        assert run_months(instance, [previous], ["raw_trips", "cleaned_trips"])[0].success
+        result = job.execute_in_process(
+            instance=instance, partition_key=month, asset_selection=[dg.AssetKey(a) for a in everything],
+            run_config=TINY_BUDGET, raise_on_error=False,
+        )
+        assert result.success, failure_messages(result)
+        return result
+
+    newest = retrain("2024-02", "2024-01").output_for_node("production_model")
+    older = retrain("2023-12", "2023-11")
+    [event] = [e for e in older.get_asset_materialization_events() if e.asset_key == dg.AssetKey("production_model")]
+    assert event.materialization.metadata["serves"].value is False
+    assert event.materialization.metadata["champion_alias"].value == "left alone: 2024-02's decision serves"
+
+    # 1. The registry: the champion alias still points at the version 2024-02's decision chose.
+    client = mlflow_client(instance)
+    champion = client.get_model_version_by_alias(newest.registered_model, "champion")
+    assert (str(champion.version), champion.tags["dagster.partition"]) == (newest.model_version, newest.model_partition)
+    mlflow.set_tracking_uri(client.tracking_uri)
+    registry = mlflow.pyfunc.load_model(f"models:/{newest.registered_model}@champion")
+    frame = pd.DataFrame([{key: int(value) if key != "trip_distance" else value for key, value in trip.items()} for trip in SAMPLES])
+    from_registry = [float(value) for value in registry.predict(frame)]
+    # 2. load_model()'s default.
+    served = taxi_assets.load_model(instance=instance)
+    assert served.partition == "2024-02"
+    from_api = [float(value) for value in served.predict(SAMPLES)]
+    # 3. The predict job.
+    trips = {"PULocationID": 236, "DOLocationID": 239, "trip_distance": 1.98,
+             "records": [{"PULocationID": 65, "DOLocationID": 170, "trip_distance": 6.54}]}
+    predicted = defs.resolve_job_def("predict").execute_in_process(
+        instance=instance, run_config={"ops": {"predict_trip_durations": {"config": trips}}}
+    )
+    from_job = predicted.output_for_node("predict_trip_durations")
+    # 4. The server.
+    home = Path(instance.storage_directory()).resolve().parent
+    port = free_port()
+    server = subprocess.Popen(
+        [Path(sys.executable).parent / "taxi-assets", "serve", "--port", str(port), "--reload-interval", "0"],
+        env={**os.environ, "DAGSTER_HOME": str(home), "TAXI_API_TOKEN": TOKEN}, cwd=tmp_path,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        from taxi_assets_tests.stack import wait_for
+
+        def answer():
+            try:
+                return Client(port).request("POST", "/predict", {"inputs": SAMPLES})
+            except OSError:
+                return None
+
+        status, body = wait_for(answer, 60, "the server")
+    finally:
+        server.terminate()
+        server.wait(timeout=20)
+    assert status == 200 and body["model"]["partition"] == "2024-02" and str(body["model"]["version"]) == newest.model_version
+    for values in (from_registry, from_job, body["predictions"]):
+        assert values == pytest.approx(from_api, abs=1e-3), (values, from_api)

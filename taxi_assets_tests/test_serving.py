@@ -91,6 +91,22 @@ def test_missing_or_wrong_token_is_401(server, headers_token):
     assert status == 401 and "bearer token" in body["error"]
 
 
+def test_bearer_scheme_is_case_insensitive(server):
+    for scheme in ("bearer", "BEARER", "Bearer"):
+        status, _ = Client(server["port"]).request("POST", "/predict", GOOD, token=None, headers={"Authorization": f"{scheme} {TOKEN}"})
+        assert status == 200, scheme
+
+
+def test_the_courses_own_request_gets_the_integer_forms_answer(server):
+    """The course sends location ids as strings (../shared/README.md)."""
+    course = {"inputs": [{"DOLocationID": "239", "PULocationID": "236", "trip_distance": 1.98},
+                         {"DOLocationID": "170", "PULocationID": "65", "trip_distance": 6.54}]}
+    status, as_strings = Client(server["port"]).request("POST", "/predict", course)
+    assert status == 200
+    _, as_integers = Client(server["port"]).request("POST", "/predict", GOOD)
+    assert as_strings["predictions"] == as_integers["predictions"]
+
+
 def test_basic_auth_is_401(server):
     client = Client(server["port"])
     status, _ = client.request("POST", "/predict", GOOD, token=None, headers={"Authorization": f"Basic {TOKEN}"})
@@ -105,21 +121,30 @@ def record(**changes):
 
 BAD = {
     "invalid JSON": (None, b"{not json", 400, "invalid JSON"),
-    "not an object": ([1, 2], None, 422, '"inputs"'),
-    "no inputs": ({"records": []}, None, 422, '"inputs"'),
-    "inputs not a list": ({"inputs": {"PULocationID": 1}}, None, 422, "must be a list"),
+    "invalid UTF-8": (None, b'{"inputs": [{"PULocationID": "\xff", "DOLocationID": 1, "trip_distance": 1}]}', 400, "invalid JSON"),
+    "not an object": ([1, 2], None, 422, 'body must be a JSON object {"inputs"'),
+    "no inputs": ({"records": []}, None, 422, "inputs: missing field"),
+    "inputs not a list": ({"inputs": {"PULocationID": 1}}, None, 422, "inputs: Input should be a valid array"),
     "empty batch": ({"inputs": []}, None, 422, "is empty"),
     "oversized batch": ({"inputs": [record()] * 50_001}, None, 413, "at most 50000"),
-    "missing field": ({"inputs": [record(trip_distance=...)]}, None, 422, "inputs[0]: missing field trip_distance"),
-    "string id": ({"inputs": [record(PULocationID="abc")]}, None, 422, "inputs[0].PULocationID must be a positive integer"),
-    "float id": ({"inputs": [record(DOLocationID=1.5)]}, None, 422, "inputs[0].DOLocationID must be a positive integer"),
-    "boolean distance": ({"inputs": [record(trip_distance=True)]}, None, 422, "trip_distance must be a number"),
-    "string distance": ({"inputs": [record(), record(trip_distance="far")]}, None, 422, "inputs[1].trip_distance must be a number"),
+    "missing field": ({"inputs": [record(trip_distance=...)]}, None, 422, "inputs[0].trip_distance: missing field"),
+    "string id": ({"inputs": [record(PULocationID="abc")]}, None, 422, "inputs[0].PULocationID: must be a location id"),
+    "zero id": ({"inputs": [record(PULocationID=0)]}, None, 422, "inputs[0].PULocationID: must be a location id (a positive integer), got 0"),
+    "float id": ({"inputs": [record(DOLocationID=1.5)]}, None, 422, "inputs[0].DOLocationID: must be a location id"),
+    "boolean distance": ({"inputs": [record(trip_distance=True)]}, None, 422, "trip_distance: must be a number of miles, not a boolean"),
+    "string distance": ({"inputs": [record(), record(trip_distance="far")]}, None, 422, "inputs[1].trip_distance: must be a number of miles"),
     "negative distance": ({"inputs": [record(trip_distance=-1)]}, None, 422, "between 0 and 500"),
     "absurd distance": ({"inputs": [record(trip_distance=1e9)]}, None, 422, "between 0 and 500"),
     "NaN distance": (None, b'{"inputs": [{"PULocationID": 1, "DOLocationID": 2, "trip_distance": NaN}]}', 422, "between 0 and 500"),
-    "unknown field": ({"inputs": [record(tip=3)]}, None, 422, "unknown field(s) tip"),
-    "unknown top-level field": ({"inputs": [record()], "debug": True}, None, 422, "unknown top-level field(s): debug"),
+    "unknown field": ({"inputs": [record(tip=3)]}, None, 422, "inputs[0].tip: unknown field"),
+    "unknown top-level field": ({"inputs": [record()], "debug": True}, None, 422, "debug: unknown field"),
+    "record is a list": (None, b'{"inputs": [[[[1]]]]}', 422, "inputs[0]: must be an object"),
+    # Hostile nesting: the parser stops at 200 levels, before the stack can run out.
+    "100,000 nested lists": (None, b"[" * 100_000, 400, "nested too deeply"),
+    "inputs nested 5,000 deep": (None, b'{"inputs":' + b"[" * 5_000, 400, "nested too deeply"),
+    "closed deep nesting": (None, b'{"inputs":' + b"[" * 5_000 + b"]" * 5_000 + b"}", 400, "nested too deeply"),
+    "body over 8 MB": (None, b"[" + b"1," * (4_300_000) + b"1]", 413, "over 8388608 bytes"),
+    "deep object in a record": (None, b'{"inputs": [{"PULocationID": ' + b'{"a":' * 3_000 + b"1" + b"}" * 3_000 + b"}]}", 400, "nested too deeply"),
 }
 
 

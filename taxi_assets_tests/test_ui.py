@@ -153,7 +153,7 @@ def test_lineage_is_drawn(webserver, page):
 
 @pytest.mark.parametrize(
     ("asset", "entry", "width"),
-    [("raw_trips", "pickups_per_day", 512), ("xgboost_model", "shap_importance_chart", 512)],
+    [("raw_trips", "pickups_per_day", 512), ("xgboost_model", "feature_contributions_chart", 512)],
 )
 def test_asset_page_shows_its_chart(webserver, page, asset, entry, width):
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)

@@ -5,7 +5,6 @@ final training) and "xgboost_training" pipelines. Each produces self-contained p
 (vectorizer + model) that ``taxi_assets.load_model`` and the MLflow registry can serve.
 """
 
-import time
 from dataclasses import dataclass
 
 import dagster as dg
@@ -13,11 +12,10 @@ from pydantic import Field
 
 from taxi_assets import charts
 from taxi_assets.metadata import chart
-from taxi_assets.ml.hyperparameters import DEFAULT_SKLEARN_MODELS, short_name, valid_model_names
+from taxi_assets.lifecycle import Stopwatch, step_budget
+from taxi_assets.ml.hyperparameters import DEFAULT_SKLEARN_MODELS, XGBOOST_SPACE, short_name, valid_model_names
 from taxi_assets.partitions import monthly_partitions
-from taxi_assets.tracking import MlflowTracking
-
-REGISTERED_MODEL_PREFIX = "taxi-duration-"
+from taxi_assets.tracking import REGISTERED_MODEL_PREFIX, MlflowTracking
 
 
 class SklearnModelsConfig(dg.Config):
@@ -29,9 +27,10 @@ class SklearnModelsConfig(dg.Config):
     )
     max_evaluations: int = Field(default=10, ge=1, description="hyperopt (TPE) trials per model.")
     random_state: int = Field(default=7, description="Seed for hyperopt and the models.")
-    timeout_seconds: float | None = Field(
+    timeout_seconds: float = Field(
         default=120.0, gt=0,
-        description="Time budget of each model's search: no trial starts after it (a running fit finishes). None: no limit.",
+        description="Budget of each model's whole step (search, scoring, charts, MLflow logging). Trials that would "
+        "not fit are not started; forests and gradient boosting stop growing at the deadline.",
     )
 
 
@@ -40,11 +39,16 @@ class XGBoostConfig(dg.Config):
 
     max_evaluations: int = Field(default=10, ge=1, description="hyperopt (TPE) trials at most.")
     early_stopping_rounds: int = Field(default=10, ge=1, description="Rounds without validation improvement before a trial stops.")
-    max_depth: int | None = Field(default=None, ge=1, description="Fix max_depth instead of searching 4..100.")
+    fixed_params: dict[str, float] = Field(
+        default_factory=dict,
+        description="Hyperparameters to fix instead of searching, e.g. {max_depth: 10}; names from the course's space: "
+        + ", ".join(XGBOOST_SPACE),
+    )
     random_state: int = Field(default=42, description="Seed for hyperopt and XGBoost.")
-    timeout_seconds: float | None = Field(
+    timeout_seconds: float = Field(
         default=80.0, gt=0,
-        description="Time budget of the search: no trial starts after it, a running one stops at its best round. None: no limit.",
+        description="Budget of the whole step: search, final scoring, charts, explanations, MLflow logging. A trial "
+        "still boosting when the search's share ends stops at its best round.",
     )
     start_from_known_good: bool = Field(
         default=True,
@@ -57,42 +61,59 @@ class ModelSpec:
     name: str
     max_evaluations: int
     random_state: int
-    timeout_seconds: float | None = None
+    timeout_seconds: float
 
 
-def _train_tracked(context, mlflow: MlflowTracking, asset: str, name: str, kind: str, dataset, tune):
-    """Tune with every trial tracked, then log and register the final predictor.
+def post_search_reserve(kind: str, seconds: float) -> float:
+    """Seconds of a step's budget kept back from the search for what follows it: scoring the
+    best model on the validation month, charts, explanations, MLflow logging and registration.
+    Scoring a booster costs about a tenth of its training time, so XGBoost keeps more."""
+    if kind == "xgboost":
+        return min(30.0, max(8.0, 0.2 * seconds))
+    return min(15.0, max(5.0, 0.1 * seconds))
 
-    ``tune(run_trial)`` returns (TuningResult, fitted model). Everything runs inside one parent
-    MLflow run, which ends FAILED if anything raises.
+
+def _train_tracked(context, mlflow: MlflowTracking, asset: str, name: str, kind: str, dataset, tune, seconds: float):
+    """Tune with every trial tracked, then score, chart, log and register the best model, all
+    within ``seconds``.
+
+    ``tune(run_trial, budget)`` returns a TuningResult whose ``best_model`` is the final model.
+    Everything runs inside one parent MLflow run, which ends FAILED if anything raises and
+    KILLED if the run is stopped.
     """
+    import numpy as np
+
     from taxi_assets.ml.predictor import TrainedModel, TripDurationPredictor
+    from taxi_assets.ml.training import regression_metrics
 
-    start = time.perf_counter()
-    with mlflow.step_run(context, asset, run_name=f"{name}-{context.partition_key}", extra_tags={"model": name}) as run:
-        result, model = tune(mlflow.trial_runner(context, asset, {"model": name}))
-        predictor = TripDurationPredictor(
-            name=name, kind=kind, model=model, vectorizer=dataset.dv,
-            partition=context.partition_key, best_iteration=result.best_iteration,
-        )
-        metrics = {"rmse": result.best_metrics["rmse"], "mse": result.best_metrics["mse"]}
-        predicted = predictor.predict_matrix(dataset.X_val)
-        if kind == "sklearn":  # the final fit is scored again: that is the model being served
-            from taxi_assets.ml.training import regression_metrics
-
+    clock = Stopwatch()
+    month = context.partition_key
+    with step_budget(context, seconds) as budget:
+        with mlflow.step_run(context, asset, run_name=f"{name}-{month}", extra_tags={"model": name}) as run:
+            result = tune(mlflow.trial_runner(context, asset, {"model": name}), budget.until(post_search_reserve(kind, seconds)))
+            search_seconds = clock.seconds()
+            predictor = TripDurationPredictor(
+                name=name, kind=kind, model=result.best_model, vectorizer=dataset.dv,
+                partition=month, best_iteration=result.best_iteration,
+            )
+            # The model being served, scored on the whole validation month.
+            predicted = np.asarray(predictor.predict_matrix(dataset.X_val, budget), dtype=np.float32)
             metrics = regression_metrics(dataset.y_val, predicted)
-        registered = REGISTERED_MODEL_PREFIX + name
-        version = mlflow.log_and_register(context, asset, predictor, registered, metrics, result.best_params)
-        model_charts = evaluation_charts(name, context.partition_key, dataset.y_val, predicted)
-        if kind == "xgboost":
-            model_charts["shap_importance"] = shap_chart(predictor, dataset.X_val, context.partition_key)
-        mlflow.log_charts(model_charts)
-        run_id = run.info.run_id
+            model_charts = evaluation_charts(name, month, dataset.y_val, predicted)
+            if kind == "xgboost":
+                model_charts["feature_contributions"] = contributions_chart(predictor, dataset.X_val, month, budget)
+            registered = REGISTERED_MODEL_PREFIX + name
+            mlflow.log_metrics({"search_seconds": search_seconds, "budget_seconds": seconds})
+            version = mlflow.log_and_register(context, asset, predictor, registered, metrics, result.best_params)
+            mlflow.log_charts(model_charts)
+            run_id = run.info.run_id
     return TrainedModel(
         name=name, predictor=predictor, rmse=metrics["rmse"], mse=metrics["mse"],
         best_params=result.best_params, n_trials=len(result.trials),
-        train_seconds=time.perf_counter() - start, mlflow_run_id=run_id,
+        train_seconds=clock.seconds(), mlflow_run_id=run_id,
         registered_model=registered, model_version=version, trials=result.trials, charts=model_charts,
+        validation_predictions=predicted, search_seconds=search_seconds, budget_seconds=seconds,
+        stopped_by=result.stopped_by,
     )
 
 
@@ -109,22 +130,28 @@ def evaluation_charts(name: str, month: str, actual, predicted) -> dict[str, byt
     }
 
 
-SHAP_ROWS = 2_000
+EXPLAINED_ROWS = 2_000
+EXPLAIN_SECONDS = 10.0
 
 
-def shap_chart(predictor, X_val, month: str) -> bytes:
-    """Mean |SHAP| of the top features on a seeded sample of validation rows."""
+def contributions_chart(predictor, X_val, month: str, budget) -> bytes:
+    """Mean |contribution| of the top features on a seeded sample of validation rows, by the
+    Saabas approximation (linear in depth), in at most ``EXPLAIN_SECONDS`` of the budget."""
     import numpy as np
 
-    from taxi_assets.ml.explain import mean_abs_shap
+    from taxi_assets.ml.explain import mean_abs_contributions
 
     rows = X_val
-    if X_val.shape[0] > SHAP_ROWS:
-        rows = X_val[np.sort(np.random.default_rng(0).choice(X_val.shape[0], SHAP_ROWS, replace=False))]
-    importance = mean_abs_shap(
-        predictor.model, rows, predictor.vectorizer.get_feature_names_out(), predictor.best_iteration
+    if X_val.shape[0] > EXPLAINED_ROWS:
+        rows = X_val[np.sort(np.random.default_rng(0).choice(X_val.shape[0], EXPLAINED_ROWS, replace=False))]
+    explained = mean_abs_contributions(
+        predictor.model, rows, predictor.vectorizer.get_feature_names_out(), predictor.best_iteration,
+        budget=budget.share(EXPLAIN_SECONDS),
     )
-    return charts.shap_importance(importance, f"XGBoost: top features by mean |SHAP|, {month} ({rows.shape[0]:,} rows)")
+    return charts.contributions(
+        explained.top,
+        f"XGBoost: top features by mean |contribution|, {month}\n{explained.method}, {explained.rows:,} validation rows",
+    )
 
 
 def recorded_rmse(instance) -> dict[str, dict[str, float]]:
@@ -158,6 +185,9 @@ def model_charts_metadata(trained, prefix: str = "") -> dict:
 def _model_metadata(trained, prefix: str = "") -> dict:
     return {
         f"{prefix}rmse": trained.rmse,
+        f"{prefix}budget_seconds": getattr(trained, "budget_seconds", None) or 0.0,
+        f"{prefix}search_seconds": getattr(trained, "search_seconds", None) or 0.0,
+        f"{prefix}search_ended_by": getattr(trained, "stopped_by", "trials"),
         f"{prefix}mse": trained.mse,
         f"{prefix}trials": trained.n_trials,
         f"{prefix}train_seconds": round(trained.train_seconds, 2),
@@ -183,17 +213,16 @@ def load_models(config: SklearnModelsConfig):
 
 @dg.op(description="hyperopt over the model's space on X_train/X_val, then the final fit on X_train.")
 def tune_and_train(context: dg.OpExecutionContext, spec: ModelSpec, training_set, mlflow: MlflowTracking):
-    from taxi_assets.ml.training import fit_sklearn, tune_sklearn
+    from taxi_assets.ml.training import tune_sklearn
 
-    def tune(run_trial):
-        result = tune_sklearn(
-            spec.name, training_set.X_train, training_set.y_train, training_set.X_val, training_set.y_val,
-            spec.max_evaluations, spec.random_state, timeout_seconds=spec.timeout_seconds, run_trial=run_trial,
-        )
+    def tune(run_trial, budget):
         # Fitted on the matrix dv produced, so the predictor's vectorizer matches it.
-        return result, fit_sklearn(spec.name, result.best_params, training_set.X_train, training_set.y_train)
+        return tune_sklearn(
+            spec.name, training_set.X_train, training_set.y_train, training_set.X_val, training_set.y_val,
+            spec.max_evaluations, spec.random_state, budget=budget, run_trial=run_trial,
+        )
 
-    trained = _train_tracked(context, mlflow, "sklearn_models", spec.name, "sklearn", training_set, tune)
+    trained = _train_tracked(context, mlflow, "sklearn_models", spec.name, "sklearn", training_set, tune, spec.timeout_seconds)
     context.log.info(f"{spec.name}: validation RMSE {trained.rmse:.3f} after {trained.n_trials} trials")
     return trained
 
@@ -244,19 +273,23 @@ def sklearn_models(training_set):
 def xgboost_model(context: dg.AssetExecutionContext, config: XGBoostConfig, training_set, mlflow: MlflowTracking) -> dg.Output:
     """An XGBoost booster tuned with hyperopt over the course's space, early-stopped on the
     validation month, with its vectorizer."""
+    from taxi_assets.ml.hyperparameters import check_fixed_xgboost_params
     from taxi_assets.ml.training import tune_xgboost
 
-    def tune(run_trial):
-        result = tune_xgboost(
+    try:
+        fixed = check_fixed_xgboost_params(config.fixed_params)
+    except ValueError as error:
+        raise dg.Failure(description=f"xgboost_model: fixed_params: {error}", allow_retries=False) from None
+
+    def tune(run_trial, budget):
+        return tune_xgboost(
             training_set.X_train, training_set.y_train, training_set.X_val, training_set.y_val,
             max_evaluations=config.max_evaluations, early_stopping_rounds=config.early_stopping_rounds,
-            random_state=config.random_state, max_depth=config.max_depth,
-            timeout_seconds=config.timeout_seconds, seed_known_good=config.start_from_known_good,
-            run_trial=run_trial,
+            random_state=config.random_state, fixed_params=fixed,
+            seed_known_good=config.start_from_known_good, budget=budget, run_trial=run_trial,
         )
-        return result, result.best_model
 
-    trained = _train_tracked(context, mlflow, "xgboost_model", "xgboost", "xgboost", training_set, tune)
+    trained = _train_tracked(context, mlflow, "xgboost_model", "xgboost", "xgboost", training_set, tune, config.timeout_seconds)
     history = rmse_history(context.instance, context.partition_key, {"xgboost": trained.rmse})
     return dg.Output(
         trained,

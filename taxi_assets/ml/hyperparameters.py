@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import math
 from typing import Any
 
 # Short name -> sklearn module path. The course's six models.
@@ -75,21 +76,56 @@ def sklearn_space(name: str, random_state: int) -> dict[str, Any]:
     return space
 
 
-def xgboost_space(random_state: int, max_depth: int | None = None) -> dict[str, Any]:
-    """The course's Booster space; ``max_depth`` fixes the depth instead of searching it."""
+# The course's Booster space: (low, high) of each searched hyperparameter, and how it is drawn.
+XGBOOST_SPACE: dict[str, tuple[str, float, float]] = {
+    "colsample_bytree": ("uniform", 0.5, 1.0),
+    "gamma": ("uniform", 0.1, 1.0),
+    "learning_rate": ("loguniform", -3, 0),  # e^-3 .. 1, about 0.05 .. 1
+    "max_depth": ("int", 4, 100),
+    "min_child_weight": ("loguniform", -1, 3),
+    "num_boost_round": ("int10", 500, 1000),
+    "reg_alpha": ("loguniform", -5, -1),
+    "reg_lambda": ("loguniform", -6, -1),
+    "subsample": ("uniform", 0.1, 1.0),
+}
+INTEGER_XGBOOST_PARAMS = {"max_depth", "num_boost_round"}
+
+# The most expensive point of that space: the deepest trees, the most rounds at the smallest
+# learning rate, the lightest leaves, no subsampling. A budget has to hold even here.
+DEEPEST_XGBOOST = {
+    "max_depth": 100, "num_boost_round": 1000, "learning_rate": math.exp(-3), "min_child_weight": math.exp(-1),
+    "gamma": 0.1, "subsample": 1.0, "colsample_bytree": 1.0, "reg_alpha": math.exp(-5), "reg_lambda": math.exp(-6),
+}
+
+
+def check_fixed_xgboost_params(fixed: dict[str, float]) -> dict[str, float | int]:
+    """Fixed hyperparameters as XGBoost takes them; ``ValueError`` names an unknown one or a value
+    outside the course's space."""
+    checked: dict[str, float | int] = {}
+    for name, value in fixed.items():
+        if name not in XGBOOST_SPACE:
+            raise ValueError(f"unknown XGBoost hyperparameter {name!r}; the space has: {', '.join(XGBOOST_SPACE)}")
+        kind, low, high = XGBOOST_SPACE[name]
+        lowest, highest = (math.exp(low), math.exp(high)) if kind == "loguniform" else (low, high)
+        if not lowest - 1e-12 <= float(value) <= highest + 1e-12:
+            raise ValueError(f"{name} = {float(value):g} is outside the course's space [{lowest:.4g}, {highest:.4g}]")
+        checked[name] = int(value) if name in INTEGER_XGBOOST_PARAMS else float(value)
+    return checked
+
+
+def xgboost_space(random_state: int, fixed: dict[str, float] | None = None) -> dict[str, Any]:
+    """The course's Booster space; ``fixed`` pins some hyperparameters instead of searching them."""
     from hyperopt import hp
     from hyperopt.pyll import scope
 
-    return {
-        "colsample_bytree": hp.uniform("colsample_bytree", 0.5, 1.0),
-        "gamma": hp.uniform("gamma", 0.1, 1.0),
-        "learning_rate": hp.loguniform("learning_rate", -3, 0),  # 0.05 .. 1
-        "max_depth": max_depth if max_depth is not None else scope.int(hp.quniform("max_depth", 4, 100, 1)),
-        "min_child_weight": hp.loguniform("min_child_weight", -1, 3),
-        "num_boost_round": scope.int(hp.quniform("num_boost_round", 500, 1000, 10)),
-        "objective": "reg:squarederror",
-        "random_state": random_state,
-        "reg_alpha": hp.loguniform("reg_alpha", -5, -1),
-        "reg_lambda": hp.loguniform("reg_lambda", -6, -1),
-        "subsample": hp.uniform("subsample", 0.1, 1.0),
+    pinned = check_fixed_xgboost_params(fixed or {})
+    draws = {
+        "uniform": lambda name, low, high: hp.uniform(name, low, high),
+        "loguniform": lambda name, low, high: hp.loguniform(name, low, high),
+        "int": lambda name, low, high: scope.int(hp.quniform(name, low, high, 1)),
+        "int10": lambda name, low, high: scope.int(hp.quniform(name, low, high, 10)),
     }
+    space: dict[str, Any] = {"objective": "reg:squarederror", "random_state": random_state}
+    for name, (kind, low, high) in XGBOOST_SPACE.items():
+        space[name] = pinned[name] if name in pinned else draws[kind](name, low, high)
+    return space

@@ -8,6 +8,11 @@ from typing import Any
 
 import numpy as np
 
+from taxi_assets.ml.budget import UNLIMITED, Budget
+
+# Rows per predict call for large matrices: a deep booster takes about a second for 10,000 rows.
+PREDICT_CHUNK_ROWS = 8_192
+
 
 @dataclass
 class DistanceLookup:
@@ -101,9 +106,17 @@ class TripDurationPredictor:
         frame = pd.DataFrame({"PU_DO": pu_do, "trip_distance": distance})
         return self.predict_matrix(vectorizing.transform(frame, self.vectorizer))
 
-    def predict_matrix(self, matrix) -> np.ndarray:
+    def predict_matrix(self, matrix, budget: Budget = UNLIMITED) -> np.ndarray:
+        """Minutes for a matrix in the vectorizer's columns. Large matrices go in chunks, each a
+        bounded C call, so a stop request (``budget.check``) is seen between them."""
         if matrix.shape[0] == 0:
             return np.empty(0)
+        if matrix.shape[0] > PREDICT_CHUNK_ROWS:
+            parts = []
+            for start in range(0, matrix.shape[0], PREDICT_CHUNK_ROWS):
+                budget.check()
+                parts.append(self.predict_matrix(matrix[start : start + PREDICT_CHUNK_ROWS]))
+            return np.concatenate(parts)
         if self.kind == "xgboost":
             import xgboost as xgb
 
@@ -131,24 +144,57 @@ class TrainedModel:
     model_version: str | None = None
     trials: list[dict[str, Any]] = field(default_factory=list)
     charts: dict[str, bytes] = field(default_factory=dict)  # PNGs: predicted_vs_actual, residuals, ...
+    # float32 minutes on the month's validation rows (X_val, in order), so the production
+    # decision compares models without predicting them again.
+    validation_predictions: np.ndarray | None = None
+    search_seconds: float | None = None  # the hyperparameter search's share of train_seconds
+    budget_seconds: float | None = None  # the step's configured budget
+    stopped_by: str = "trials"  # what ended the search: all trials ran, or the budget ("time")
 
 
-def compile_lookup(predictor: TripDurationPredictor, check_features, max_thresholds: int = 4096):
+def distance_thresholds(predictor: TripDurationPredictor) -> np.ndarray:
+    """The sorted float32 thresholds at which the booster's trees (up to the best round) split
+    ``trip_distance``, read from the model's JSON (linear in the model's size)."""
+    import json
+
+    column = predictor.vectorizer.vocabulary_["trip_distance"]
+    model = json.loads(predictor.model.save_raw("json"))["learner"]["gradient_booster"]["model"]
+    trees = model["trees"]
+    if predictor.best_iteration is not None:
+        per_round = max(1, len(trees) // max(1, predictor.model.num_boosted_rounds()))
+        trees = trees[: (predictor.best_iteration + 1) * per_round]
+    found = []
+    for tree in trees:
+        features = np.asarray(tree["split_indices"])
+        inner = np.asarray(tree["left_children"]) != -1
+        found.append(np.asarray(tree["split_conditions"], dtype=np.float32)[inner & (features == column)])
+    return np.unique(np.concatenate(found)) if found else np.empty(0, np.float32)
+
+
+LOOKUP_CHUNK_ROWS = 50_000
+
+
+def compile_lookup(
+    predictor: TripDurationPredictor, check_features, expected: np.ndarray | None = None,
+    max_thresholds: int = 4096, budget: Budget = UNLIMITED,
+):
     """Compile an XGBoost predictor into a :class:`DistanceLookup`, or say why not.
 
-    ``check_features`` (a frame with ``PU_DO`` and ``trip_distance``) is predicted both ways; the
-    lookup is returned only if every value is identical. Returns ``(lookup or None, message)``.
+    ``check_features`` (a frame with ``PU_DO`` and ``trip_distance``) is predicted both ways
+    (``expected``: the booster's predictions for them, if already known); the lookup is returned
+    only if every value is identical. The table is filled in chunks: when the budget would end
+    before the table is filled and checked, compiling stops and the booster keeps serving.
+    Returns ``(lookup or None, message)``.
     """
+    import time
+
     from taxi_assets.ml import vectorizing
 
     if predictor.kind != "xgboost":
         return None, "only XGBoost models are compiled"
     vocabulary = predictor.vectorizer.vocabulary_
     distance_column = vocabulary["trip_distance"]
-    trees = predictor.model[: predictor.best_iteration + 1] if predictor.best_iteration is not None else predictor.model
-    nodes = trees.trees_to_dataframe()
-    names = {f"f{distance_column}", "trip_distance"}
-    thresholds = np.unique(nodes.loc[nodes["Feature"].isin(names), "Split"].to_numpy(dtype=np.float32))
+    thresholds = distance_thresholds(predictor)
     if len(thresholds) > max_thresholds:
         return None, f"{len(thresholds)} distance thresholds (more than {max_thresholds})"
     # One distance per interval: below the first threshold, then each threshold itself
@@ -158,8 +204,19 @@ def compile_lookup(predictor: TripDurationPredictor, check_features, max_thresho
     pairs = sorted((name.removeprefix("PU_DO="), column) for name, column in vocabulary.items() if name.startswith("PU_DO="))
     columns = [column for _, column in pairs] + [-1]  # -1: an unseen pair (no one-hot column)
     table = np.empty((len(columns), len(points)), dtype=np.float32)
-    chunk = max(1, 400_000 // len(points))
+    chunk = max(1, LOOKUP_CHUNK_ROWS // len(points))
+    cells = len(columns) * len(points)
+    started = time.monotonic()
     for start in range(0, len(columns), chunk):
+        budget.check()
+        if start:
+            # Filling takes the same time per cell throughout: stop early rather than at the end.
+            projected = (time.monotonic() - started) / (start * len(points)) * (cells - start * len(points))
+            if projected > budget.remaining():
+                return None, (
+                    f"not compiled: the {len(columns):,} x {len(points)} table would take about "
+                    f"{time.monotonic() - started + projected:.0f} s, more than the budget left; the booster serves"
+                )
         block = np.asarray(columns[start : start + chunk], dtype=np.int64)
         n_rows = len(block) * len(points)
         # Rows laid out as the vectorizer lays them out: the pair's column, then the distance.
@@ -172,9 +229,10 @@ def compile_lookup(predictor: TripDurationPredictor, check_features, max_thresho
         table[start : start + len(block)] = predictor.predict_matrix(matrix).reshape(len(block), len(points))
     lookup = DistanceLookup(rows={pair: row for row, (pair, _) in enumerate(pairs)}, thresholds=thresholds, table=table)
 
-    expected = predictor.predict_features(check_features)
+    if expected is None:
+        expected = predictor.predict_features(check_features)
     got = lookup.predict(check_features["PU_DO"].tolist(), check_features["trip_distance"].to_numpy(dtype=float))
-    mismatches = int(np.sum(expected.astype(np.float32) != got))
+    mismatches = int(np.sum(np.asarray(expected).astype(np.float32) != got))
     if mismatches:
         return None, f"{mismatches} of {len(got)} check predictions differ from the booster's"
     return lookup, f"{len(pairs):,} zone pairs x {len(points)} distance intervals, identical on {len(got):,} check rows"

@@ -3,6 +3,13 @@
 The caller may pass ``run_trial(params, evaluate)``: it is called once per trial, must call
 ``evaluate()`` (which fits and scores) and return its metrics. The Dagster layer uses it to
 wrap every trial in an MLflow run; these functions know nothing of MLflow or Dagster.
+
+Every search takes a :class:`~taxi_assets.ml.budget.Budget`. No trial starts after its deadline,
+a trial that would not fit in what is left does not start (its estimate: the slowest trial so
+far), and the fits that can stop part way do: XGBoost between boosting rounds, the tree ensembles
+between batches of trees, gradient boosting between stages. Each keeps what it fitted so far.
+The best trial's fitted model is the final model (no refit), so nothing runs after the search
+but scoring.
 """
 
 from __future__ import annotations
@@ -14,6 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from taxi_assets.ml.budget import UNLIMITED, Budget
+
 TrialRunner = Callable[[dict[str, Any], Callable[[], dict[str, float]]], dict[str, float]]
 
 
@@ -22,7 +31,9 @@ def _run_directly(params: dict[str, Any], evaluate: Callable[[], dict[str, float
 
 
 def regression_metrics(y_true, y_pred) -> dict[str, float]:
-    mse = float(np.mean((np.asarray(y_true, dtype=float) - np.asarray(y_pred, dtype=float)) ** 2))
+    from sklearn.metrics import mean_squared_error
+
+    mse = float(mean_squared_error(np.asarray(y_true, dtype=float), np.asarray(y_pred, dtype=float)))
     return {"rmse": float(np.sqrt(mse)), "mse": mse}
 
 
@@ -35,16 +46,23 @@ def _plain(params: dict[str, Any]) -> dict[str, Any]:
 class TuningResult:
     best_params: dict[str, Any]
     best_metrics: dict[str, float]
-    trials: list[dict[str, Any]]  # params and metrics of every trial, in order
+    trials: list[dict[str, Any]]  # params, metrics and seconds of every trial, in order
     seconds: float
-    best_model: Any = None  # XGBoost keeps its best booster (trained with early stopping)
-    best_iteration: int | None = None
+    best_model: Any = None  # the best trial's fitted model (the final model)
+    best_iteration: int | None = None  # XGBoost: the best boosting round (early stopping)
+    stopped_by: str = "trials"  # "trials" (all ran) or "time" (the budget ended the search)
 
 
 def _tune(
     space, evaluate, max_evaluations: int, random_state: int, run_trial: TrialRunner,
-    points_to_evaluate=None, timeout_seconds: float | None = None,
+    budget: Budget, points_to_evaluate=None, estimate_trials: bool = True,
 ):
+    """TPE over ``space``; returns (best trial, history, seconds, stopped_by).
+
+    The first trial always runs (a search must produce a model). After it, no trial starts once
+    the budget has expired, nor, with ``estimate_trials``, when the slowest trial so far would
+    not fit in the time left: fits that cannot stop part way must not start late.
+    """
     from hyperopt import STATUS_OK, Trials, fmin, space_eval, tpe
     from hyperopt.fmin import generate_trials_to_calculate
 
@@ -52,24 +70,41 @@ def _tune(
         raise ValueError(f"max_evaluations must be at least 1, got {max_evaluations}")
     history: list[dict[str, Any]] = []
     start = time.perf_counter()
+    stopped_by = {"reason": "trials"}
+
+    def out_of_time() -> bool:
+        if budget.expired():
+            return True
+        slowest = max((entry["seconds"] for entry in history), default=0.0)
+        return estimate_trials and slowest > budget.remaining()
 
     def objective(sampled):
+        budget.check()
         params = _plain(sampled)
+        began = time.perf_counter()
         metrics = run_trial(params, lambda: evaluate(params))
-        history.append({"params": params, "metrics": metrics})
+        history.append({"params": params, "metrics": metrics, "seconds": time.perf_counter() - began})
         return {"loss": metrics["rmse"], "status": STATUS_OK}
+
+    def early_stop(trials, *args):
+        if len(history) < max_evaluations and out_of_time():
+            stopped_by["reason"] = "time"
+            return True, args
+        return False, args
 
     seeds = list(points_to_evaluate or [])[:max_evaluations]
     if seeds and max_evaluations == len(seeds):
         # The budget is only the seeded trials: hyperopt cannot be asked for zero new ones.
-        for seed in seeds:
+        for number, seed in enumerate(seeds):
+            if number and out_of_time():
+                stopped_by["reason"] = "time"
+                break
             objective(space_eval(space, seed))
-        best = min(zip(seeds, history), key=lambda pair: pair[1]["metrics"]["rmse"])[0]
     else:
         # fmin ignores points_to_evaluate when given a Trials object, so seed the Trials; it then
         # runs max_evals trials besides the seeded ones.
         trials = generate_trials_to_calculate(seeds) if seeds else Trials()
-        best = fmin(
+        fmin(
             objective,
             space,
             algo=tpe.suggest,
@@ -77,35 +112,76 @@ def _tune(
             trials=trials,
             rstate=np.random.default_rng(random_state),
             show_progressbar=False,
-            timeout=timeout_seconds,  # no new trial starts after this
+            early_stop_fn=early_stop,
         )
-    best_params = _plain(space_eval(space, best))
-    best_metrics = min((entry["metrics"] for entry in history), key=lambda metrics: metrics["rmse"])
-    return best_params, best_metrics, history, time.perf_counter() - start
+    best = min(history, key=lambda entry: entry["metrics"]["rmse"])
+    return best, history, time.perf_counter() - start, stopped_by["reason"]
 
 
-def fit_sklearn(name: str, params: dict[str, Any], X, y):
+# Fits that can stop part way: how many trees a tree ensemble grows between two looks at the
+# clock (a batch of 10 trees of depth 45 takes about a second on 2 cores).
+TREE_BATCH = 10
+
+
+def fit_sklearn(name: str, params: dict[str, Any], X, y, budget: Budget = UNLIMITED):
+    """Fit model ``name`` with ``params``; ensembles stop growing when the budget ends.
+
+    Random forests and extra trees grow in batches (``warm_start``, which draws the same
+    per-tree seeds as one fit, so an unhurried fit is the same model); gradient boosting checks
+    after every stage (its ``monitor``). The linear models are one call each (about a second on
+    this data), so they are only not started late (see :func:`_tune`).
+    """
+    from sklearn.ensemble import ExtraTreesRegressor, GradientBoostingRegressor, RandomForestRegressor
+
     from taxi_assets.ml.hyperparameters import model_class
 
-    return model_class(name)(**params).fit(X, y)
+    budget.check()
+    model = model_class(name)(**params)
+    if isinstance(model, GradientBoostingRegressor):
+
+        def monitor(stage, estimator, local_variables) -> bool:
+            budget.check()
+            return budget.expired()
+
+        return model.fit(X, y, monitor=monitor)
+    if isinstance(model, (RandomForestRegressor, ExtraTreesRegressor)):
+        wanted = model.n_estimators
+        model.set_params(warm_start=True)
+        grown = 0
+        while grown < wanted:
+            grown = min(wanted, grown + TREE_BATCH)
+            model.set_params(n_estimators=grown)
+            model.fit(X, y)
+            budget.check()
+            if budget.expired():
+                break
+        return model.set_params(warm_start=False)
+    return model.fit(X, y)
 
 
 def tune_sklearn(
     name: str, X_train, y_train, X_val, y_val, max_evaluations: int, random_state: int,
-    timeout_seconds: float | None = None, run_trial: TrialRunner = _run_directly,
+    budget: Budget = UNLIMITED, run_trial: TrialRunner = _run_directly,
 ) -> TuningResult:
-    """TPE over the course's space for ``name``; each trial fits on train, scores on validation."""
+    """TPE over the course's space for ``name``; each trial fits on train, scores on validation.
+
+    The best trial's model is returned as the final model, with its validation predictions.
+    """
     from taxi_assets.ml.hyperparameters import sklearn_space
 
-    def evaluate(params):
-        model = fit_sklearn(name, params, X_train, y_train)
-        return regression_metrics(y_val, model.predict(X_val))
+    best: dict[str, Any] = {"rmse": float("inf")}
 
-    best_params, best_metrics, history, seconds = _tune(
-        sklearn_space(name, random_state), evaluate, max_evaluations, random_state, run_trial,
-        timeout_seconds=timeout_seconds,
+    def evaluate(params):
+        model = fit_sklearn(name, params, X_train, y_train, budget)
+        metrics = regression_metrics(y_val, model.predict(X_val))
+        if metrics["rmse"] < best["rmse"]:
+            best.update(rmse=metrics["rmse"], model=model)
+        return metrics
+
+    trial, history, seconds, stopped_by = _tune(
+        sklearn_space(name, random_state), evaluate, max_evaluations, random_state, run_trial, budget,
     )
-    return TuningResult(best_params, best_metrics, history, seconds)
+    return TuningResult(trial["params"], trial["metrics"], history, seconds, best["model"], stopped_by=stopped_by)
 
 
 # A known-good starting point evaluated first, so a small budget still ends well: deep trees with
@@ -123,26 +199,31 @@ XGBOOST_FIRST_TRIAL = {
 }
 
 
-def _deadline_callback(deadline: float):
+def _budget_callback(budget: Budget):
     import xgboost as xgb
 
     class StopAtDeadline(xgb.callback.TrainingCallback):
-        """Ends boosting when the search's time is up; early stopping keeps the best round."""
+        """Between two boosting rounds: raise if asked to stop, end boosting when time is up
+        (early stopping keeps the best round)."""
 
         def after_iteration(self, model, epoch, evals_log) -> bool:
-            return time.monotonic() >= deadline
+            budget.check()
+            return budget.expired()
 
     return StopAtDeadline()
 
 
 def train_booster(
     params: dict[str, Any], dtrain, dvalid, early_stopping_rounds: int,
-    nthread: int | None = None, deadline: float | None = None,
+    nthread: int | None = None, budget: Budget = UNLIMITED,
 ):
+    """One boosting run with early stopping on ``dvalid``; it stops between rounds when the
+    budget ends. ``booster.best_iteration`` / ``best_score`` are the best round and its RMSE."""
     import xgboost as xgb
 
     booster_params = {key: value for key, value in params.items() if key not in ("num_boost_round", "random_state")}
     booster_params["seed"] = params.get("random_state", 0)
+    booster_params["eval_metric"] = "rmse"
     if nthread:
         booster_params["nthread"] = nthread
     return xgb.train(
@@ -150,54 +231,55 @@ def train_booster(
         dtrain,
         num_boost_round=int(params.get("num_boost_round", 1000)),
         evals=[(dvalid, "validation")],
-        early_stopping_rounds=early_stopping_rounds,
         verbose_eval=False,
-        callbacks=[_deadline_callback(deadline)] if deadline is not None else None,
+        # Early stopping first: XGBoost asks callbacks in order and stops at the first that says
+        # so, and the best round must be recorded even when the budget ends the first round.
+        callbacks=[xgb.callback.EarlyStopping(rounds=early_stopping_rounds), _budget_callback(budget)],
     )
 
 
 def tune_xgboost(
     X_train, y_train, X_val, y_val, max_evaluations: int, early_stopping_rounds: int, random_state: int,
-    max_depth: int | None = None, seed_known_good: bool = True, timeout_seconds: float | None = None,
-    run_trial: TrialRunner = _run_directly,
+    fixed_params: dict[str, float] | None = None, seed_known_good: bool = True,
+    budget: Budget = UNLIMITED, run_trial: TrialRunner = _run_directly,
 ) -> TuningResult:
     """TPE over the course's Booster space with early stopping on the validation set.
 
-    ``timeout_seconds`` bounds the whole search: no trial starts after it, and a trial still
-    boosting then stops at its best round so far. The space allows 100-deep trees and 1,000
-    rounds at a learning rate of 0.05, one of which alone can take minutes on two cores.
+    ``budget`` bounds the search: no trial starts after it, and a trial still boosting then stops
+    at its best round so far. The space allows 100-deep trees and 1,000 rounds at a learning rate
+    of 0.05, one of which alone can take minutes on two cores. ``fixed_params`` fixes some of the
+    space's hyperparameters instead of searching them.
 
-    The best trial's booster is kept as the final model: it was trained on the training rows with
-    the best hyperparameters and stopped where validation RMSE was lowest, which is what a
-    retrain would produce, at no extra cost.
+    A trial's RMSE is XGBoost's own validation RMSE at its best round (what early stopping
+    minimizes), so scoring costs nothing beyond boosting. The best trial's booster is kept as the
+    final model: it was trained on the training rows with the best hyperparameters and stopped
+    where validation RMSE was lowest, which is what a retrain would produce, at no extra cost.
     """
     import xgboost as xgb
 
     from taxi_assets.ml.hyperparameters import xgboost_space
 
+    fixed = dict(fixed_params or {})
     dtrain = xgb.DMatrix(X_train, label=np.asarray(y_train))
     dvalid = xgb.DMatrix(X_val, label=np.asarray(y_val))
     best: dict[str, Any] = {"rmse": float("inf")}
-    deadline = time.monotonic() + timeout_seconds if timeout_seconds else None
 
     def evaluate(params):
-        booster = train_booster(params, dtrain, dvalid, early_stopping_rounds, deadline=deadline)
-        predictions = booster.predict(dvalid, iteration_range=(0, booster.best_iteration + 1))
-        metrics = regression_metrics(y_val, predictions)
-        metrics["best_iteration"] = float(booster.best_iteration)
-        if metrics["rmse"] < best["rmse"]:
-            best.update(rmse=metrics["rmse"], booster=booster)
+        booster = train_booster(params, dtrain, dvalid, early_stopping_rounds, budget=budget)
+        rmse = float(booster.best_score)
+        metrics = {"rmse": rmse, "mse": rmse * rmse, "best_iteration": float(booster.best_iteration)}
+        if rmse < best["rmse"]:
+            best.update(rmse=rmse, booster=booster)
         return metrics
 
     first = None
     if seed_known_good:
-        first = dict(XGBOOST_FIRST_TRIAL)
-        if max_depth is not None:
-            first.pop("max_depth")
-        first = [first]
-    best_params, best_metrics, history, seconds = _tune(
-        xgboost_space(random_state, max_depth), evaluate, max_evaluations, random_state, run_trial, first,
-        timeout_seconds,
+        first = [{key: value for key, value in XGBOOST_FIRST_TRIAL.items() if key not in fixed}]
+    trial, history, seconds, stopped_by = _tune(
+        xgboost_space(random_state, fixed), evaluate, max_evaluations, random_state, run_trial, budget,
+        first, estimate_trials=False,  # a trial that starts late stops at the deadline anyway
     )
     booster = best["booster"]
-    return TuningResult(best_params, best_metrics, history, seconds, booster, int(booster.best_iteration))
+    return TuningResult(
+        trial["params"], trial["metrics"], history, seconds, booster, int(booster.best_iteration), stopped_by,
+    )
