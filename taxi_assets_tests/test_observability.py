@@ -306,7 +306,7 @@ def send_alert(instance, result, alerts: EmailAlerts, capfd) -> list[str]:
             email_on_failure(context.for_run_failure())
     finally:
         captured = capfd.readouterr()
-        send_alert.lines = [line for line in (captured.out + captured.err).splitlines() if "failure alert" in line or "alerts are off" in line]
+        send_alert.lines = [line for line in (captured.out + captured.err).splitlines() if "failure alert" in line or "alerts are off" in line or "no alert yet" in line]
     return send_alert.lines
 
 
@@ -408,3 +408,15 @@ def test_alerts_off_without_configuration_logs_and_sends_nothing(instance, data_
     [result] = run_months(instance, ["2024-02"], ["raw_trips"], trip_source=LocalTripSource(directory=str(data_copy)))
     lines = send_alert(instance, result, EmailAlerts(), capfd)
     assert any("email alerts are off" in line for line in lines)
+
+
+def test_no_alert_while_run_retries_will_rerun_the_failure(instance, data_copy, smtp, capfd):
+    """Run retries re-execute a failed retraining; only its last attempt is emailed."""
+    (data_copy / "2024" / "02.parquet").write_bytes(b"junk")
+    [result] = run_months(instance, ["2024-02"], ["raw_trips"], trip_source=LocalTripSource(directory=str(data_copy)))
+    instance.add_run_tags(result.run_id, {"dagster/will_retry": "true", "dagster/retry_number": "1"})
+    send_alert(instance, result, alerts_for(smtp), capfd)
+    assert smtp.messages == []
+    instance.add_run_tags(result.run_id, {"dagster/will_retry": "false"})  # the last attempt
+    send_alert(instance, result, alerts_for(smtp), capfd)
+    assert len(smtp.messages) == 1
