@@ -4,12 +4,14 @@
 FROM python:3.11.10-slim-bookworm AS build
 
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
-WORKDIR /src
+WORKDIR /opt/dagster/app
 COPY pyproject.toml README.md ./
 COPY taxi_assets ./taxi_assets
-# A virtual environment that the runtime stage copies whole: no compilers or caches ship.
+# A virtual environment that the runtime stage copies whole: no compilers or caches ship. The
+# project is installed editable from /opt/dagster/app, as Dagster projects are: definitions.py
+# finds its defs/ folder through pyproject.toml's [tool.dg] section, so pyproject.toml ships too.
 RUN python -m venv /opt/venv \
-    && /opt/venv/bin/pip install ".[deploy]"
+    && /opt/venv/bin/pip install -e ".[deploy]"
 
 FROM python:3.11.10-slim-bookworm AS runtime
 
@@ -27,6 +29,7 @@ RUN apt-get update \
     && chown -R dagster:dagster /opt/dagster
 
 COPY --from=build /opt/venv /opt/venv
+COPY --from=build --chown=dagster:dagster /opt/dagster/app /opt/dagster/app
 COPY --chown=dagster:dagster deploy/dagster.yaml /opt/dagster/home/dagster.yaml
 # On ECS, DAGSTER_HOME=/opt/dagster/ecs-home: the same instance plus the EcsRunLauncher.
 COPY --chown=dagster:dagster deploy/dagster-ecs.yaml /opt/dagster/ecs-home/dagster.yaml

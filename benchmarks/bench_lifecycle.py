@@ -23,9 +23,8 @@ from pathlib import Path
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import DATA_DIR, REPO_ROOT, append_results, table  # noqa: E402
-
 import dagster as dg  # noqa: E402
+from common import DATA_DIR, REPO_ROOT, append_results, table  # noqa: E402
 
 from taxi_assets.ml.hyperparameters import DEEPEST_XGBOOST  # noqa: E402
 
@@ -38,10 +37,12 @@ BIN = Path(sys.executable).parent
 
 def budgets(config: dict) -> dict[str, float]:
     """Each model step's configured budget (the defaults where the config is silent)."""
-    from taxi_assets.assets.models import SklearnModelsConfig, XGBoostConfig
-    from taxi_assets.assets.production import ProductionModelConfig
+    from taxi_assets.defs.training.assets import SklearnModelsConfig, XGBoostConfig
+    from taxi_assets.defs.serving.assets import ProductionModelConfig
 
-    sklearn = SklearnModelsConfig(**config.get("sklearn_models", {}).get("ops", {}).get("load_models", {}).get("config", {}))
+    sklearn = SklearnModelsConfig(
+        **config.get("sklearn_models", {}).get("ops", {}).get("load_models", {}).get("config", {})
+    )
     xgb = XGBoostConfig(**config.get("xgboost_model", {}).get("config", {}))
     production = ProductionModelConfig(**config.get("production_model", {}).get("config", {}))
     found = {"xgboost_model": xgb.timeout_seconds, "production_model": production.timeout_seconds}
@@ -71,14 +72,31 @@ def main() -> int:
     parser.add_argument("--no-deepest", action="store_true")
     args = parser.parse_args()
 
-    scenarios = [(f"default, random_state {seed}", {
-        "sklearn_models": {"ops": {"load_models": {"config": {"random_state": int(seed)}}}},
-        "xgboost_model": {"config": {"random_state": int(seed)}},
-    }) for seed in args.seeds.split(",")]
+    scenarios = [
+        (
+            f"default, random_state {seed}",
+            {
+                "sklearn_models": {"ops": {"load_models": {"config": {"random_state": int(seed)}}}},
+                "xgboost_model": {"config": {"random_state": int(seed)}},
+            },
+        )
+        for seed in args.seeds.split(",")
+    ]
     if not args.no_deepest:
-        scenarios.append(("deepest: max_depth 100, 1,000 rounds at learning rate 0.05, no early stop", {
-            "xgboost_model": {"config": {"fixed_params": DEEPEST_XGBOOST, "early_stopping_rounds": 1000, "start_from_known_good": False}},
-        }))
+        scenarios.append(
+            (
+                "deepest: max_depth 100, 1,000 rounds at learning rate 0.05, no early stop",
+                {
+                    "xgboost_model": {
+                        "config": {
+                            "fixed_params": DEEPEST_XGBOOST,
+                            "early_stopping_rounds": 1000,
+                            "start_from_known_good": False,
+                        }
+                    },
+                },
+            )
+        )
 
     with tempfile.TemporaryDirectory(prefix="bench-lifecycle-") as scratch:
         home, elsewhere = Path(scratch) / "home", Path(scratch) / "cwd"
@@ -86,10 +104,17 @@ def main() -> int:
         elsewhere.mkdir()
         shutil.copy(REPO_ROOT / "dagster.yaml", home / "dagster.yaml")
         env = {k: v for k, v in os.environ.items() if not k.startswith(("DAGSTER_", "MLFLOW_"))} | {
-            "DAGSTER_HOME": str(home), "TAXI_DATA_DIR": str(DATA_DIR),
+            "DAGSTER_HOME": str(home),
+            "TAXI_DATA_DIR": str(DATA_DIR),
         }
         base = [BIN / "dagster", "asset", "materialize", "-m", "taxi_assets.definitions", "--partition"]
-        subprocess.run([*base, "2024-01", "--select", "raw_trips,cleaned_trips"], env=env, cwd=elsewhere, check=True, capture_output=True)
+        subprocess.run(
+            [*base, "2024-01", "--select", "raw_trips,cleaned_trips"],
+            env=env,
+            cwd=elsewhere,
+            check=True,
+            capture_output=True,
+        )
         os.environ["DAGSTER_HOME"] = str(home)
 
         rows, verdicts = [], []
@@ -97,17 +122,32 @@ def main() -> int:
             path = home / "run.yaml"
             path.write_text(yaml.safe_dump({"ops": config}))
             start = time.perf_counter()
-            done = subprocess.run([*base, MONTH, "--select", ASSETS, "-c", str(path)], env=env, cwd=elsewhere, capture_output=True, text=True)
+            done = subprocess.run(
+                [*base, MONTH, "--select", ASSETS, "-c", str(path)],
+                env=env,
+                cwd=elsewhere,
+                capture_output=True,
+                text=True,
+            )
             wall = time.perf_counter() - start
             with dg.DagsterInstance.get() as instance:
                 run = instance.get_runs(limit=1)[0]
                 seconds = step_seconds(instance, run.run_id)
-                xgb = instance.fetch_materializations(
-                    dg.AssetRecordsFilter(asset_key=dg.AssetKey("xgboost_model"), asset_partitions=[MONTH]), limit=1
-                ).records[0].asset_materialization.metadata
-                production = instance.fetch_materializations(
-                    dg.AssetRecordsFilter(asset_key=dg.AssetKey("production_model"), asset_partitions=[MONTH]), limit=1
-                ).records[0].asset_materialization.metadata
+                xgb = (
+                    instance.fetch_materializations(
+                        dg.AssetRecordsFilter(asset_key=dg.AssetKey("xgboost_model"), asset_partitions=[MONTH]), limit=1
+                    )
+                    .records[0]
+                    .asset_materialization.metadata
+                )
+                production = (
+                    instance.fetch_materializations(
+                        dg.AssetRecordsFilter(asset_key=dg.AssetKey("production_model"), asset_partitions=[MONTH]),
+                        limit=1,
+                    )
+                    .records[0]
+                    .asset_materialization.metadata
+                )
             limits = budgets(config)
             ok = run.status == dg.DagsterRunStatus.SUCCESS and wall <= RUN_LIMIT_SECONDS
             for step, value in sorted(seconds.items(), key=lambda item: -item[1]):
@@ -116,10 +156,24 @@ def main() -> int:
                 bound = limits.get(step)
                 within = bound is None or value <= bound + SLACK_SECONDS
                 ok &= within
-                rows.append([name, step, f"{value:.1f} s", f"{bound:.0f} s + {SLACK_SECONDS} s" if bound else "-",
-                             "" if bound is None else ("yes" if within else "**NO**")])
-            rows.append([name, "**whole command**", f"{wall:.1f} s", f"{RUN_LIMIT_SECONDS} s",
-                         "yes" if wall <= RUN_LIMIT_SECONDS else "**NO**"])
+                rows.append(
+                    [
+                        name,
+                        step,
+                        f"{value:.1f} s",
+                        f"{bound:.0f} s + {SLACK_SECONDS} s" if bound else "-",
+                        "" if bound is None else ("yes" if within else "**NO**"),
+                    ]
+                )
+            rows.append(
+                [
+                    name,
+                    "**whole command**",
+                    f"{wall:.1f} s",
+                    f"{RUN_LIMIT_SECONDS} s",
+                    "yes" if wall <= RUN_LIMIT_SECONDS else "**NO**",
+                ]
+            )
             verdicts.append(
                 f"- {name}: {run.status.value}; XGBoost RMSE {xgb['rmse'].value:.4f} after {xgb['trials'].value} trials "
                 f"(search ended by {xgb['search_ended_by'].value}, best round {xgb['best_iteration'].value}); "
@@ -132,7 +186,8 @@ def main() -> int:
 
     body = (
         table(["run", "step", "wall", "bound", "within"], rows)
-        + "\n\n" + "\n".join(verdicts)
+        + "\n\n"
+        + "\n".join(verdicts)
         + f"\n\nEvery step within its bound and every run under {RUN_LIMIT_SECONDS // 60} minutes: "
         + ("PASS" if not any("FAIL" in line for line in verdicts) else "FAIL")
         + "\n\nCommand: `python benchmarks/bench_lifecycle.py`"

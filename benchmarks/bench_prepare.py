@@ -33,7 +33,7 @@ from taxi_assets.ml.cleaning import clean  # noqa: E402
 from taxi_assets.ml.dataset import build_training_set  # noqa: E402
 from taxi_assets.ml.features import combine_features  # noqa: E402
 
-TRIVIAL_MODULE = '''
+TRIVIAL_MODULE = """
 import dagster as dg
 
 @dg.asset
@@ -41,7 +41,7 @@ def trivial() -> int:
     return 1
 
 defs = dg.Definitions(assets=[trivial])
-'''
+"""
 
 
 def ours(raw_months):
@@ -65,7 +65,9 @@ def bench_build(repeat: int) -> tuple[list, str]:
         course_times.append(seconds)
         seconds, dataset = timed(ours, raw)
         our_times.append(seconds)
-    same = all(identical(mine, theirs) for mine, theirs in zip((dataset.X, dataset.X_train, dataset.X_val), reference[:3]))
+    same = all(
+        identical(mine, theirs) for mine, theirs in zip((dataset.X, dataset.X_train, dataset.X_val), reference[:3])
+    )
     same = same and dataset.dv.feature_names_ == reference[6].feature_names_
     assert same, "matrices differ from the course's"
     ratio = median(course_times) / median(our_times)
@@ -89,12 +91,32 @@ def bench_process(repeat: int) -> tuple[list, str]:
         (home / "trivial_defs.py").write_text(TRIVIAL_MODULE)
         env = {**os.environ, "DAGSTER_HOME": str(home), "TAXI_DATA_DIR": str(DATA_DIR), "PYTHONPATH": str(home)}
         dagster = str(bin_dir / "dagster")
-        ours_cmd = [dagster, "asset", "materialize", "-m", "taxi_assets.definitions",
-                    "--select", "raw_trips,cleaned_trips,training_set", "--partition", "2024-02"]
+        ours_cmd = [
+            dagster,
+            "asset",
+            "materialize",
+            "-m",
+            "taxi_assets.definitions",
+            "--select",
+            "raw_trips,cleaned_trips,training_set",
+            "--partition",
+            "2024-02",
+        ]
         floor_cmd = [dagster, "asset", "materialize", "-m", "trivial_defs", "--select", "trivial"]
         previous = measure_process(
-            [dagster, "asset", "materialize", "-m", "taxi_assets.definitions",
-             "--select", "raw_trips,cleaned_trips", "--partition", "2024-01"], env, home
+            [
+                dagster,
+                "asset",
+                "materialize",
+                "-m",
+                "taxi_assets.definitions",
+                "--select",
+                "raw_trips,cleaned_trips",
+                "--partition",
+                "2024-01",
+            ],
+            env,
+            home,
         )
         assert previous["code"] == 0, "could not materialize 2024-01"
         floor, mine = [], []
@@ -118,7 +140,12 @@ def bench_process(repeat: int) -> tuple[list, str]:
     ratio = our_wall / floor_wall
     rows = [
         ["trivial one-asset materialize (floor)", f"{floor_wall:.2f} s", f"{floor_rss:.0f} MiB", "1.00x"],
-        ["raw_trips + cleaned_trips + training_set, 2024-02", f"{our_wall:.2f} s", f"{our_rss:.0f} MiB", f"{ratio:.2f}x"],
+        [
+            "raw_trips + cleaned_trips + training_set, 2024-02",
+            f"{our_wall:.2f} s",
+            f"{our_rss:.0f} MiB",
+            f"{ratio:.2f}x",
+        ],
         ["Mage original `mage run data_preparation` (issue's figure)", "6.7 s", "510 MiB", "-"],
     ]
     summary = (

@@ -29,10 +29,9 @@ import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import BENCH_DIR, DATA_DIR, REPO_ROOT, append_results, table, write_scratch_instance  # noqa: E402
-
 import dagster as dg  # noqa: E402
 import pandas as pd  # noqa: E402
+from common import BENCH_DIR, DATA_DIR, REPO_ROOT, append_results, table, write_scratch_instance  # noqa: E402
 
 BIN = Path(sys.executable).parent
 MONTH = "2024-02"
@@ -90,28 +89,56 @@ def serving(home: Path, rows: list, notes: list) -> None:
     port = free_port()
     server = subprocess.Popen(
         [BIN / "taxi-assets", "serve", "--port", str(port), "--reload-interval", "0"],
-        env=env_for(home, TAXI_API_TOKEN=token), cwd=home, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env=env_for(home, TAXI_API_TOKEN=token),
+        cwd=home,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     try:
         wait_for(f"http://127.0.0.1:{port}/health")
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/health") as response:
             model = json.loads(response.read())["model"]
         notes.append(f"Serving model: {model['name']} ({model['partition']}, version {model['version']}).")
-        load = json.loads(subprocess.run(
-            [sys.executable, BENCH_DIR / "loadgen.py", "--port", str(port), "--token", token, "--seconds", "20", "--connections", "8"],
-            capture_output=True, text=True, check=True,
-        ).stdout)
+        load = json.loads(
+            subprocess.run(
+                [
+                    sys.executable,
+                    BENCH_DIR / "loadgen.py",
+                    "--port",
+                    str(port),
+                    "--token",
+                    token,
+                    "--seconds",
+                    "20",
+                    "--connections",
+                    "8",
+                ],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout
+        )
         ok = load["throughput"] >= 1500 and load["p99_ms"] < 10 and load["errors"] == 0
-        rows.append(["single-record POST /predict, 8 keep-alive connections, 20 s",
-                     f"{load['throughput']:,.0f} req/s", f"p50 {load['p50_ms']} ms / p99 {load['p99_ms']} ms",
-                     f"{load['errors']} errors of {load['requests']:,}", "PASS" if ok else "FAIL"])
+        rows.append(
+            [
+                "single-record POST /predict, 8 keep-alive connections, 20 s",
+                f"{load['throughput']:,.0f} req/s",
+                f"p50 {load['p50_ms']} ms / p99 {load['p99_ms']} ms",
+                f"{load['errors']} errors of {load['requests']:,}",
+                "PASS" if ok else "FAIL",
+            ]
+        )
 
         trips = pd.read_parquet(DATA_DIR / "2024" / "02.parquet")
         trips = trips[trips.trip_distance <= 100].sample(10_000, random_state=0)
-        body = json.dumps({"inputs": [
-            {"PULocationID": int(a), "DOLocationID": int(b), "trip_distance": float(c)}
-            for a, b, c in zip(trips.PULocationID, trips.DOLocationID, trips.trip_distance)
-        ]}).encode()
+        body = json.dumps(
+            {
+                "inputs": [
+                    {"PULocationID": int(a), "DOLocationID": int(b), "trip_distance": float(c)}
+                    for a, b, c in zip(trips.PULocationID, trips.DOLocationID, trips.trip_distance)
+                ]
+            }
+        ).encode()
         headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
         latencies = []
         for _ in range(7):
@@ -120,8 +147,15 @@ def serving(home: Path, rows: list, notes: list) -> None:
             latencies.append((time.perf_counter() - start) * 1000)
             assert status == 200 and len(json.loads(answer)["predictions"]) == 10_000
         batch = statistics.median(latencies)
-        rows.append(["one POST /predict with 10,000 real trips (median of 7)", "", f"{batch:.0f} ms", "0 errors",
-                     "PASS" if batch < 100 else "FAIL"])
+        rows.append(
+            [
+                "one POST /predict with 10,000 real trips (median of 7)",
+                "",
+                f"{batch:.0f} ms",
+                "0 errors",
+                "PASS" if batch < 100 else "FAIL",
+            ]
+        )
     finally:
         server.terminate()
         server.wait(timeout=30)
@@ -142,24 +176,42 @@ def graphql(home: Path, rows: list) -> None:
     port = free_port()
     web = subprocess.Popen(
         [BIN / "dagster-webserver", "-h", "127.0.0.1", "-p", str(port), "-w", str(REPO_ROOT / "workspace.yaml")],
-        env=env_for(home), cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        env=env_for(home),
+        cwd=REPO_ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
     try:
         wait_for(f"http://127.0.0.1:{port}/server_info")
         url, headers = f"http://127.0.0.1:{port}/graphql", {"Content-Type": "application/json"}
         params = {
-            "selector": {"repositoryLocationName": "taxi_assets", "repositoryName": "__repository__", "jobName": "predict"},
-            "runConfigData": {"ops": {"predict_trip_durations": {"config": {"PULocationID": 236, "DOLocationID": 239, "trip_distance": 1.98}}}},
+            "selector": {
+                "repositoryLocationName": "taxi_assets",
+                "repositoryName": "__repository__",
+                "jobName": "predict",
+            },
+            "runConfigData": {
+                "ops": {
+                    "predict_trip_durations": {
+                        "config": {"PULocationID": 236, "DOLocationID": 239, "trip_distance": 1.98}
+                    }
+                }
+            },
         }
         times = []
         for _ in range(5):
             start = time.perf_counter()
-            _, answer = post(url, json.dumps({"query": GRAPHQL_LAUNCH, "variables": {"params": params}}).encode(), headers)
+            _, answer = post(
+                url, json.dumps({"query": GRAPHQL_LAUNCH, "variables": {"params": params}}).encode(), headers
+            )
             launched = json.loads(answer)["data"]["launchRun"]
             assert launched["__typename"] == "LaunchRunSuccess", launched
             run_id = launched["run"]["runId"]
             while True:
-                _, answer = post(url, json.dumps({"query": GRAPHQL_STATUS, "variables": {"runId": run_id}}).encode(), headers)
+                _, answer = post(
+                    url, json.dumps({"query": GRAPHQL_STATUS, "variables": {"runId": run_id}}).encode(), headers
+                )
                 status = json.loads(answer)["data"]["runOrError"]["status"]
                 if status in ("SUCCESS", "FAILURE", "CANCELED"):
                     break
@@ -167,8 +219,15 @@ def graphql(home: Path, rows: list) -> None:
             assert status == "SUCCESS", status
             times.append(time.perf_counter() - start)
         median = statistics.median(times)
-        rows.append(["one prediction via the predict job, GraphQL launchRun to SUCCESS (median of 5)",
-                     f"{1 / median:.2f} predictions/s", f"{median * 1000:,.0f} ms", "0 errors", "comparison"])
+        rows.append(
+            [
+                "one prediction via the predict job, GraphQL launchRun to SUCCESS (median of 5)",
+                f"{1 / median:.2f} predictions/s",
+                f"{median * 1000:,.0f} ms",
+                "0 errors",
+                "comparison",
+            ]
+        )
     finally:
         os.killpg(web.pid, signal.SIGKILL)  # the webserver ignores SIGTERM for a long while
         web.wait(timeout=30)
@@ -188,10 +247,18 @@ def backfill(rows: list, notes: list) -> None:
     per_month = [months[m] for m in months if m != "2023-01"]  # 2023-01 has no training_set
     ratio = sum(months.values()) / (14 * one_month)
     first, last = statistics.mean(per_month[:4]), statistics.mean(per_month[-4:])
-    rows.append(["backfill of 14 months (runs, Dagster's run durations)", f"{sum(months.values()):.1f} s",
-                 f"{ratio:.2f}x 14 x one month ({one_month:.2f} s)", "", "PASS" if ratio <= 1.1 else "FAIL"])
+    rows.append(
+        [
+            "backfill of 14 months (runs, Dagster's run durations)",
+            f"{sum(months.values()):.1f} s",
+            f"{ratio:.2f}x 14 x one month ({one_month:.2f} s)",
+            "",
+            "PASS" if ratio <= 1.1 else "FAIL",
+        ]
+    )
     notes.append(
-        "Backfill per month (s): " + ", ".join(f"{m} {s:.2f}" for m, s in months.items())
+        "Backfill per month (s): "
+        + ", ".join(f"{m} {s:.2f}" for m, s in months.items())
         + f". First four full months average {first:.2f} s, last four {last:.2f} s. Whole processes: the range in one "
         f"`taxi-assets materialize --partition-range 2023-01...2024-02` took {range_wall:.1f} s; one month alone "
         f"{one_wall:.1f} s ({range_wall / (14 * one_wall):.2f}x fourteen of those)."
@@ -208,12 +275,14 @@ def main() -> None:
         serving(home, rows, notes)
         graphql(home, rows)
     backfill(rows, notes)
-    body = "\n\n".join([
-        table(["measurement", "throughput", "latency", "errors", "target"], rows),
-        " ".join(notes),
-        "Reference (issue): the Mage original's API trigger answered in 63 ms median, about 16 requests/s.",
-        "Command: `python benchmarks/bench_serving.py`",
-    ])
+    body = "\n\n".join(
+        [
+            table(["measurement", "throughput", "latency", "errors", "target"], rows),
+            " ".join(notes),
+            "Reference (issue): the Mage original's API trigger answered in 63 ms median, about 16 requests/s.",
+            "Command: `python benchmarks/bench_serving.py`",
+        ]
+    )
     print(body)
     append_results("bench_serving: inference server, predict job, backfill", body)
 

@@ -22,14 +22,13 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import DATA_DIR, append_results, table, write_scratch_instance  # noqa: E402
-
 import dagster as dg  # noqa: E402
+from common import DATA_DIR, append_results, table, write_scratch_instance  # noqa: E402
+from taxi_assets.lib.sources import LocalTripSource  # noqa: E402
 
-from taxi_assets import cli  # noqa: E402
+from taxi_assets.apps import cli  # noqa: E402
 from taxi_assets.definitions import build_defs  # noqa: E402
 from taxi_assets.ml.hyperparameters import valid_model_names  # noqa: E402
-from taxi_assets.resources import LocalTripSource  # noqa: E402
 
 MONTH = "2024-02"
 
@@ -53,8 +52,11 @@ def run_in_process(defs, instance, assets, run_config):
     job = defs.resolve_implicit_global_asset_job_def()
     start = time.perf_counter()
     result = job.execute_in_process(
-        instance=instance, partition_key=MONTH, asset_selection=[dg.AssetKey(a) for a in assets],
-        run_config=run_config, raise_on_error=True,
+        instance=instance,
+        partition_key=MONTH,
+        asset_selection=[dg.AssetKey(a) for a in assets],
+        run_config=run_config,
+        raise_on_error=True,
     )
     return result, time.perf_counter() - start
 
@@ -69,8 +71,13 @@ def main() -> None:
         instance = instance_in(Path(scratch))
         defs = build_defs(trip_source=LocalTripSource(directory=str(DATA_DIR)))
         job = defs.resolve_implicit_global_asset_job_def()
-        for month, assets in (("2024-01", ["raw_trips", "cleaned_trips"]), (MONTH, ["raw_trips", "cleaned_trips", "training_set"])):
-            job.execute_in_process(instance=instance, partition_key=month, asset_selection=[dg.AssetKey(a) for a in assets])
+        for month, assets in (
+            ("2024-01", ["raw_trips", "cleaned_trips"]),
+            (MONTH, ["raw_trips", "cleaned_trips", "training_set"]),
+        ):
+            job.execute_in_process(
+                instance=instance, partition_key=month, asset_selection=[dg.AssetKey(a) for a in assets]
+            )
 
         rows = []
         if not args.skip_six:
@@ -81,47 +88,89 @@ def main() -> None:
             six_wall = time.perf_counter() - start
             models = defs.load_asset_value("sklearn_models", partition_key=MONTH, instance=instance)
             for model in sorted(models.values(), key=lambda m: m.rmse):
-                rows.append([model.name, f"{model.rmse:.3f}", model.n_trials, f"{model.train_seconds:.1f} s", "default (10 trials, 120 s budget per model)"])
+                rows.append(
+                    [
+                        model.name,
+                        f"{model.rmse:.3f}",
+                        model.n_trials,
+                        f"{model.train_seconds:.1f} s",
+                        "default (10 trials, 120 s budget per model)",
+                    ]
+                )
             rows.append(["(all six, multiprocess executor, 2 processes)", "", "", f"{six_wall:.1f} s wall", ""])
 
         xgb_default, _ = run_in_process(defs, instance, ["xgboost_model"], None)
         default_model = defs.load_asset_value("xgboost_model", partition_key=MONTH, instance=instance)
         default_step = step_seconds(instance, xgb_default, "xgboost_model")
-        rows.append(["XGBoost, our defaults", f"{default_model.rmse:.3f}", default_model.n_trials, f"{default_step:.1f} s step", "10 trials, early stop 10, 80 s budget, known-good first"])
+        rows.append(
+            [
+                "XGBoost, our defaults",
+                f"{default_model.rmse:.3f}",
+                default_model.n_trials,
+                f"{default_step:.1f} s step",
+                "10 trials, early stop 10, 80 s budget, known-good first",
+            ]
+        )
 
-        course_config = {"ops": {"xgboost_model": {"config": {
-            "max_evaluations": 3, "early_stopping_rounds": 3, "start_from_known_good": False, "timeout_seconds": 3600}}}}
+        course_config = {
+            "ops": {
+                "xgboost_model": {
+                    "config": {
+                        "max_evaluations": 3,
+                        "early_stopping_rounds": 3,
+                        "start_from_known_good": False,
+                        "timeout_seconds": 3600,
+                    }
+                }
+            }
+        }
         xgb_course, _ = run_in_process(defs, instance, ["xgboost_model"], course_config)
         course_model = defs.load_asset_value("xgboost_model", partition_key=MONTH, instance=instance)
         course_step = step_seconds(instance, xgb_course, "xgboost_model")
-        rows.append(["XGBoost, the course's settings", f"{course_model.rmse:.3f}", course_model.n_trials, f"{course_step:.1f} s step", "3 trials, early stop 3, plain TPE, budget 3600 s (none in the course)"])
+        rows.append(
+            [
+                "XGBoost, the course's settings",
+                f"{course_model.rmse:.3f}",
+                course_model.n_trials,
+                f"{course_step:.1f} s step",
+                "3 trials, early stop 3, plain TPE, budget 3600 s (none in the course)",
+            ]
+        )
 
         fan_rows = []
         selections = [("LinearRegression + Lasso (default)", None)]
         if not args.skip_six:
             selections.append(("all six", {"models": valid_model_names()}))
         for label, model_config in selections:
-            config = {"ops": {"sklearn_models": {"ops": {"load_models": {"config": model_config}}}}} if model_config else None
+            config = (
+                {"ops": {"sklearn_models": {"ops": {"load_models": {"config": model_config}}}}}
+                if model_config
+                else None
+            )
             _, in_process = run_in_process(defs, instance, ["sklearn_models"], config)
             start = time.perf_counter()
             with cli._execute(instance, ["sklearn_models"], MONTH, config) as result:
                 assert result.success
             multiprocess = time.perf_counter() - start
-            fan_rows.append([label, f"{in_process:.1f} s", f"{multiprocess:.1f} s", f"{in_process / multiprocess:.2f}x"])
+            fan_rows.append(
+                [label, f"{in_process:.1f} s", f"{multiprocess:.1f} s", f"{in_process / multiprocess:.2f}x"]
+            )
         instance.dispose()
 
     ok_rmse, ok_time = default_model.rmse <= 5.15, default_step <= 120
-    body = "\n\n".join([
-        "(a) + (b) validation RMSE (minutes) on 2024-02, trials, wall time:",
-        table(["model", "val RMSE", "trials", "time", "budget"], rows),
-        f"XGBoost default: RMSE {default_model.rmse:.3f} (target <= 5.15): {'PASS' if ok_rmse else 'FAIL'}; "
-        f"step {default_step:.1f} s (target <= 120 s): {'PASS' if ok_time else 'FAIL'}. "
-        f"Course settings: RMSE {course_model.rmse:.3f} in {course_step:.1f} s "
-        f"(issue's reference: Mage original 5.17-5.30 in 80-130 s; LinearRegression about 6.0).",
-        "(c) the scikit-learn fan-out, whole run, in-process executor against the multiprocess executor (2 at a time):",
-        table(["models", "in-process", "multiprocess", "in-process / multiprocess"], fan_rows),
-        "Command: `python benchmarks/bench_training.py" + (" --skip-six" if args.skip_six else "") + "`",
-    ])
+    body = "\n\n".join(
+        [
+            "(a) + (b) validation RMSE (minutes) on 2024-02, trials, wall time:",
+            table(["model", "val RMSE", "trials", "time", "budget"], rows),
+            f"XGBoost default: RMSE {default_model.rmse:.3f} (target <= 5.15): {'PASS' if ok_rmse else 'FAIL'}; "
+            f"step {default_step:.1f} s (target <= 120 s): {'PASS' if ok_time else 'FAIL'}. "
+            f"Course settings: RMSE {course_model.rmse:.3f} in {course_step:.1f} s "
+            f"(issue's reference: Mage original 5.17-5.30 in 80-130 s; LinearRegression about 6.0).",
+            "(c) the scikit-learn fan-out, whole run, in-process executor against the multiprocess executor (2 at a time):",
+            table(["models", "in-process", "multiprocess", "in-process / multiprocess"], fan_rows),
+            "Command: `python benchmarks/bench_training.py" + (" --skip-six" if args.skip_six else "") + "`",
+        ]
+    )
     print(body)
     append_results("bench_training: model assets", body)
 

@@ -12,9 +12,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from taxi_assets.lib.sources import LocalTripSource  # noqa: E402
+
 from taxi_assets.ml.cleaning import clean  # noqa: E402
 from taxi_assets.ml.quality import DRIFT_EDGES, histogram, ks_statistic, psi  # noqa: E402
-from taxi_assets.resources import LocalTripSource  # noqa: E402
 
 
 def main() -> None:
@@ -31,7 +32,9 @@ def main() -> None:
         if previous is None:
             print(f"| {month} | {100 * share:.2f}% (first) | - | - |")
         else:
-            drift = [f"{psi(previous[1][c], counts[c]):.4f} / {ks_statistic(previous[1][c], counts[c]):.4f}" for c in counts]
+            drift = [
+                f"{psi(previous[1][c], counts[c]):.4f} / {ks_statistic(previous[1][c], counts[c]):.4f}" for c in counts
+            ]
             print(f"| {month} | {100 * share:.2f}% ({100 * (share - previous[0]):+.2f}) | {drift[0]} | {drift[1]} |")
         previous = (share, counts)
 

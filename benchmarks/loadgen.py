@@ -57,9 +57,14 @@ async def main_async(args) -> dict:
         return latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1000 if latencies else float("nan")
 
     return {
-        "requests": len(latencies), "errors": len(errors), "first_errors": errors[:3],
-        "seconds": round(elapsed, 2), "throughput": round(len(latencies) / elapsed, 1),
-        "p50_ms": round(percentile(0.50), 3), "p99_ms": round(percentile(0.99), 3), "max_ms": round(percentile(1.0), 3),
+        "requests": len(latencies),
+        "errors": len(errors),
+        "first_errors": errors[:3],
+        "seconds": round(elapsed, 2),
+        "throughput": round(len(latencies) / elapsed, 1),
+        "p50_ms": round(percentile(0.50), 3),
+        "p99_ms": round(percentile(0.99), 3),
+        "max_ms": round(percentile(1.0), 3),
         "connections": args.connections,
     }
 

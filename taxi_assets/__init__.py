@@ -7,8 +7,8 @@ Importing the package stays light; Dagster loads ``taxi_assets.definitions``.
 
 
 def load_model(name: str | None = None, partition: str | None = None, instance=None):
-    """See :func:`taxi_assets.api.load_model`."""
-    from taxi_assets.api import load_model as _load_model
+    """See :func:`taxi_assets.apps.api.load_model`."""
+    from taxi_assets.apps.api import load_model as _load_model
 
     return _load_model(name=name, partition=partition, instance=instance)
 

@@ -1,58 +1,12 @@
-"""Shared fixtures: the real trip files, temporary Dagster instances, in-process runs."""
+"""Fixtures for every test: temporary Dagster instances. No trip data needed here (the integration
+tests require it, in their own conftest)."""
 
 from __future__ import annotations
 
-import os
-import shutil
-from collections.abc import Iterable, Iterator
-from pathlib import Path
+from collections.abc import Iterator
 
 import dagster as dg
 import pytest
-
-from taxi_assets.definitions import build_defs
-from taxi_assets.resources import LocalTripSource, TripSource
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
-DATA_DIR = Path(os.environ.get("TAXI_DATA_DIR") or REPO_ROOT.parent / "shared" / "data" / "taxi" / "green").resolve()
-PREPARATION = ["raw_trips", "cleaned_trips", "training_set"]
-
-
-def pytest_sessionstart(session):
-    # The real files are the test data; without them the suite would prove nothing.
-    if not (DATA_DIR / "2024" / "02.parquet").is_file():
-        raise pytest.UsageError(f"trip data not found under {DATA_DIR}; set TAXI_DATA_DIR")
-
-
-def run_months(
-    instance: dg.DagsterInstance,
-    months: Iterable[str],
-    selection: Iterable[str] = PREPARATION,
-    trip_source: TripSource | None = None,
-) -> list[dg.ExecuteInProcessResult]:
-    """Materialize ``selection`` for each month in-process, as the code location would."""
-    defs = build_defs(trip_source=trip_source or LocalTripSource(directory=str(DATA_DIR)))
-    job = defs.resolve_implicit_global_asset_job_def()
-    return [
-        job.execute_in_process(
-            instance=instance,
-            partition_key=month,
-            asset_selection=[dg.AssetKey(name) for name in selection],
-            raise_on_error=False,
-        )
-        for month in months
-    ]
-
-
-def failure_messages(result: dg.ExecuteInProcessResult) -> str:
-    """Every step failure's message with its chain of causes."""
-    messages = []
-    for event in result.get_step_failure_events():
-        error = event.event_specific_data.error
-        while error is not None:
-            messages.append(error.message)
-            error = error.cause
-    return "\n".join(messages)
 
 
 @pytest.fixture
@@ -61,73 +15,3 @@ def instance(tmp_path) -> Iterator[dg.DagsterInstance]:
     home.mkdir()
     with dg.instance_for_test(temp_dir=str(home)) as test_instance:
         yield test_instance
-
-
-@pytest.fixture(scope="session")
-def prepared_instance(tmp_path_factory) -> Iterator[dg.DagsterInstance]:
-    """An instance with 2024-01 (raw, cleaned) and 2024-02 (all three) materialized from the real files."""
-    home = tmp_path_factory.mktemp("prepared_home")
-    with dg.instance_for_test(temp_dir=str(home)) as test_instance:
-        first = run_months(test_instance, ["2024-01"], ["raw_trips", "cleaned_trips"])
-        second = run_months(test_instance, ["2024-02"])
-        assert first[0].success and second[0].success, failure_messages(second[0])
-        test_instance.test_results = {"2024-01": first[0], "2024-02": second[0]}
-        yield test_instance
-
-
-@pytest.fixture
-def data_copy(tmp_path) -> Path:
-    """A writable copy of the shared folder (course layout) for tests that break files."""
-    target = tmp_path / "trips"
-    shutil.copytree(DATA_DIR, target)
-    return target
-
-
-SMALL_BUDGET = dg.RunConfig(
-    ops={
-        "sklearn_models": {"ops": {"load_models": {"config": {"max_evaluations": 2}}}},
-        "xgboost_model": {"config": {"max_evaluations": 2, "fixed_params": {"max_depth": 10}, "timeout_seconds": 20}},
-    }
-)
-# The least a retraining can do: one trial each, shallow trees. For tests about the lifecycle.
-TINY_BUDGET = dg.RunConfig(
-    ops={
-        "sklearn_models": {"ops": {"load_models": {"config": {"models": ["linear_model.LinearRegression"], "max_evaluations": 1}}}},
-        "xgboost_model": {"config": {"max_evaluations": 1, "fixed_params": {"max_depth": 6}, "timeout_seconds": 10}},
-    }
-)
-SAMPLES = [
-    {"PULocationID": 236, "DOLocationID": 239, "trip_distance": 1.98},  # took 11.5 min
-    {"PULocationID": "65", "DOLocationID": "170", "trip_distance": 6.54},  # took 20.87 min
-]
-
-
-def train(instance, month="2024-02", run_config=SMALL_BUDGET, assets=("sklearn_models", "xgboost_model")):
-    job = build_defs(trip_source=LocalTripSource(directory=str(DATA_DIR))).resolve_implicit_global_asset_job_def()
-    return job.execute_in_process(
-        instance=instance, partition_key=month, asset_selection=[dg.AssetKey(a) for a in assets],
-        run_config=run_config, raise_on_error=False,
-    )
-
-
-def mlflow_client(instance):
-    import mlflow
-
-    uri = f"sqlite:///{os.path.join(os.path.dirname(os.path.abspath(instance.storage_directory())), 'mlflow', 'mlflow.db')}"
-    return mlflow.MlflowClient(uri)
-
-
-def runs_of(client, dagster_run_id):
-    experiment = client.get_experiment_by_name("taxi-duration")
-    return client.search_runs([experiment.experiment_id], f"tags.`dagster.run_id` = '{dagster_run_id}'", max_results=1000)
-
-
-@pytest.fixture(scope="session")
-def trained_instance(prepared_instance):
-    os.environ.pop("MLFLOW_TRACKING_URI", None)
-    result = train(prepared_instance)
-    assert result.success, failure_messages(result)
-    prepared_instance.training_result = result
-    return prepared_instance
-
-

@@ -95,7 +95,7 @@ def self_signed_certificate(directory: Path, host: str = "127.0.0.1") -> tuple[P
 
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host)])
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     certificate = (
         x509.CertificateBuilder()
         .subject_name(name)
@@ -143,7 +143,10 @@ class SmtpServer:
                 return "250 OK"
 
         def authenticate(smtp, session, envelope, mechanism, auth_data):
-            ok = isinstance(auth_data, LoginPassword) and (auth_data.login.decode(), auth_data.password.decode()) == (user, password)
+            ok = isinstance(auth_data, LoginPassword) and (auth_data.login.decode(), auth_data.password.decode()) == (
+                user,
+                password,
+            )
             self.logins.append((auth_data.login.decode() if isinstance(auth_data, LoginPassword) else "?", ok))
             return AuthResult(success=ok, handled=False)  # handled=False: aiosmtpd replies 535
 
@@ -153,8 +156,12 @@ class SmtpServer:
             context.load_cert_chain(self.cert, key)
             options = {"tls_context": context, "require_starttls": True, "auth_require_tls": True}
         self.controller = Controller(
-            Handler(), hostname="127.0.0.1", port=self.port, authenticator=authenticate,
-            auth_required=tls, **options,
+            Handler(),
+            hostname="127.0.0.1",
+            port=self.port,
+            authenticator=authenticate,
+            auth_required=tls,
+            **options,
         )
 
     def __enter__(self) -> SmtpServer:

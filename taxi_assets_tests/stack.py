@@ -10,7 +10,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from .conftest import REPO_ROOT
+from taxi_assets_tests.helpers import REPO_ROOT
 
 
 class Processes:
@@ -21,7 +21,9 @@ class Processes:
 
     def start(self, name: str, command: list[str], cwd: Path | None = None) -> subprocess.Popen:
         log = open(self.directory / f"{name}.log", "ab")
-        process = subprocess.Popen(command, cwd=cwd or REPO_ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        process = subprocess.Popen(
+            command, cwd=cwd or REPO_ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
         self.running[name] = process
         return process
 
@@ -55,7 +57,8 @@ class GraphQL:
 
     def __call__(self, query: str, variables: dict | None = None) -> dict:
         request = urllib.request.Request(
-            f"{self.url}/graphql", data=json.dumps({"query": query, "variables": variables or {}}).encode(),
+            f"{self.url}/graphql",
+            data=json.dumps({"query": query, "variables": variables or {}}).encode(),
             headers={"Content-Type": "application/json"},
         )
         with urllib.request.urlopen(request, timeout=30) as response:
@@ -63,30 +66,44 @@ class GraphQL:
         assert "errors" not in answer, answer
         return answer["data"]
 
-    def launch(self, job: str, tags: dict[str, str], run_config: dict | None = None, assets: list[str] | None = None) -> str:
+    def launch(
+        self, job: str, tags: dict[str, str], run_config: dict | None = None, assets: list[str] | None = None
+    ) -> str:
         data = self(
             """mutation($params: ExecutionParams!) { launchRun(executionParams: $params) {
                  __typename ... on LaunchRunSuccess { run { runId status } } ... on PythonError { message }
                  ... on InvalidSubsetError { message } ... on RunConfigValidationInvalid { errors { message } } } }""",
-            {"params": {
-                "selector": {"repositoryLocationName": "taxi_assets", "repositoryName": "__repository__", "jobName": job}
-                | ({"assetSelection": [{"path": [name]} for name in assets]} if assets else {}),
-                "runConfigData": run_config or {},
-                "executionMetadata": {"tags": [{"key": key, "value": value} for key, value in tags.items()]},
-            }},
+            {
+                "params": {
+                    "selector": {
+                        "repositoryLocationName": "taxi_assets",
+                        "repositoryName": "__repository__",
+                        "jobName": job,
+                    }
+                    | ({"assetSelection": [{"path": [name]} for name in assets]} if assets else {}),
+                    "runConfigData": run_config or {},
+                    "executionMetadata": {"tags": [{"key": key, "value": value} for key, value in tags.items()]},
+                }
+            },
         )["launchRun"]
         assert data["__typename"] == "LaunchRunSuccess", data
         return data["run"]["runId"]
 
     def status(self, run_id: str) -> str:
-        return self("query($id: ID!) { runOrError(runId: $id) { ... on Run { status } } }", {"id": run_id})["runOrError"]["status"]
+        return self("query($id: ID!) { runOrError(runId: $id) { ... on Run { status } } }", {"id": run_id})[
+            "runOrError"
+        ]["status"]
 
     def location_loaded(self) -> bool:
         data = self("""{ workspaceOrError { ... on Workspace { locationEntries { name
                          locationOrLoadError { __typename } } } } }""")
         entries = data["workspaceOrError"]["locationEntries"]
-        return any(e["name"] == "taxi_assets" and e["locationOrLoadError"]["__typename"] == "RepositoryLocation" for e in entries)
-
+        return any(
+            e["name"] == "taxi_assets" and e["locationOrLoadError"]["__typename"] == "RepositoryLocation"
+            for e in entries
+        )
 
     def terminate(self, run_id: str) -> str:
-        return self("mutation($id: String!) { terminateRun(runId: $id) { __typename } }", {"id": run_id})["terminateRun"]["__typename"]
+        return self("mutation($id: String!) { terminateRun(runId: $id) { __typename } }", {"id": run_id})[
+            "terminateRun"
+        ]["__typename"]

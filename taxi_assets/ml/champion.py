@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -20,10 +21,28 @@ def decide(challenger_rmse: float, champion_rmse: float | None, tolerance: float
         return ChampionDecision(True, challenger_rmse, None, "no champion yet")
     if challenger_rmse <= champion_rmse + tolerance:
         return ChampionDecision(
-            True, challenger_rmse, champion_rmse,
+            True,
+            challenger_rmse,
+            champion_rmse,
             f"challenger RMSE {challenger_rmse:.4f} <= champion {champion_rmse:.4f} + tolerance {tolerance}",
         )
     return ChampionDecision(
-        False, challenger_rmse, champion_rmse,
+        False,
+        challenger_rmse,
+        champion_rmse,
         f"challenger RMSE {challenger_rmse:.4f} > champion {champion_rmse:.4f} + tolerance {tolerance}: champion stays",
     )
+
+
+@dataclass
+class ProductionModel:
+    """The serving model and why it serves: the value of one month's production decision."""
+
+    predictor: Any
+    name: str
+    model_partition: str  # the month the model was trained for
+    model_version: str | None
+    registered_model: str | None
+    rmse: float  # on the newest validation month (the partition this decision was made for)
+    decided_for: str
+    reason: str

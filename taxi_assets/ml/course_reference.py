@@ -16,10 +16,11 @@ NUMERICAL_FEATURES = ["trip_distance"]
 
 def clean(df: pd.DataFrame) -> pd.DataFrame:
     df = df.copy()
-    df.lpep_dropoff_datetime = pd.to_datetime(df.lpep_dropoff_datetime)
-    df.lpep_pickup_datetime = pd.to_datetime(df.lpep_pickup_datetime)
+    # The course's attribute assignments, kept as written (pandas' stubs do not model them).
+    df.lpep_dropoff_datetime = pd.to_datetime(df.lpep_dropoff_datetime)  # type: ignore[attr-defined]
+    df.lpep_pickup_datetime = pd.to_datetime(df.lpep_pickup_datetime)  # type: ignore[attr-defined]
     df["duration"] = df.lpep_dropoff_datetime - df.lpep_pickup_datetime
-    df.duration = df.duration.apply(lambda td: td.total_seconds() / 60)
+    df.duration = df.duration.apply(lambda td: td.total_seconds() / 60)  # type: ignore[attr-defined]
     df = df[(df.duration >= 1) & (df.duration <= 60)].copy()
     categorical = ["PULocationID", "DOLocationID"]
     df[categorical] = df[categorical].astype(str)

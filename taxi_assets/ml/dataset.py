@@ -15,6 +15,11 @@ from taxi_assets.ml.schema import PICKUP
 from taxi_assets.ml.splitting import split_on_value
 
 
+def _shape(matrix: sp.csr_matrix) -> tuple[int, int]:
+    rows, columns = matrix.shape  # type: ignore[misc]  # scipy's stubs allow None
+    return int(rows), int(columns)
+
+
 @dataclass(frozen=True)
 class TrainingSet:
     """The course's seven outputs.
@@ -34,15 +39,15 @@ class TrainingSet:
 
     @property
     def n_features(self) -> int:
-        return self.X_train.shape[1]
+        return self.shapes()["X_train"][1]
 
     def shapes(self) -> dict[str, tuple[int, int]]:
-        return {"X": self.X.shape, "X_train": self.X_train.shape, "X_val": self.X_val.shape}
+        return {
+            name: _shape(matrix) for name, matrix in (("X", self.X), ("X_train", self.X_train), ("X_val", self.X_val))
+        }
 
 
-def build_training_set(
-    cleaned_months: Sequence[pd.DataFrame], split_at: pd.Timestamp | str
-) -> TrainingSet:
+def build_training_set(cleaned_months: Sequence[pd.DataFrame], split_at: pd.Timestamp | str) -> TrainingSet:
     """Build the training set from cleaned months (oldest first).
 
     Trips picked up before ``split_at`` train, the rest validate, as the course's

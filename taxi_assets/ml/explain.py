@@ -27,7 +27,12 @@ class Attribution:
 
 
 def mean_abs_contributions(
-    booster, matrix, feature_names, best_iteration: int | None = None, top: int = 15, budget: Budget = UNLIMITED,
+    booster,
+    matrix,
+    feature_names,
+    best_iteration: int | None = None,
+    top: int = 15,
+    budget: Budget = UNLIMITED,
 ) -> Attribution:
     """The ``top`` features by mean absolute contribution over the rows of ``matrix``.
 
@@ -45,7 +50,9 @@ def mean_abs_contributions(
             break
         budget.check()
         chunk = matrix[start : start + CHUNK_ROWS]
-        contributions = booster.predict(xgb.DMatrix(chunk), pred_contribs=True, approx_contribs=True, iteration_range=rounds)
+        contributions = booster.predict(
+            xgb.DMatrix(chunk), pred_contribs=True, approx_contribs=True, iteration_range=rounds
+        )
         total += np.abs(contributions[:, :-1]).sum(axis=0)
         done += chunk.shape[0]
     if not done:

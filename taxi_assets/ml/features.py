@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from typing import Any
+from collections.abc import Iterable
 
 import pandas as pd
 
@@ -25,33 +24,3 @@ def combine_features(trips: pd.DataFrame) -> pd.DataFrame:
 def select_features(trips: pd.DataFrame, extra: Iterable[str] = ()) -> pd.DataFrame:
     """The model's input columns, plus any ``extra`` ones (the split column, the target)."""
     return trips[FEATURES + list(extra)]
-
-
-def record_features(record: Mapping[str, Any]) -> dict[str, Any]:
-    """One inference record (the course's input form) as the vectorizer's feature dict.
-
-    Accepts location ids as int or str; raises ``ValueError`` naming a missing or malformed field.
-    """
-    features: dict[str, Any] = {}
-    ids = []
-    for field in (PU_LOCATION, DO_LOCATION):
-        if field not in record or record[field] is None:
-            raise ValueError(f"missing field {field}")
-        value = record[field]
-        if isinstance(value, bool) or not isinstance(value, (int, str)):
-            raise ValueError(f"field {field} must be an integer location id, got {value!r}")
-        text = str(value).strip()
-        if not text.isdigit():
-            raise ValueError(f"field {field} must be an integer location id, got {value!r}")
-        ids.append(str(int(text)))
-    if TRIP_DISTANCE not in record or record[TRIP_DISTANCE] is None:
-        raise ValueError(f"missing field {TRIP_DISTANCE}")
-    distance = record[TRIP_DISTANCE]
-    if isinstance(distance, bool) or not isinstance(distance, (int, float)):
-        raise ValueError(f"field {TRIP_DISTANCE} must be a number, got {distance!r}")
-    distance = float(distance)
-    if distance != distance or distance < 0:  # NaN or negative
-        raise ValueError(f"field {TRIP_DISTANCE} must be a non-negative number, got {distance!r}")
-    features[PU_DO] = f"{ids[0]}_{ids[1]}"
-    features[TRIP_DISTANCE] = distance
-    return features

@@ -63,7 +63,9 @@ def sklearn_space(name: str, random_state: int) -> dict[str, Any]:
     }
     depth_low, depth_high, trees_low, trees_high = trees[short]
     space = {
-        "max_depth": scope.int(hp.quniform("max_depth", depth_low, depth_high, 1 if short == "GradientBoostingRegressor" else 5)),
+        "max_depth": scope.int(
+            hp.quniform("max_depth", depth_low, depth_high, 1 if short == "GradientBoostingRegressor" else 5)
+        ),
         "min_samples_leaf": scope.int(hp.quniform("min_samples_leaf", 1, 10, 1)),
         "min_samples_split": scope.int(hp.quniform("min_samples_split", 2, 20, 2)),
         "n_estimators": scope.int(hp.quniform("n_estimators", trees_low, trees_high, 10)),
@@ -93,8 +95,15 @@ INTEGER_XGBOOST_PARAMS = {"max_depth", "num_boost_round"}
 # The most expensive point of that space: the deepest trees, the most rounds at the smallest
 # learning rate, the lightest leaves, no subsampling. A budget has to hold even here.
 DEEPEST_XGBOOST = {
-    "max_depth": 100, "num_boost_round": 1000, "learning_rate": math.exp(-3), "min_child_weight": math.exp(-1),
-    "gamma": 0.1, "subsample": 1.0, "colsample_bytree": 1.0, "reg_alpha": math.exp(-5), "reg_lambda": math.exp(-6),
+    "max_depth": 100,
+    "num_boost_round": 1000,
+    "learning_rate": math.exp(-3),
+    "min_child_weight": math.exp(-1),
+    "gamma": 0.1,
+    "subsample": 1.0,
+    "colsample_bytree": 1.0,
+    "reg_alpha": math.exp(-5),
+    "reg_lambda": math.exp(-6),
 }
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -53,43 +53,28 @@ class TripDurationPredictor:
     best_iteration: int | None = None  # xgboost: trees to use (early stopping)
     lookup: DistanceLookup | None = None  # a compiled xgboost model (see compile_lookup)
 
-    def features(self, records: Iterable[Mapping[str, Any]] | Mapping[str, Any]):
-        """The model's matrix for records, validated one by one (errors name the record)."""
-        import pandas as pd
+    def predict(self, trips) -> np.ndarray:
+        """Minutes for each trip, as a NumPy array.
 
-        from taxi_assets.ml import vectorizing
-        from taxi_assets.ml.features import record_features
+        ``trips``: a pandas DataFrame with the columns ``PULocationID``, ``DOLocationID`` and
+        ``trip_distance``, a list of such records (mappings or TripRecords), or one record. Every
+        trip is checked against :class:`~taxi_assets.ml.trip_record.TripRecord`; a ``TripError``
+        (a ``ValueError``) names the first bad record and field.
+        """
+        from taxi_assets.ml.trip_record import TripRecord, validate_records
 
-        if isinstance(records, Mapping):
-            records = [records]
-        rows = []
-        for position, record in enumerate(records):
-            if not isinstance(record, Mapping):
-                raise ValueError(f"record {position} must be a mapping, got {type(record).__name__}")
-            try:
-                rows.append(record_features(record))
-            except ValueError as error:
-                raise ValueError(f"record {position}: {error}") from None
-        # Same matrix as dv.transform(rows), without a dict per row inside the vectorizer.
-        return vectorizing.transform(pd.DataFrame.from_records(rows, columns=["PU_DO", "trip_distance"]), self.vectorizer)
+        if isinstance(trips, (Mapping, TripRecord)):
+            trips = [trips]
+        elif hasattr(trips, "to_dict") and hasattr(trips, "columns"):  # a DataFrame
+            trips = trips.to_dict("records")
+        records = validate_records(trips)
+        return self.predict_records(records)
 
-    def predict(self, records) -> np.ndarray:
-        """Minutes for each record (a list of mappings, or one mapping)."""
-        from taxi_assets.ml.features import record_features
-
-        if isinstance(records, Mapping):
-            records = [records]
-        pairs, distances = [], []
-        for position, record in enumerate(records):
-            if not isinstance(record, Mapping):
-                raise ValueError(f"record {position} must be a mapping, got {type(record).__name__}")
-            try:
-                features = record_features(record)
-            except ValueError as error:
-                raise ValueError(f"record {position}: {error}") from None
-            pairs.append(features["PU_DO"])
-            distances.append(features["trip_distance"])
-        return self.predict_pairs(pairs, np.asarray(distances, dtype=float))
+    def predict_records(self, records) -> np.ndarray:
+        """Minutes for already validated TripRecords."""
+        return self.predict_pairs(
+            [record.pu_do for record in records], np.asarray([record.trip_distance for record in records], dtype=float)
+        )
 
     def predict_features(self, features) -> np.ndarray:
         """Minutes for a frame of model features (``PU_DO``, ``trip_distance``), as in cleaned_trips."""
@@ -97,8 +82,9 @@ class TripDurationPredictor:
 
     def predict_pairs(self, pu_do: list[str], distance: np.ndarray) -> np.ndarray:
         """Minutes for validated features: ``PU_DO`` strings and distances."""
-        if getattr(self, "lookup", None) is not None:  # older pickles have no lookup attribute
-            return self.lookup.predict(pu_do, distance)
+        lookup = getattr(self, "lookup", None)  # older pickles have no lookup attribute
+        if lookup is not None:
+            return lookup.predict(pu_do, distance)
         import pandas as pd
 
         from taxi_assets.ml import vectorizing
@@ -175,8 +161,11 @@ LOOKUP_CHUNK_ROWS = 50_000
 
 
 def compile_lookup(
-    predictor: TripDurationPredictor, check_features, expected: np.ndarray | None = None,
-    max_thresholds: int = 4096, budget: Budget = UNLIMITED,
+    predictor: TripDurationPredictor,
+    check_features,
+    expected: np.ndarray | None = None,
+    max_thresholds: int = 4096,
+    budget: Budget = UNLIMITED,
 ):
     """Compile an XGBoost predictor into a :class:`DistanceLookup`, or say why not.
 
@@ -201,7 +190,9 @@ def compile_lookup(
     # (x < t is false at t, and true below the next one).
     below = np.nextafter(thresholds[0], np.float32(-np.inf)) if len(thresholds) else np.float32(0)
     points = np.concatenate([[below], thresholds]).astype(np.float32)
-    pairs = sorted((name.removeprefix("PU_DO="), column) for name, column in vocabulary.items() if name.startswith("PU_DO="))
+    pairs = sorted(
+        (name.removeprefix("PU_DO="), column) for name, column in vocabulary.items() if name.startswith("PU_DO=")
+    )
     columns = [column for _, column in pairs] + [-1]  # -1: an unseen pair (no one-hot column)
     table = np.empty((len(columns), len(points)), dtype=np.float32)
     chunk = max(1, LOOKUP_CHUNK_ROWS // len(points))

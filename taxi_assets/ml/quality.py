@@ -60,7 +60,7 @@ def ks_statistic(reference: Sequence[int], current: Sequence[int]) -> float:
 
 
 def severity(value: float, warn: float, error: float) -> str:
-    """"ok", "warn" or "error" for a value against two thresholds."""
+    """ "ok", "warn" or "error" for a value against two thresholds."""
     if value > error:
         return "error"
     if value > warn:
@@ -77,7 +77,7 @@ def profile(frame: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
         numeric = pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values)
         datetime = pd.api.types.is_datetime64_any_dtype(values)
 
-        def show(value):
+        def show(value, datetime=datetime):
             if value is None or (isinstance(value, float) and math.isnan(value)):
                 return ""
             if datetime:
@@ -96,10 +96,3 @@ def profile(frame: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
             }
         )
     return pd.DataFrame(rows, columns=["column", "count", "nulls", "unique", "min", "max", "mean"])
-
-
-def markdown_table(frame: pd.DataFrame) -> str:
-    header = "| " + " | ".join(map(str, frame.columns)) + " |"
-    rule = "|" + "---|" * len(frame.columns)
-    body = ["| " + " | ".join(f"{value:,}" if isinstance(value, int) else str(value) for value in row) + " |" for row in frame.itertuples(index=False)]
-    return "\n".join([header, rule, *body])

@@ -34,8 +34,7 @@ def validate_trips(trips: pd.DataFrame, source: str) -> pd.DataFrame:
     missing = [column for column in REQUIRED_COLUMNS if column not in trips.columns]
     if missing:
         raise TripDataError(
-            f"{source}: missing required column(s) {', '.join(missing)} "
-            f"(found: {', '.join(map(str, trips.columns))})"
+            f"{source}: missing required column(s) {', '.join(missing)} (found: {', '.join(map(str, trips.columns))})"
         )
     if len(trips) == 0:
         raise TripDataError(f"{source}: the file has no rows (empty month)")
@@ -46,25 +45,16 @@ def validate_trips(trips: pd.DataFrame, source: str) -> pd.DataFrame:
         dtype = series.dtype
         if kind == "datetime":
             if not pd.api.types.is_datetime64_any_dtype(dtype):
-                raise TripDataError(
-                    f"{source}: column {column} has dtype {dtype}, expected a datetime"
-                )
+                raise TripDataError(f"{source}: column {column} has dtype {dtype}, expected a datetime")
         elif kind == "integer":
             if pd.api.types.is_integer_dtype(dtype):
                 continue
-            whole_floats = (
-                pd.api.types.is_float_dtype(dtype)
-                and series.notna().all()
-                and bool((series % 1 == 0).all())
-            )
+            whole_floats = pd.api.types.is_float_dtype(dtype) and series.notna().all() and bool((series % 1 == 0).all())
             if not whole_floats:
-                raise TripDataError(
-                    f"{source}: column {column} has dtype {dtype}, expected integer location ids"
-                )
+                raise TripDataError(f"{source}: column {column} has dtype {dtype}, expected integer location ids")
             normalized[column] = series.astype("int64")
-        elif kind == "numeric":
-            if not pd.api.types.is_numeric_dtype(dtype) or pd.api.types.is_bool_dtype(dtype):
-                raise TripDataError(f"{source}: column {column} has dtype {dtype}, expected numbers")
+        elif kind == "numeric" and (not pd.api.types.is_numeric_dtype(dtype) or pd.api.types.is_bool_dtype(dtype)):
+            raise TripDataError(f"{source}: column {column} has dtype {dtype}, expected numbers")
     if normalized:
         trips = trips.assign(**normalized)
     return trips

@@ -54,8 +54,14 @@ class TuningResult:
 
 
 def _tune(
-    space, evaluate, max_evaluations: int, random_state: int, run_trial: TrialRunner,
-    budget: Budget, points_to_evaluate=None, estimate_trials: bool = True,
+    space,
+    evaluate,
+    max_evaluations: int,
+    random_state: int,
+    run_trial: TrialRunner,
+    budget: Budget,
+    points_to_evaluate=None,
+    estimate_trials: bool = True,
 ):
     """TPE over ``space``; returns (best trial, history, seconds, stopped_by).
 
@@ -160,8 +166,15 @@ def fit_sklearn(name: str, params: dict[str, Any], X, y, budget: Budget = UNLIMI
 
 
 def tune_sklearn(
-    name: str, X_train, y_train, X_val, y_val, max_evaluations: int, random_state: int,
-    budget: Budget = UNLIMITED, run_trial: TrialRunner = _run_directly,
+    name: str,
+    X_train,
+    y_train,
+    X_val,
+    y_val,
+    max_evaluations: int,
+    random_state: int,
+    budget: Budget = UNLIMITED,
+    run_trial: TrialRunner = _run_directly,
 ) -> TuningResult:
     """TPE over the course's space for ``name``; each trial fits on train, scores on validation.
 
@@ -179,7 +192,12 @@ def tune_sklearn(
         return metrics
 
     trial, history, seconds, stopped_by = _tune(
-        sklearn_space(name, random_state), evaluate, max_evaluations, random_state, run_trial, budget,
+        sklearn_space(name, random_state),
+        evaluate,
+        max_evaluations,
+        random_state,
+        run_trial,
+        budget,
     )
     return TuningResult(trial["params"], trial["metrics"], history, seconds, best["model"], stopped_by=stopped_by)
 
@@ -200,9 +218,9 @@ XGBOOST_FIRST_TRIAL = {
 
 
 def _budget_callback(budget: Budget):
-    import xgboost as xgb
+    from xgboost.callback import TrainingCallback
 
-    class StopAtDeadline(xgb.callback.TrainingCallback):
+    class StopAtDeadline(TrainingCallback):
         """Between two boosting rounds: raise if asked to stop, end boosting when time is up
         (early stopping keeps the best round)."""
 
@@ -214,12 +232,17 @@ def _budget_callback(budget: Budget):
 
 
 def train_booster(
-    params: dict[str, Any], dtrain, dvalid, early_stopping_rounds: int,
-    nthread: int | None = None, budget: Budget = UNLIMITED,
+    params: dict[str, Any],
+    dtrain,
+    dvalid,
+    early_stopping_rounds: int,
+    nthread: int | None = None,
+    budget: Budget = UNLIMITED,
 ):
     """One boosting run with early stopping on ``dvalid``; it stops between rounds when the
     budget ends. ``booster.best_iteration`` / ``best_score`` are the best round and its RMSE."""
     import xgboost as xgb
+    from xgboost.callback import EarlyStopping
 
     booster_params = {key: value for key, value in params.items() if key not in ("num_boost_round", "random_state")}
     booster_params["seed"] = params.get("random_state", 0)
@@ -234,14 +257,22 @@ def train_booster(
         verbose_eval=False,
         # Early stopping first: XGBoost asks callbacks in order and stops at the first that says
         # so, and the best round must be recorded even when the budget ends the first round.
-        callbacks=[xgb.callback.EarlyStopping(rounds=early_stopping_rounds), _budget_callback(budget)],
+        callbacks=[EarlyStopping(rounds=early_stopping_rounds), _budget_callback(budget)],
     )
 
 
 def tune_xgboost(
-    X_train, y_train, X_val, y_val, max_evaluations: int, early_stopping_rounds: int, random_state: int,
-    fixed_params: dict[str, float] | None = None, seed_known_good: bool = True,
-    budget: Budget = UNLIMITED, run_trial: TrialRunner = _run_directly,
+    X_train,
+    y_train,
+    X_val,
+    y_val,
+    max_evaluations: int,
+    early_stopping_rounds: int,
+    random_state: int,
+    fixed_params: dict[str, float] | None = None,
+    seed_known_good: bool = True,
+    budget: Budget = UNLIMITED,
+    run_trial: TrialRunner = _run_directly,
 ) -> TuningResult:
     """TPE over the course's Booster space with early stopping on the validation set.
 
@@ -276,10 +307,22 @@ def tune_xgboost(
     if seed_known_good:
         first = [{key: value for key, value in XGBOOST_FIRST_TRIAL.items() if key not in fixed}]
     trial, history, seconds, stopped_by = _tune(
-        xgboost_space(random_state, fixed), evaluate, max_evaluations, random_state, run_trial, budget,
-        first, estimate_trials=False,  # a trial that starts late stops at the deadline anyway
+        xgboost_space(random_state, fixed),
+        evaluate,
+        max_evaluations,
+        random_state,
+        run_trial,
+        budget,
+        first,
+        estimate_trials=False,  # a trial that starts late stops at the deadline anyway
     )
     booster = best["booster"]
     return TuningResult(
-        trial["params"], trial["metrics"], history, seconds, booster, int(booster.best_iteration), stopped_by,
+        trial["params"],
+        trial["metrics"],
+        history,
+        seconds,
+        booster,
+        int(booster.best_iteration),
+        stopped_by,
     )

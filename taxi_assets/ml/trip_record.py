@@ -81,8 +81,12 @@ class TripRecord(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    PULocationID: LocationId = Field(description="Pickup TLC zone id (a positive integer; digits in a string are fine).")
-    DOLocationID: LocationId = Field(description="Drop-off TLC zone id (a positive integer; digits in a string are fine).")
+    PULocationID: LocationId = Field(
+        description="Pickup TLC zone id (a positive integer; digits in a string are fine)."
+    )
+    DOLocationID: LocationId = Field(
+        description="Drop-off TLC zone id (a positive integer; digits in a string are fine)."
+    )
     trip_distance: Miles = Field(description=f"Trip distance in miles, 0 to {MAX_TRIP_DISTANCE_MILES:g}.")
 
     @property
@@ -136,4 +140,4 @@ def records_from_columns(columns: Mapping[str, Sequence[Any]]) -> list[dict[str,
     if len(lengths) > 1:
         raise TripError(f"columns have different lengths: {sorted(lengths)}")
     names = list(columns)
-    return [dict(zip(names, row)) for row in zip(*(columns[name] for name in names))]
+    return [dict(zip(names, row, strict=True)) for row in zip(*(columns[name] for name in names), strict=True)]

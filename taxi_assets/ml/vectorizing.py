@@ -18,14 +18,10 @@ SEPARATOR = "="  # DictVectorizer's default separator between a column and its c
 
 
 def _is_categorical(series: pd.Series) -> bool:
-    return not pd.api.types.is_numeric_dtype(series.dtype) or pd.api.types.is_bool_dtype(
-        series.dtype
-    )
+    return not pd.api.types.is_numeric_dtype(series.dtype) or pd.api.types.is_bool_dtype(series.dtype)
 
 
-def _column_entries(
-    series: pd.Series, vocabulary: dict[str, int] | None
-) -> tuple[np.ndarray, np.ndarray, list[str]]:
+def _column_entries(series: pd.Series, vocabulary: dict[str, int] | None) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Column indices (-1 = not in the vocabulary), values and the names this column produces."""
     column = str(series.name)
     if _is_categorical(series):
@@ -43,9 +39,7 @@ def _column_entries(
     return np.full(len(series), vocabulary.get(column, -1), dtype=np.int64), values, [column]
 
 
-def assemble_csr(
-    indices: list[np.ndarray], values: list[np.ndarray], n_rows: int, n_features: int
-) -> sp.csr_matrix:
+def assemble_csr(indices: list[np.ndarray], values: list[np.ndarray], n_rows: int, n_features: int) -> sp.csr_matrix:
     # Row-major: each row's entries in column order, as DictVectorizer appends them.
     index_table = np.column_stack(indices) if indices else np.empty((n_rows, 0), np.int64)
     value_table = np.column_stack(values) if values else np.empty((n_rows, 0))
@@ -66,7 +60,7 @@ def fit_transform(features: pd.DataFrame) -> tuple[sp.csr_matrix, DictVectorizer
     names = sorted({name for _, _, column_names in per_column for name in column_names})
     vocabulary = {name: position for position, name in enumerate(names)}
     indices = []
-    for (codes, _, column_names) in per_column:
+    for codes, _, column_names in per_column:
         lookup = np.fromiter((vocabulary[name] for name in column_names), np.int64, len(column_names))
         indices.append(np.where(codes >= 0, lookup[np.maximum(codes, 0)], -1))
     matrix = assemble_csr(indices, [entry[1] for entry in per_column], len(features), len(names))

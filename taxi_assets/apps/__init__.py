@@ -1,0 +1,1 @@
+"""Clients of the code location (server, Python API, CLI); they never import it."""

@@ -1,0 +1,212 @@
+"""``taxi-assets``: the command-line entry point.
+
+``taxi-assets materialize`` exists because ``dagster asset materialize`` has been reported to exit 0
+after a failed run (dagster 1.13), which a cron job or CI step would never notice. This command runs one
+Dagster run per month on the instance at ``DAGSTER_HOME``, prints what happened to every asset
+and check, and exits 1 if anything failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+DEFAULT_SELECTION = "raw_trips,cleaned_trips,training_set"  # the models: add sklearn_models,xgboost_model
+
+
+def _expand_partitions(partitions: Sequence[str], ranges: Sequence[str]) -> list[str]:
+    from taxi_assets.lib.months import partition_keys
+
+    valid = partition_keys()
+    months: list[str] = []
+    for text in ranges:
+        start, _, end = text.partition("...")
+        if not end or start not in valid or end not in valid or start > end:
+            raise SystemExit(
+                f"error: --partition-range must be FIRST...LAST months in {valid[0]}..{valid[-1]}, got {text!r}"
+            )
+        months += valid[valid.index(start) : valid.index(end) + 1]
+    for month in partitions:
+        if month not in valid:
+            raise SystemExit(f"error: unknown partition {month!r}: months run from {valid[0]} to {valid[-1]} (YYYY-MM)")
+        months.append(month)
+    return list(dict.fromkeys(months))
+
+
+def _code_location():
+    """The code location, loaded by module name the way Dagster's own CLI loads it (this module
+    never imports it): step processes rebuild it from the same reference."""
+    from dagster._core.definitions.reconstruct import ReconstructableRepository
+
+    from taxi_assets.lib.catalog import CODE_LOCATION_MODULE
+
+    return ReconstructableRepository.for_module(CODE_LOCATION_MODULE, "defs", working_directory=None)
+
+
+def _execute(instance, asset_names: list[str], month: str, run_config: dict | None):
+    """Run ``asset_names`` for ``month``; returns a context manager around the run's result."""
+    import dagster as dg
+
+    from taxi_assets.lib.catalog import DATA_PREPARATION_ASSETS, RETRAINING_ASSETS
+
+    keys = [dg.AssetKey(name) for name in asset_names]
+    tags = {"taxi_assets/launched_by": "taxi-assets materialize", "dagster/partition": month}
+    location = _code_location()
+    if set(asset_names) <= set(RETRAINING_ASSETS) - set(DATA_PREPARATION_ASSETS):
+        # The retraining job: a process per step, two at a time, so the models train in parallel.
+        return dg.execute_job(
+            location.get_reconstructable_job("retraining"),
+            instance=instance,
+            asset_selection=keys,
+            tags=tags,
+            run_config=run_config,
+        )
+    # Data preparation runs in this process, as the code location's in-process executor would.
+    return dg.execute_job(
+        location.get_reconstructable_job("__ASSET_JOB"),
+        instance=instance,
+        asset_selection=keys,
+        tags=tags,
+        run_config={**(run_config or {}), "loggers": {"console": {"config": {"log_level": "INFO"}}}},
+    )
+
+
+def _root_cause(error) -> str:
+    """The first line of what went wrong: a Failure's own message (it names partition and file),
+    or the user exception Dagster wraps in DagsterExecutionStepExecutionError."""
+    if error.cls_name == "DagsterExecutionStepExecutionError" and error.cause is not None:
+        error = error.cause
+    line = (error.message.strip().splitlines() or ["failed"])[0]
+    return line.removeprefix("dagster._core.definitions.events.Failure: ")
+
+
+def _run(instance, asset_names: list[str], month: str, run_config: dict | None = None) -> bool:
+    """One run of ``asset_names`` for ``month``; prints a status line per asset and check."""
+    with _execute(instance, asset_names, month, run_config) as result:
+        materialized = {
+            event.asset_key.to_user_string() for event in result.get_asset_materialization_events() if event.asset_key
+        }
+        failures = {
+            event.step_key or "run": _root_cause(event.step_failure_data.error)
+            for event in result.get_step_failure_events()
+        }
+        print(f"run {result.run_id} for {month}: {'SUCCESS' if result.success else 'FAILURE'}")
+        for name in asset_names:
+            failed_steps = [
+                message for step, message in failures.items() if step == name or step.startswith(f"{name}.")
+            ]
+            if name in materialized:
+                status = "materialized"
+            elif failed_steps:
+                status = f"FAILED: {failed_steps[0]}"
+            else:
+                status = "not materialized (an upstream step or blocking check failed)"
+            print(f"  {name:<24} {status}")
+        for evaluation in result.get_asset_check_evaluations():
+            outcome = "passed" if evaluation.passed else f"FAILED ({evaluation.severity.value})"
+            name = f"{evaluation.asset_key.to_user_string()}.{evaluation.check_name}"
+            print(f"  check {name:<44} {outcome}")
+        for step_key, message in failures.items():
+            if step_key not in asset_names:
+                print(f"  step {step_key} FAILED: {message}")
+        return result.success
+
+
+def materialize(selection: str, months: list[str], with_previous_month: bool, run_config: dict | None = None) -> int:
+    import dagster as dg
+
+    from taxi_assets.lib.catalog import ALL_ASSETS, MODEL_ASSETS
+    from taxi_assets.lib.months import NEEDS_PREVIOUS_MONTH, PREVIOUS_MONTH_ASSETS, has_previous_month, previous_month
+
+    asset_names = [name.strip() for name in selection.split(",") if name.strip()]
+    known = set(ALL_ASSETS)
+    unknown = [name for name in asset_names if name not in known]
+    if unknown:
+        print(f"error: unknown asset(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}", file=sys.stderr)
+        return 2
+
+    instance = dg.DagsterInstance.get()
+    ok = True
+    for month in months:
+        if with_previous_month and NEEDS_PREVIOUS_MONTH & set(asset_names) and has_previous_month(month):
+            previous = previous_month(month)
+            done = instance.get_materialized_partitions(dg.AssetKey("cleaned_trips"))
+            if previous not in done and previous not in months:
+                print(f"{month} needs cleaned_trips for {previous}; materializing it first")
+                if not _run(instance, PREVIOUS_MONTH_ASSETS, previous):
+                    ok = False
+                    continue
+        selected = asset_names
+        if not has_previous_month(month) and NEEDS_PREVIOUS_MONTH & set(asset_names):
+            # Nothing before the first month to train on: prepare it (for the next month) only.
+            selected = [name for name in asset_names if name in PREVIOUS_MONTH_ASSETS]
+            print(
+                f"{month} is the first partition: only {', '.join(selected) or 'nothing'} "
+                "(no previous month to train on)"
+            )
+        preparation = [name for name in selected if name not in MODEL_ASSETS and name != "production_model"]
+        training = [name for name in selected if name in MODEL_ASSETS or name == "production_model"]
+        # Data preparation first (it has no config), then the models on top of it.
+        if preparation and not _run(instance, preparation, month):
+            ok = False
+            continue
+        if training and not _run(instance, training, month, run_config):
+            ok = False
+    return 0 if ok else 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="taxi-assets", description=(__doc__ or "").split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser(
+        "materialize",
+        help="materialize assets for one or more months; exits 1 if any run fails",
+    )
+    run.add_argument(
+        "--select", default=DEFAULT_SELECTION, help=f"comma-separated assets (default: {DEFAULT_SELECTION})"
+    )
+    run.add_argument("--partition", action="append", default=[], metavar="YYYY-MM", help="a month; repeatable")
+    run.add_argument(
+        "--partition-range", action="append", default=[], metavar="FIRST...LAST", help="an inclusive range of months"
+    )
+    run.add_argument("--config", metavar="FILE", help="run config YAML (ops/asset config), as in the UI's Launchpad")
+    run.add_argument(
+        "--no-previous-month",
+        action="store_true",
+        help="do not materialize the previous month's raw_trips/cleaned_trips when training_set needs them",
+    )
+    serve = commands.add_parser("serve", help="serve the production model over HTTP (POST /predict, GET /health)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument(
+        "--reload-interval",
+        type=float,
+        default=5.0,
+        help="seconds between checks for a new production model (0: never)",
+    )
+    args = parser.parse_args(argv)
+
+    if not os.environ.get("DAGSTER_HOME"):
+        parser.error("DAGSTER_HOME is not set; `export DAGSTER_HOME=$PWD` uses the project's dagster.yaml")
+    if args.command == "serve":
+        from taxi_assets.apps.server import serve as run_server
+
+        return run_server(args.host, args.port, args.reload_interval)
+    if args.command == "materialize":
+        months = _expand_partitions(args.partition, args.partition_range)
+        if not months:
+            parser.error("give at least one --partition or --partition-range")
+        run_config = None
+        if args.config:
+            import yaml
+
+            with open(args.config) as file:
+                run_config = yaml.safe_load(file) or {}
+        return materialize(args.select, months, with_previous_month=not args.no_previous_month, run_config=run_config)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

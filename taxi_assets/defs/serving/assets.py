@@ -1,0 +1,243 @@
+"""production_model: the model that serves, chosen by champion/challenger after each retraining."""
+
+import dataclasses
+
+import dagster as dg
+import numpy as np
+import pandas as pd
+from pydantic import Field
+
+from taxi_assets.lib import charts
+from taxi_assets.lib.evaluation import evaluation_charts
+from taxi_assets.lib.history import rmse_history
+from taxi_assets.lib.lifecycle import Stopwatch, step_budget
+from taxi_assets.lib.metadata import chart
+from taxi_assets.lib.months import (
+    month_start,
+    monthly_partitions,
+    previous_and_current,
+    previous_and_current_month,
+    previous_month_input,
+)
+from taxi_assets.lib.tracking import MlflowTracking
+from taxi_assets.ml.budget import Budget
+from taxi_assets.ml.champion import ChampionDecision, ProductionModel, decide
+from taxi_assets.model_store import newest_decision
+
+# What production_model keeps back from compiling for writing its value and its metadata.
+OUTPUT_RESERVE_SECONDS = 5.0
+
+
+class ProductionModelConfig(dg.Config):
+    """How much worse a challenger may be and still replace the champion, and the step's budget."""
+
+    tolerance_minutes: float = Field(
+        default=0.0,
+        ge=0,
+        description="The new month's best model replaces the champion if its validation RMSE is at most "
+        "the champion's plus this.",
+    )
+    timeout_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        description="Budget of the whole step: scoring the champion, the decision, charts, MLflow, and compiling an "
+        "XGBoost model into a lookup table (skipped, with the booster serving, when it would not fit).",
+    )
+
+
+def _validation_rows(cleaned_trips, month: str, materialized: set[str]) -> tuple[pd.DataFrame, pd.Series]:
+    """The month's validation trips (features, minutes): the rows of training_set's X_val."""
+    from taxi_assets.ml.features import FEATURES, TARGET
+    from taxi_assets.ml.schema import PICKUP
+    from taxi_assets.ml.splitting import split_on_value
+
+    months = previous_and_current("production_model", "cleaned_trips", cleaned_trips, month, materialized)
+    trips = pd.concat(months, ignore_index=True)
+    _, validation = split_on_value(trips[FEATURES + [PICKUP, TARGET]], PICKUP, month_start(month))
+    return validation[FEATURES], validation[TARGET]
+
+
+def _predictions(model, features: pd.DataFrame, rows: int) -> np.ndarray:
+    """A model's minutes on the validation rows; this month's models carry them already."""
+    stored = getattr(model, "validation_predictions", None)
+    if stored is not None and len(stored) == rows:
+        return np.asarray(stored, dtype=np.float32)
+    # A champion from an earlier month: from its lookup table, or the booster in bounded chunks.
+    return np.asarray(model.predictor.predict_features(features), dtype=np.float32)
+
+
+def _serving(decision: ChampionDecision, challenger, champion: ProductionModel | None, month: str) -> ProductionModel:
+    if decision.promote:
+        return ProductionModel(
+            predictor=challenger.predictor,
+            name=challenger.name,
+            model_partition=month,
+            model_version=challenger.model_version,
+            registered_model=challenger.registered_model,
+            rmse=decision.challenger_rmse,
+            decided_for=month,
+            reason=decision.reason,
+        )
+    assert champion is not None and decision.champion_rmse is not None
+    return dataclasses.replace(champion, rmse=decision.champion_rmse, decided_for=month, reason=decision.reason)
+
+
+def _move_champion_alias(instance, mlflow: MlflowTracking, serving: ProductionModel, month: str) -> tuple[bool, str]:
+    """Only the newest month's decision serves: a backfilled older month leaves the alias alone."""
+    newest = newest_decision(instance)
+    if newest is not None and month < newest:
+        return False, f"left alone: {newest}'s decision serves"
+    if not (serving.registered_model and serving.model_version):
+        return True, "not set (no registered version)"
+    moved = mlflow.set_champion(serving.registered_model, serving.model_version, month)
+    return (
+        True,
+        f"{serving.registered_model} v{serving.model_version}" if moved else "left alone: a newer decision holds it",
+    )
+
+
+def _decision_charts(
+    instance, month, scores, decision, challenger, champion, candidates, serving, actual, serving_predicted
+):
+    chart_scores = dict(scores)
+    champion_label = f"champion: {champion.name} ({champion.model_partition})" if champion is not None else None
+    if champion_label is not None:
+        chart_scores[champion_label] = decision.champion_rmse
+    return {
+        "rmse_by_model": charts.bars(
+            chart_scores,
+            f"RMSE on {month} validation trips",
+            "RMSE (minutes)",
+            highlight=challenger.name if decision.promote else champion_label,
+            fmt="{:.3f}",
+        ),
+        "rmse_over_months": charts.series_over_months(
+            rmse_history(instance, month, {model.name: model.rmse for model in candidates}),
+            "Validation RMSE of each model across months",
+            "RMSE (minutes)",
+        ),
+        **evaluation_charts(f"serving: {serving.name}", month, actual.to_numpy(), serving_predicted),
+    }
+
+
+def _compiled_for_serving(serving: ProductionModel, features, expected, budget: Budget) -> tuple[ProductionModel, str]:
+    """Deep boosters serve from a verified lookup table (same predictions, microseconds a trip),
+    when it can be built and checked in the budget; otherwise the booster serves."""
+    if getattr(serving.predictor, "lookup", None) is not None:
+        return serving, "kept from the champion"
+    if serving.predictor.kind != "xgboost":
+        return serving, "no (not an XGBoost model)"
+    from taxi_assets.ml.predictor import compile_lookup
+
+    lookup, message = compile_lookup(serving.predictor, features, expected=expected, budget=budget)
+    if lookup is not None:
+        serving = dataclasses.replace(serving, predictor=dataclasses.replace(serving.predictor, lookup=lookup))
+    return serving, message
+
+
+@dg.asset(
+    partitions_def=monthly_partitions,
+    ins={
+        "cleaned_trips": previous_and_current_month(),
+        # The previous month's decision holds the champion (a self-dependency).
+        "previous": previous_month_input("production_model"),
+    },
+    group_name="serving",
+    kinds={"mlflow"},
+    owners=["team:ml-platform"],
+    tags={"stage": "deploy"},
+)
+def production_model(
+    context: dg.AssetExecutionContext,
+    config: ProductionModelConfig,
+    sklearn_models,
+    xgboost_model,
+    cleaned_trips,
+    previous,
+    mlflow: MlflowTracking,
+) -> dg.Output:
+    """The model that serves: the new month's best model if its RMSE on the newest validation
+    month is not worse than the champion's on the same month (within the tolerance); otherwise
+    the champion stays. The decision is metadata and, for the newest month, the MLflow registry
+    alias ``champion``: deciding an older month again (a backfill) never moves what serves."""
+    from taxi_assets.ml.training import regression_metrics
+
+    month = context.partition_key
+    clock = Stopwatch()
+    with step_budget(context, config.timeout_seconds) as budget:
+        materialized = context.instance.get_materialized_partitions(dg.AssetKey("cleaned_trips"))
+        features, actual = _validation_rows(cleaned_trips, month, materialized)
+
+        candidates = list(sklearn_models.values()) + [xgboost_model]
+        predicted = {model.name: _predictions(model, features, len(actual)) for model in candidates}
+        scores = {name: regression_metrics(actual, values)["rmse"] for name, values in predicted.items()}
+        challenger = min(candidates, key=lambda model: scores[model.name])
+        champion = previous if isinstance(previous, ProductionModel) else None
+        champion_predicted = _predictions(champion, features, -1) if champion is not None else None
+        champion_rmse = (
+            regression_metrics(actual, champion_predicted)["rmse"] if champion_predicted is not None else None
+        )
+        decision = decide(scores[challenger.name], champion_rmse, config.tolerance_minutes)
+        context.log.info(f"production_model {month}: {decision.reason}")
+        serving = _serving(decision, challenger, champion, month)
+        serving_predicted = predicted[challenger.name] if decision.promote else champion_predicted
+
+        serves, alias = _move_champion_alias(context.instance, mlflow, serving, month)
+        decision_charts = _decision_charts(
+            context.instance,
+            month,
+            scores,
+            decision,
+            challenger,
+            champion,
+            candidates,
+            serving,
+            actual,
+            serving_predicted,
+        )
+        with mlflow.step_run(
+            context,
+            "production_model",
+            run_name=f"production_model-{month}",
+            extra_tags={"decision": "promoted" if decision.promote else "kept", "serves": str(serves).lower()},
+        ):
+            mlflow.log_metrics(
+                {"challenger_rmse": decision.challenger_rmse, "serving_rmse": serving.rmse}
+                | ({"champion_rmse": champion_rmse} if champion_rmse is not None else {})
+            )
+            mlflow.log_params(
+                {
+                    "serving_model": serving.name,
+                    "serving_model_partition": serving.model_partition,
+                    "tolerance_minutes": config.tolerance_minutes,
+                }
+            )
+            mlflow.log_charts(decision_charts)
+
+        serving, compiled = _compiled_for_serving(
+            serving, features, serving_predicted, budget.until(OUTPUT_RESERVE_SECONDS)
+        )
+        context.log.info(f"production_model {month}: lookup table: {compiled}")
+
+    return dg.Output(
+        serving,
+        metadata={
+            "decision": "promoted" if decision.promote else "kept champion",
+            "reason": decision.reason,
+            "challenger": f"{challenger.name} ({month})",
+            "challenger_rmse": decision.challenger_rmse,
+            "champion": f"{champion.name} ({champion.model_partition})" if champion else "none",
+            "champion_rmse": champion_rmse if champion_rmse is not None else float("nan"),
+            "serving_model": serving.name,
+            "serving_model_partition": serving.model_partition,
+            "serving_model_version": f"{serving.registered_model} v{serving.model_version}",
+            "serves": serves,
+            "champion_alias": alias,
+            "tolerance_minutes": config.tolerance_minutes,
+            "validation_rows": len(actual),
+            "serving_lookup_table": compiled,
+            "budget_seconds": config.timeout_seconds,
+            "step_seconds": clock.seconds(),
+            **{f"{name}_chart": chart(png, name.replace("_", " ")) for name, png in decision_charts.items()},
+        },
+    )

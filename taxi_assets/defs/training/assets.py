@@ -1,0 +1,277 @@
+"""Model assets: the scikit-learn fan-out and XGBoost, tuned with hyperopt, tracked in MLflow.
+
+The course's "sklearn_training" (load_models as a dynamic block -> hyperparameter_tuning ->
+final training) and "xgboost_training" pipelines. Each produces self-contained predictors
+(vectorizer + model) that ``taxi_assets.load_model`` and the MLflow registry can serve.
+"""
+
+from dataclasses import dataclass
+
+import dagster as dg
+from pydantic import Field
+
+from taxi_assets.lib import charts
+from taxi_assets.lib.evaluation import contributions_chart, evaluation_charts, model_charts_metadata, model_metadata
+from taxi_assets.lib.history import rmse_history
+from taxi_assets.lib.lifecycle import Stopwatch, step_budget
+from taxi_assets.lib.metadata import chart
+from taxi_assets.lib.months import monthly_partitions
+from taxi_assets.lib.tracking import REGISTERED_MODEL_PREFIX, MlflowTracking
+from taxi_assets.ml.hyperparameters import DEFAULT_SKLEARN_MODELS, XGBOOST_SPACE, short_name, valid_model_names
+
+
+class SklearnModelsConfig(dg.Config):
+    """Which scikit-learn models to tune and train, and how hard to search."""
+
+    models: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_SKLEARN_MODELS),
+        description="Models as module.Class; one of: " + ", ".join(valid_model_names()),
+    )
+    max_evaluations: int = Field(default=10, ge=1, description="hyperopt (TPE) trials per model.")
+    random_state: int = Field(default=7, description="Seed for hyperopt and the models.")
+    timeout_seconds: float = Field(
+        default=120.0,
+        gt=0,
+        description="Budget of each model's whole step (search, scoring, charts, MLflow logging). Trials that would "
+        "not fit are not started; forests and gradient boosting stop growing at the deadline.",
+    )
+
+
+class XGBoostConfig(dg.Config):
+    """The XGBoost search: the course's Booster space, bounded in trials and time."""
+
+    max_evaluations: int = Field(default=10, ge=1, description="hyperopt (TPE) trials at most.")
+    early_stopping_rounds: int = Field(
+        default=10, ge=1, description="Rounds without validation improvement before a trial stops."
+    )
+    fixed_params: dict[str, float] = Field(
+        default_factory=dict,
+        description="Hyperparameters to fix instead of searching, e.g. {max_depth: 10}; names from the course's space: "
+        + ", ".join(XGBOOST_SPACE),
+    )
+    random_state: int = Field(default=42, description="Seed for hyperopt and XGBoost.")
+    timeout_seconds: float = Field(
+        default=80.0,
+        gt=0,
+        description="Budget of the whole step: search, final scoring, charts, explanations, MLflow logging. A trial "
+        "still boosting when the search's share ends stops at its best round.",
+    )
+    start_from_known_good: bool = Field(
+        default=True,
+        description="Evaluate a known-good configuration (max_depth 30, learning_rate 0.1) as the first trial.",
+    )
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    max_evaluations: int
+    random_state: int
+    timeout_seconds: float
+
+
+def post_search_reserve(kind: str, seconds: float) -> float:
+    """Seconds of a step's budget kept back from the search for what follows it: scoring the
+    best model on the validation month, charts, explanations, MLflow logging and registration.
+    Scoring a booster costs about a tenth of its training time, so XGBoost keeps more."""
+    if kind == "xgboost":
+        return min(30.0, max(8.0, 0.2 * seconds))
+    return min(15.0, max(5.0, 0.1 * seconds))
+
+
+def _train_tracked(context, mlflow: MlflowTracking, asset: str, name: str, kind: str, dataset, tune, seconds: float):
+    """Tune with every trial tracked, then score, chart, log and register the best model, all
+    within ``seconds``.
+
+    ``tune(run_trial, budget)`` returns a TuningResult whose ``best_model`` is the final model.
+    Everything runs inside one parent MLflow run, which ends FAILED if anything raises and
+    KILLED if the run is stopped.
+    """
+    import numpy as np
+
+    from taxi_assets.ml.predictor import TrainedModel, TripDurationPredictor
+    from taxi_assets.ml.training import regression_metrics
+
+    clock = Stopwatch()
+    month = context.partition_key
+    with (
+        step_budget(context, seconds) as budget,
+        mlflow.step_run(context, asset, run_name=f"{name}-{month}", extra_tags={"model": name}) as run,
+    ):
+        result = tune(
+            mlflow.trial_runner(context, asset, {"model": name}), budget.until(post_search_reserve(kind, seconds))
+        )
+        search_seconds = clock.seconds()
+        predictor = TripDurationPredictor(
+            name=name,
+            kind=kind,
+            model=result.best_model,
+            vectorizer=dataset.dv,
+            partition=month,
+            best_iteration=result.best_iteration,
+        )
+        # The model being served, scored on the whole validation month.
+        predicted = np.asarray(predictor.predict_matrix(dataset.X_val, budget), dtype=np.float32)
+        metrics = regression_metrics(dataset.y_val, predicted)
+        model_charts = evaluation_charts(name, month, dataset.y_val, predicted)
+        if kind == "xgboost":
+            model_charts["feature_contributions"] = contributions_chart(predictor, dataset.X_val, month, budget)
+        registered = REGISTERED_MODEL_PREFIX + name
+        mlflow.log_metrics({"search_seconds": search_seconds, "budget_seconds": seconds})
+        version = mlflow.log_and_register(context, asset, predictor, registered, metrics, result.best_params)
+        mlflow.log_charts(model_charts)
+        run_id = run.info.run_id
+    return TrainedModel(
+        name=name,
+        predictor=predictor,
+        rmse=metrics["rmse"],
+        mse=metrics["mse"],
+        best_params=result.best_params,
+        n_trials=len(result.trials),
+        train_seconds=clock.seconds(),
+        mlflow_run_id=run_id,
+        registered_model=registered,
+        model_version=version,
+        trials=result.trials,
+        charts=model_charts,
+        validation_predictions=predicted,
+        search_seconds=search_seconds,
+        budget_seconds=seconds,
+        stopped_by=result.stopped_by,
+    )
+
+
+@dg.op(out=dg.DynamicOut(ModelSpec), description="One dynamic output per configured model (Mage's load_models).")
+def load_models(config: SklearnModelsConfig):
+    names = []
+    for requested in config.models:
+        try:
+            names.append(short_name(requested))
+        except ValueError as error:
+            raise dg.Failure(description=f"sklearn_models: {error}", allow_retries=False) from None
+    if not names:
+        raise dg.Failure(
+            description=f"sklearn_models: no models configured; valid models: {', '.join(valid_model_names())}"
+        )
+    for name in dict.fromkeys(names):
+        yield dg.DynamicOutput(
+            ModelSpec(name, config.max_evaluations, config.random_state, config.timeout_seconds), mapping_key=name
+        )
+
+
+@dg.op(description="hyperopt over the model's space on X_train/X_val; the best trial's fit is the final model.")
+def tune_and_train(context: dg.OpExecutionContext, spec: ModelSpec, training_set, mlflow: MlflowTracking):
+    from taxi_assets.ml.training import tune_sklearn
+
+    def tune(run_trial, budget):
+        # Fitted on the matrix dv produced, so the predictor's vectorizer matches it.
+        return tune_sklearn(
+            spec.name,
+            training_set.X_train,
+            training_set.y_train,
+            training_set.X_val,
+            training_set.y_val,
+            spec.max_evaluations,
+            spec.random_state,
+            budget=budget,
+            run_trial=run_trial,
+        )
+
+    trained = _train_tracked(
+        context, mlflow, "sklearn_models", spec.name, "sklearn", training_set, tune, spec.timeout_seconds
+    )
+    context.log.info(f"{spec.name}: validation RMSE {trained.rmse:.3f} after {trained.n_trials} trials")
+    return trained
+
+
+@dg.op(description="All trained models keyed by name, with their metrics as metadata.")
+def collect_models(context: dg.OpExecutionContext, trained: list):
+    models = {model.name: model for model in sorted(trained, key=lambda model: model.rmse)}
+    best = next(iter(models.values()))
+    month = context.partition_key
+    metadata = {"best_model": best.name, "best_rmse": best.rmse, "models": len(models)}
+    for model in models.values():
+        metadata.update(model_metadata(model, prefix=f"{model.name}_"))
+    current = {name: model.rmse for name, model in models.items()}
+    metadata["rmse_by_model"] = chart(
+        charts.bars(current, f"Validation RMSE by model, {month}", "RMSE (minutes)", highlight=best.name, fmt="{:.3f}"),
+        "validation RMSE by model",
+    )
+    history = {
+        name: points for name, points in rmse_history(context.instance, month, current).items() if name in current
+    }
+    metadata["rmse_over_months"] = chart(
+        charts.series_over_months(history, "Validation RMSE across months", "RMSE (minutes)"), "RMSE across months"
+    )
+    metadata.update(model_charts_metadata(best, prefix="best_model_"))
+    context.add_output_metadata(metadata)
+    return models
+
+
+@dg.graph_asset(
+    partitions_def=monthly_partitions,
+    group_name="training",
+    kinds={"scikitlearn", "hyperopt", "mlflow"},
+    owners=["team:ml-platform"],
+    tags={"stage": "train"},
+)
+def sklearn_models(training_set):
+    """scikit-learn models tuned with hyperopt and trained, one dynamic step per model, as
+    ``{name: TrainedModel}``. Every trial and final model is tracked in MLflow."""
+    specs = load_models()
+    return collect_models(specs.map(lambda spec: tune_and_train(spec, training_set)).collect())
+
+
+@dg.asset(
+    partitions_def=monthly_partitions,
+    group_name="training",
+    kinds={"xgboost", "hyperopt", "mlflow"},
+    owners=["team:ml-platform"],
+    tags={"stage": "train"},
+)
+def xgboost_model(
+    context: dg.AssetExecutionContext, config: XGBoostConfig, training_set, mlflow: MlflowTracking
+) -> dg.Output:
+    """An XGBoost booster tuned with hyperopt over the course's space, early-stopped on the
+    validation month, with its vectorizer."""
+    from taxi_assets.ml.hyperparameters import check_fixed_xgboost_params
+    from taxi_assets.ml.training import tune_xgboost
+
+    try:
+        fixed = check_fixed_xgboost_params(config.fixed_params)
+    except ValueError as error:
+        raise dg.Failure(description=f"xgboost_model: fixed_params: {error}", allow_retries=False) from None
+
+    def tune(run_trial, budget):
+        return tune_xgboost(
+            training_set.X_train,
+            training_set.y_train,
+            training_set.X_val,
+            training_set.y_val,
+            max_evaluations=config.max_evaluations,
+            early_stopping_rounds=config.early_stopping_rounds,
+            random_state=config.random_state,
+            fixed_params=fixed,
+            seed_known_good=config.start_from_known_good,
+            budget=budget,
+            run_trial=run_trial,
+        )
+
+    trained = _train_tracked(
+        context, mlflow, "xgboost_model", "xgboost", "xgboost", training_set, tune, config.timeout_seconds
+    )
+    history = rmse_history(context.instance, context.partition_key, {"xgboost": trained.rmse})
+    return dg.Output(
+        trained,
+        metadata=model_metadata(trained)
+        | {"best_iteration": trained.predictor.best_iteration}
+        | model_charts_metadata(trained)
+        | {
+            "rmse_over_months": chart(
+                charts.series_over_months(
+                    {"xgboost": history["xgboost"]}, "XGBoost validation RMSE across months", "RMSE (minutes)"
+                ),
+                "RMSE across months",
+            )
+        },
+    )

@@ -1,0 +1,215 @@
+"""Charts as PNG bytes, with matplotlib's non-interactive Agg backend. No Dagster here.
+
+Every function copes with empty input by drawing the empty axes with a "no data" note, so an
+empty month or a first run never fails a materialization over a picture. Dates go through
+matplotlib's date converters (``mdates``) rather than strings, so axes stay readable.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+WIDTH, HEIGHT, DPI = 6.4, 3.2, 80  # about 512 x 256 px: readable in the UI, ~20-40 kB each
+
+
+def _figure(height: float = HEIGHT):
+    from matplotlib.figure import Figure
+
+    # A bare Figure, not pyplot: no backend to switch, no global state, nothing to close, safe
+    # in threads; savefig renders PNGs with Agg.
+    figure = Figure(figsize=(WIDTH, height), dpi=DPI)
+    return figure, figure.add_subplot()
+
+
+def _png(figure, left: float = 0.12) -> bytes:
+    buffer = io.BytesIO()
+    # Fixed margins rather than tight_layout, which draws every text twice to measure it (it
+    # would double the cost of each chart in the data-preparation steps).
+    height = figure.get_figheight()  # margins in inches, whatever the figure's height
+    figure.subplots_adjust(left=left, right=0.97, top=1 - 0.32 / height, bottom=0.55 / height)
+    figure.savefig(buffer, format="png")
+    return buffer.getvalue()
+
+
+def _no_data(axes, message: str = "no data") -> None:
+    axes.text(0.5, 0.5, message, ha="center", va="center", transform=axes.transAxes, color="grey")
+    axes.set_xticks([])
+    axes.set_yticks([])
+
+
+def pickups_per_day(pickups: pd.Series, title: str, start=None, end=None) -> bytes:
+    """Trips per calendar day of pickup, as bars on a date axis; with ``start``/``end`` only
+    pickups in [start, end) are drawn (TLC files carry a few stray years) and the rest counted."""
+    import matplotlib.dates as mdates
+
+    figure, axes = _figure()
+    times = pd.to_datetime(pickups, errors="coerce").dropna()
+    if start is not None and end is not None:
+        inside = (times >= start) & (times < end)
+        if (~inside).sum():
+            title += f" ({int((~inside).sum()):,} outside the month not shown)"
+        times = times[inside]
+    if times.empty:
+        _no_data(axes, "no trips")
+    else:
+        per_day = times.dt.floor("D").value_counts().sort_index()
+        axes.bar(per_day.index.to_pydatetime(), per_day.to_numpy(), width=0.8, color="#4c78a8")
+        locator = mdates.AutoDateLocator(maxticks=8)
+        axes.xaxis.set_major_locator(locator)
+        axes.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator))
+        axes.set_ylabel("trips")
+    axes.set_title(title)
+    return _png(figure)
+
+
+def bars(
+    values: Mapping[str, float], title: str, xlabel: str, highlight: str | None = None, fmt: str = "{:,.0f}"
+) -> bytes:
+    """Horizontal bars, largest at the top, values printed at the bar ends."""
+    figure, axes = _figure(max(HEIGHT, 0.35 * len(values) + 1.2))
+    items = sorted(values.items(), key=lambda item: item[1])
+    if not items:
+        _no_data(axes)
+    else:
+        names = [name for name, _ in items]
+        numbers = [value for _, value in items]
+        colors = ["#e45756" if name == highlight else "#4c78a8" for name in names]
+        drawn = axes.barh(names, numbers, color=colors)
+        axes.bar_label(drawn, labels=[fmt.format(value) for value in numbers], padding=3, fontsize=8)
+        axes.set_xlim(0, max(max(numbers), 1e-9) * 1.2)
+        axes.set_xlabel(xlabel)
+    axes.set_title(title)
+    longest = max((len(str(name)) for name in values), default=0)
+    return _png(figure, left=min(0.5, 0.04 + 0.0125 * longest))
+
+
+def histogram(values: pd.Series, title: str, xlabel: str, bins: int = 60, clip_quantile: float | None = 0.995) -> bytes:
+    """A histogram; with ``clip_quantile`` the long tail is cut off (and the cut noted)."""
+    figure, axes = _figure()
+    data = pd.to_numeric(pd.Series(values), errors="coerce").dropna()
+    if data.empty:
+        _no_data(axes)
+    else:
+        note = ""
+        if clip_quantile is not None and len(data) > 100:
+            limit = float(data.quantile(clip_quantile))
+            beyond = int((data > limit).sum())
+            if beyond:
+                data = data[data <= limit]
+                note = f" ({beyond:,} above {limit:,.1f} not shown)"
+        axes.hist(data.to_numpy(), bins=bins, color="#4c78a8")
+        axes.set_xlabel(xlabel + note)
+        axes.set_ylabel("trips")
+    axes.set_title(title)
+    return _png(figure)
+
+
+def predicted_vs_actual(
+    actual: np.ndarray, predicted: np.ndarray, title: str, sample: int = 5_000, seed: int = 0
+) -> bytes:
+    """A scatter of predictions against actual minutes (a random sample) with the diagonal."""
+    figure, axes = _figure(4.0)
+    actual, predicted = np.asarray(actual, dtype=float), np.asarray(predicted, dtype=float)
+    if actual.size == 0:
+        _no_data(axes)
+    else:
+        if actual.size > sample:
+            pick = np.random.default_rng(seed).choice(actual.size, sample, replace=False)
+            actual, predicted = actual[pick], predicted[pick]
+        axes.scatter(actual, predicted, s=3, alpha=0.3, color="#4c78a8")
+        high = float(max(actual.max(), predicted.max()))
+        low = float(min(actual.min(), predicted.min(), 0))
+        axes.plot([low, high], [low, high], color="#e45756", linewidth=1)
+        axes.set_xlabel("actual minutes")
+        axes.set_ylabel("predicted minutes")
+    axes.set_title(title)
+    return _png(figure)
+
+
+def series_over_months(series: Mapping[str, Mapping[str, float]], title: str, ylabel: str) -> bytes:
+    """One line per name over months (``YYYY-MM`` keys), on a date axis."""
+    import matplotlib.dates as mdates
+
+    figure, axes = _figure(3.6)
+    drawn = False
+    for name, points in sorted(series.items()):
+        if not points:
+            continue
+        months = sorted(points)
+        axes.plot(
+            mdates.date2num([pd.Timestamp(f"{month}-01").to_pydatetime() for month in months]),
+            [points[month] for month in months],
+            marker="o",
+            label=name,
+        )
+        drawn = True
+    if not drawn:
+        _no_data(axes)
+    else:
+        locator = mdates.MonthLocator()
+        axes.xaxis.set_major_locator(locator)
+        axes.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator))
+        axes.set_ylabel(ylabel)
+        axes.legend(fontsize=7, loc="best")
+    axes.set_title(title)
+    return _png(figure)
+
+
+def runs_per_day(runs: pd.DataFrame, title: str, start=None, end=None) -> bytes:
+    """Stacked bars of runs per day: one colour per (job, status). ``runs``: day, job, status.
+    ``start``/``end`` fix the date axis (so one day of runs still shows as one day)."""
+    import matplotlib.dates as mdates
+
+    figure, axes = _figure(3.8)
+    if runs.empty:
+        _no_data(axes, "no runs")
+    else:
+        # Names starting with "_" (Dagster's __ASSET_JOB) would be hidden from the legend.
+        jobs = runs["job"].where(~runs["job"].str.startswith("__ASSET_JOB"), "ad hoc materialization")
+        table = runs.assign(key=jobs + " " + runs["status"]).pivot_table(
+            index="day", columns="key", values="job", aggfunc="count", fill_value=0
+        )
+        days = mdates.date2num([pd.Timestamp(day).to_pydatetime() for day in table.index])
+        bottom = np.zeros(len(days))
+        for key in table.columns:
+            heights = table[key].to_numpy(dtype=float)
+            hatch = "//" if key.endswith("FAILURE") else None
+            axes.bar(days, heights, bottom=bottom, width=0.8, align="edge", label=key, hatch=hatch)
+            bottom += heights
+        if start is not None and end is not None:
+            axes.set_xlim(
+                float(mdates.date2num(pd.Timestamp(start).to_pydatetime())),
+                float(mdates.date2num(pd.Timestamp(end).to_pydatetime())),
+            )
+        locator = mdates.AutoDateLocator(maxticks=8)
+        axes.xaxis.set_major_locator(locator)
+        axes.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator))
+        axes.set_ylabel("runs")
+        axes.legend(fontsize=7, loc="upper left")
+    axes.set_title(title)
+    return _png(figure)
+
+
+def pie(values: Mapping[str, int], title: str) -> bytes:
+    figure, axes = _figure(3.6)
+    items = [(name, value) for name, value in sorted(values.items()) if value > 0]
+    if not items:
+        _no_data(axes)
+    else:
+        axes.pie(
+            [value for _, value in items],
+            labels=[f"{name} ({value})" for name, value in items],
+            textprops={"fontsize": 8},
+        )
+        axes.axis("equal")
+    axes.set_title(title)
+    return _png(figure)
+
+
+def contributions(importance: Sequence[tuple[str, float]], title: str) -> bytes:
+    """Features by mean absolute contribution to the prediction (the method is in the title)."""
+    return bars(dict(importance), title, "mean |contribution| (minutes)", fmt="{:.3f}")

@@ -1,0 +1,100 @@
+"""Long steps that keep their promises: a time budget for the whole step, and no work (or MLflow
+run) outliving the Dagster run it belongs to.
+
+* :func:`step_budget` gives a step its :class:`~taxi_assets.ml.budget.Budget`: the step's
+  configured seconds from now, and a stop request that a watcher thread raises once the run is no
+  longer running (terminated from the UI, failed because its worker died, ended by run
+  monitoring). The training loops look at it between boosting rounds, tree batches and chunks.
+* An interrupt (the UI's Terminate, or SIGTERM / Ctrl-C to the process) inside such a step marks
+  the run CANCELING first, so Dagster ends it CANCELED, not FAILED: someone stopped it.
+
+Dagster's own machinery does the rest: the code server fails runs whose worker died, run
+monitoring fails runs past their ``dagster/max_runtime``, and run retries re-execute failures.
+What it cannot do is reach into a Python process stuck in one C call, or end MLflow runs; that is
+this module and :mod:`taxi_assets.tracking`.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import dagster as dg
+
+from taxi_assets.ml.budget import Budget
+
+RUNNING = {dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED}
+POLL_SECONDS = 2.0
+
+
+class RunWatch:
+    """Polls one run's status in a daemon thread; ``stop_reason()`` answers from a flag."""
+
+    def __init__(self, instance: dg.DagsterInstance, run_id: str, poll_seconds: float = POLL_SECONDS):
+        self.instance, self.run_id, self.poll_seconds = instance, run_id, poll_seconds
+        self._reason: str | None = None
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._poll, name=f"run-watch-{run_id[:8]}", daemon=True)
+
+    def _poll(self) -> None:
+        while not self._done.wait(self.poll_seconds):
+            try:
+                run = self.instance.get_run_by_id(self.run_id)
+            except Exception:  # a storage hiccup is not a reason to stop training
+                continue
+            if run is None:  # an ephemeral instance (tests): nothing to watch
+                return
+            if run.status not in RUNNING:
+                self._reason = f"run {self.run_id} is {run.status.value}"
+                return
+
+    def stop_reason(self) -> str | None:
+        return self._reason
+
+    def __enter__(self) -> RunWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._done.set()
+
+
+@contextmanager
+def canceled_on_interrupt(context) -> Iterator[None]:
+    """An interrupt here means someone stopped the run: mark it CANCELING, so it ends CANCELED.
+
+    Dagster maps SIGTERM to SIGINT and raises ``DagsterExecutionInterruptedError`` in user code;
+    without a termination request on record it would report the run FAILED ("interrupted
+    unexpectedly") and run retries would start it again.
+    """
+    try:
+        yield
+    except (KeyboardInterrupt, dg.DagsterExecutionInterruptedError):
+        try:
+            run = context.instance.get_run_by_id(context.run_id)
+            if run is not None and run.status in RUNNING:
+                context.instance.report_run_canceling(
+                    run, message="Interrupted (SIGTERM/SIGINT) during a step: canceling."
+                )
+        except Exception:  # reporting must never hide the interrupt itself
+            pass
+        raise
+
+
+@contextmanager
+def step_budget(context, seconds: float | None) -> Iterator[Budget]:
+    """The whole step's budget, from now, which stops when the run stops."""
+    with RunWatch(context.instance, context.run_id) as watch, canceled_on_interrupt(context):
+        yield Budget.seconds(seconds, watch.stop_reason)
+
+
+class Stopwatch:
+    """Seconds since it was made; for metadata about where a step's time went."""
+
+    def __init__(self) -> None:
+        self.start = time.monotonic()
+
+    def seconds(self) -> float:
+        return round(time.monotonic() - self.start, 2)

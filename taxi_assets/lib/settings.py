@@ -1,0 +1,34 @@
+"""The environment's choices: local or production, and the settings each needs.
+
+Read when the code location loads (or a client starts), never at import.
+"""
+
+from __future__ import annotations
+
+import os
+
+# Production: TAXI_ENV=production switches every resource to its shared, multi-machine form.
+PRODUCTION_VARIABLES = {
+    "TAXI_S3_BUCKET": "bucket for asset values (S3 IO manager)",
+    "TAXI_DATA_S3_BUCKET": "bucket holding the monthly trip files",
+    "MLFLOW_TRACKING_URI": "the MLflow tracking server (PostgreSQL backend, S3 artifacts)",
+}
+
+
+class ProductionConfigError(RuntimeError):
+    """TAXI_ENV=production without the settings it needs; the message lists them."""
+
+
+def is_production() -> bool:
+    return os.getenv("TAXI_ENV", "local").strip().lower() == "production"
+
+
+def check_production_environment() -> None:
+    missing = [f"{name} ({meaning})" for name, meaning in PRODUCTION_VARIABLES.items() if not os.getenv(name)]
+    if missing:
+        raise ProductionConfigError("TAXI_ENV=production needs: " + "; ".join(missing))
+
+
+def sensor_interval_seconds() -> int:
+    """How often the new-data sensor asks the trip source for files (TAXI_SENSOR_INTERVAL_SECONDS)."""
+    return int(os.environ.get("TAXI_SENSOR_INTERVAL_SECONDS", "30"))

@@ -1,0 +1,246 @@
+"""Trip sources: where the monthly trip files come from.
+
+Trip sources share one interface, :class:`TripSource`: ``read_month("2024-02")`` returns the
+validated month or raises
+
+* :class:`~taxi_assets.ml.schema.TripDataError` (and its :class:`MonthNotAvailableError`) for
+  problems that retrying will not fix: bad file, missing month;
+* :class:`TransientSourceError` for those it may fix (HTTP 5xx/429, timeouts, connection resets),
+  which the assets' ``RetryPolicy`` retries with backoff.
+"""
+
+from __future__ import annotations
+
+import os
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import dagster as dg
+from pydantic import Field
+
+from taxi_assets.ml.trip_files import (
+    LOCAL_LAYOUTS,
+    MonthNotAvailableError,
+    format_template,
+    parse_month,
+    read_trip_file,
+    template_pattern,
+)
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+TLC_BASE_URL = "https://d37ci6vzurychx.cloudfront.net/trip-data"
+TLC_FILE_TEMPLATE = "green_tripdata_{year}-{month:02d}.parquet"
+
+
+class TransientSourceError(RuntimeError):
+    """A failure worth retrying (the server or network, not the data)."""
+
+
+class TripSource(dg.ConfigurableResource):
+    """Where the monthly green-taxi trip files come from."""
+
+    def describe(self, month: str) -> str:
+        """Where the file for ``month`` is (for messages and metadata)."""
+        raise NotImplementedError
+
+    def read_month(self, month: str) -> pd.DataFrame:
+        """The validated trips of ``month`` (``YYYY-MM``)."""
+        raise NotImplementedError
+
+    def fingerprint(self, month: str) -> str | None:
+        """What identifies the current file of ``month`` (size and modification time, or an
+        ETag); None if the source has no file for it. A new value means a new file."""
+        raise NotImplementedError
+
+    def available_months(self) -> dict[str, str] | None:
+        """``{month: fingerprint}`` for every month the source has, or None when the source
+        cannot be listed cheaply (then the retraining schedule polls the newest month)."""
+        return None
+
+
+class LocalTripSource(TripSource):
+    """A local folder with ``YYYY/MM.parquet`` or ``green_tripdata_YYYY-MM.parquet`` files."""
+
+    directory: str = Field(
+        description="Folder holding the monthly files, in either the course's layout "
+        "(2024/02.parquet) or the TLC's (green_tripdata_2024-02.parquet)."
+    )
+
+    def _candidates(self, month: str) -> list[Path]:
+        return [Path(self.directory) / format_template(layout, month) for layout in LOCAL_LAYOUTS]
+
+    def describe(self, month: str) -> str:
+        existing = [path for path in self._candidates(month) if path.is_file()]
+        return str(existing[0] if existing else self._candidates(month)[0])
+
+    def read_month(self, month: str) -> pd.DataFrame:
+        for path in self._candidates(month):
+            if path.is_file():
+                return read_trip_file(path, str(path))
+        if not Path(self.directory).is_dir():
+            raise MonthNotAvailableError(f"trip folder {self.directory} does not exist")
+        looked_for = " or ".join(format_template(layout, month) for layout in LOCAL_LAYOUTS)
+        raise MonthNotAvailableError(f"no trip file for {month} in {self.directory} (looked for {looked_for})")
+
+    def fingerprint(self, month: str) -> str | None:
+        for path in self._candidates(month):
+            if path.is_file():
+                stat = path.stat()
+                return f"{stat.st_size}-{stat.st_mtime_ns}"
+        return None
+
+    def available_months(self) -> dict[str, str]:
+        root = Path(self.directory)
+        months = set()
+        for path in root.glob("[0-9][0-9][0-9][0-9]/[0-9][0-9].parquet"):
+            months.add(f"{path.parent.name}-{path.stem}")
+        for path in root.glob("green_tripdata_[0-9][0-9][0-9][0-9]-[0-9][0-9].parquet"):
+            months.add(path.stem.removeprefix("green_tripdata_"))
+        found = {month: self.fingerprint(month) for month in sorted(months) if _is_month(month)}
+        return {month: value for month, value in found.items() if value}
+
+
+class HttpTripSource(TripSource):
+    """Files downloaded over HTTP(S); by default the TLC's public trip-record site."""
+
+    base_url: str = Field(default=TLC_BASE_URL, description="URL of the folder with the files.")
+    file_template: str = Field(
+        default=TLC_FILE_TEMPLATE,
+        description="File path under base_url; {year} and {month} (an int) are filled in, "
+        "e.g. '{year}/{month:02d}.parquet' for the course's mirror.",
+    )
+    timeout_seconds: float = Field(default=60.0, description="Timeout of one download.")
+
+    def describe(self, month: str) -> str:
+        return f"{self.base_url.rstrip('/')}/{format_template(self.file_template, month)}"
+
+    def read_month(self, month: str) -> pd.DataFrame:
+        url = self.describe(month)
+        request = urllib.request.Request(url, headers={"User-Agent": "taxi-assets"})
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout_seconds) as response:
+                data = response.read()
+        except urllib.error.HTTPError as error:
+            # The TLC's CDN answers 403 for a file that does not exist, others 404.
+            if error.code in (403, 404, 410):
+                raise MonthNotAvailableError(f"no trip file for {month} at {url} (HTTP {error.code})") from error
+            if error.code == 429 or error.code >= 500:
+                raise TransientSourceError(f"HTTP {error.code} from {url}") from error
+            raise MonthNotAvailableError(f"HTTP {error.code} from {url}") from error
+        except (urllib.error.URLError, TimeoutError, ConnectionError) as error:
+            raise TransientSourceError(f"could not download {url}: {error}") from error
+        return read_trip_file(data, url)
+
+    def fingerprint(self, month: str) -> str | None:
+        url = self.describe(month)
+        request = urllib.request.Request(url, method="HEAD", headers={"User-Agent": "taxi-assets"})
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout_seconds) as response:
+                headers = response.headers
+        except urllib.error.HTTPError as error:
+            if error.code in (403, 404, 410):
+                return None
+            if error.code in (405, 501):
+                return ""  # the server does not answer HEAD: the file exists, its version is unknown
+            raise TransientSourceError(f"HTTP {error.code} from {url}") from error
+        except (urllib.error.URLError, TimeoutError, ConnectionError) as error:
+            raise TransientSourceError(f"could not reach {url}: {error}") from error
+        parts = [headers.get("ETag", ""), headers.get("Last-Modified", ""), headers.get("Content-Length", "")]
+        return "|".join(part.strip('"') for part in parts)
+
+
+class S3TripSource(TripSource):
+    """Files in an S3 bucket (or any S3-compatible store), read through dagster-aws."""
+
+    bucket: str = Field(description="Bucket name.")
+    prefix: str = Field(default="taxi/green", description="Key prefix of the monthly files.")
+    key_template: str = Field(
+        default="{year}/{month:02d}.parquet",
+        description="Key under the prefix; {year} and {month} (an int) are filled in.",
+    )
+    endpoint_url: str | None = Field(default=None, description="S3-compatible endpoint (MinIO, moto); None for AWS.")
+    region_name: str | None = Field(default=None, description="AWS region.")
+
+    def _key(self, month: str) -> str:
+        return "/".join(part for part in (self.prefix.strip("/"), format_template(self.key_template, month)) if part)
+
+    def describe(self, month: str) -> str:
+        return f"s3://{self.bucket}/{self._key(month)}"
+
+    def read_month(self, month: str) -> pd.DataFrame:
+        # dagster-aws (and boto3) load only in the step that reads from S3.
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        client = self._client()
+        url = self.describe(month)
+        try:
+            data = client.get_object(Bucket=self.bucket, Key=self._key(month))["Body"].read()
+        except ClientError as error:
+            code = str(error.response.get("Error", {}).get("Code", ""))
+            if code in ("NoSuchKey", "404", "NoSuchBucket"):
+                raise MonthNotAvailableError(f"no trip file for {month} at {url} ({code})") from error
+            raise TransientSourceError(f"could not read {url}: {error}") from error
+        except BotoCoreError as error:
+            raise TransientSourceError(f"could not read {url}: {error}") from error
+        return read_trip_file(data, url)
+
+    def _client(self):
+        from dagster_aws.s3 import S3Resource
+
+        return S3Resource(endpoint_url=self.endpoint_url, region_name=self.region_name).get_client()
+
+    def fingerprint(self, month: str) -> str | None:
+        from botocore.exceptions import ClientError
+
+        try:
+            head = self._client().head_object(Bucket=self.bucket, Key=self._key(month))
+        except ClientError as error:
+            if str(error.response.get("Error", {}).get("Code", "")) in ("404", "NoSuchKey", "NotFound"):
+                return None
+            raise TransientSourceError(f"could not reach {self.describe(month)}: {error}") from error
+        return f"{head['ContentLength']}-{head['ETag'].strip(chr(34))}"
+
+    def available_months(self) -> dict[str, str]:
+        prefix = self.prefix.strip("/")
+        pattern = template_pattern(f"{prefix}/{self.key_template}" if prefix else self.key_template)
+        found = {}
+        for page in self._client().get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix):
+            for item in page.get("Contents", []):
+                match = pattern.fullmatch(item["Key"])
+                if match:
+                    month = f"{match['year']}-{int(match['month']):02d}"
+                    if _is_month(month):
+                        found[month] = f"{item['Size']}-{item['ETag'].strip(chr(34))}"
+        return dict(sorted(found.items()))
+
+
+def _is_month(text: str) -> bool:
+    try:
+        parse_month(text)
+    except ValueError:
+        return False
+    return True
+
+
+def trip_source_from_env() -> TripSource:
+    """The source the environment selects.
+
+    ``TAXI_DATA_DIR`` -> that local folder; else ``TAXI_DATA_S3_BUCKET`` (with optional
+    ``TAXI_DATA_S3_PREFIX``, ``AWS_ENDPOINT_URL``) -> S3; else the TLC's public download.
+    Values stay ``EnvVar``s, so the UI shows where they come from.
+    """
+    from taxi_assets.lib.settings import is_production
+
+    if os.getenv("TAXI_DATA_DIR") and not is_production():
+        return LocalTripSource(directory=dg.EnvVar("TAXI_DATA_DIR"))
+    if os.getenv("TAXI_DATA_S3_BUCKET"):
+        return S3TripSource(
+            bucket=dg.EnvVar("TAXI_DATA_S3_BUCKET"),
+            prefix=os.getenv("TAXI_DATA_S3_PREFIX", "taxi/green"),
+            endpoint_url=os.getenv("AWS_ENDPOINT_URL"),
+        )
+    return HttpTripSource()

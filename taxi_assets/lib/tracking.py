@@ -1,0 +1,253 @@
+"""MLflow tracking as a small ConfigurableResource.
+
+Why not dagster-mlflow's ``mlflow_tracking`` resource: it is a legacy function resource (no typed
+config in the launch form), it opens one MLflow run per Dagster run that stays RUNNING unless the
+``end_mlflow_on_run_finished`` hook ends it, and that hook is reported to end it after the first
+op (dagster-io/dagster#21872), which breaks fan-out steps. Here every Dagster step gets its own
+parent run, ended FINISHED, FAILED or KILLED by a context manager whatever happens, with the Dagster run
+id, asset and partition as tags. MLflow itself is imported only by the steps that train.
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+from pathlib import Path
+
+import dagster as dg
+from pydantic import Field, PrivateAttr
+
+EXPERIMENT = "taxi-duration"
+# Every model is registered as taxi-duration-<model> (taxi-duration-xgboost, ...-LinearRegression).
+REGISTERED_MODEL_PREFIX = "taxi-duration-"
+CHAMPION_ALIAS = "champion"
+DECIDED_FOR_TAG = "champion_decided_for"
+
+
+@contextmanager
+def _ended_by_outcome(mlflow):
+    """End the active MLflow run by how the block ends: FINISHED, KILLED (interrupted or stopped:
+    someone or something ended the Dagster run) or FAILED."""
+    from taxi_assets.ml.budget import Stopped
+
+    try:
+        yield
+    except (KeyboardInterrupt, dg.DagsterExecutionInterruptedError, Stopped):
+        mlflow.end_run("KILLED")
+        raise
+    except BaseException:
+        mlflow.end_run("FAILED")
+        raise
+    mlflow.end_run("FINISHED")
+
+
+@contextmanager
+def _store_lock(uri: str):
+    """An exclusive lock beside a local SQLite store, a no-op for server stores."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    import fcntl
+
+    with open(uri.removeprefix("sqlite:///") + ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+class MlflowTracking(dg.ConfigurableResource):
+    """Where trials, models and the model registry are recorded."""
+
+    tracking_uri: str | None = Field(
+        default=None,
+        description="MLflow tracking URI. Default: MLFLOW_TRACKING_URI, else a SQLite store in "
+        "<instance>/mlflow beside the Dagster instance's storage.",
+    )
+    experiment_name: str = Field(default=EXPERIMENT, description="MLflow experiment for all runs.")
+
+    _uri: str | None = PrivateAttr(default=None)
+    _artifacts: str | None = PrivateAttr(default=None)
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        uri = self.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+        if not uri:
+            if context.instance is None:
+                raise RuntimeError("the default MLflow store lives beside a Dagster instance; give tracking_uri")
+            root = Path(context.instance.storage_directory()).resolve().parent / "mlflow"
+            root.mkdir(parents=True, exist_ok=True)
+            uri = f"sqlite:///{root / 'mlflow.db'}"
+            self._artifacts = (root / "artifacts").as_uri()
+        self._uri = uri
+
+    @property
+    def uri(self) -> str:
+        if self._uri is None:
+            raise RuntimeError("MlflowTracking is used outside a Dagster run")
+        return self._uri
+
+    def _activate(self):
+        import mlflow
+
+        mlflow.set_tracking_uri(self.uri)
+        mlflow.set_registry_uri(self.uri)
+        with _store_lock(self.uri):
+            # Opening a new SQLite store runs its migrations; parallel step processes (the
+            # fan-out) must not run them at the same time.
+            from mlflow.exceptions import MlflowException
+
+            client = mlflow.MlflowClient(self.uri)
+            client.search_registered_models(max_results=1)
+            if client.get_experiment_by_name(self.experiment_name) is None:
+                try:
+                    client.create_experiment(self.experiment_name, artifact_location=self._artifacts)
+                except MlflowException as error:
+                    # Another step process (the fan-out, XGBoost) created it first; the file
+                    # lock above only serialises local SQLite stores, not a tracking server.
+                    if error.error_code != "RESOURCE_ALREADY_EXISTS":
+                        raise
+        mlflow.set_experiment(self.experiment_name)
+        return mlflow
+
+    @staticmethod
+    def dagster_tags(context, asset: str) -> dict[str, str]:
+        try:
+            step = context.op_handle.name
+        except Exception:  # a directly invoked asset (tests, notebooks) has no op handle
+            step = asset
+        tags = {"dagster.run_id": context.run_id, "dagster.asset": asset, "dagster.step": step}
+        if context.has_partition_key:
+            tags["dagster.partition"] = context.partition_key
+        return tags
+
+    @contextmanager
+    def step_run(self, context, asset: str, run_name: str, extra_tags: dict[str, str] | None = None):
+        """A parent MLflow run for one Dagster step: FINISHED on success, KILLED when the step was
+        interrupted or asked to stop, FAILED on any other error."""
+        mlflow = self._activate()
+        while mlflow.active_run():  # never nest under a run a previous step left open
+            mlflow.end_run("KILLED")
+        tags = {**self.dagster_tags(context, asset), **(extra_tags or {})}
+        run = mlflow.start_run(run_name=run_name, tags=tags)
+        with _ended_by_outcome(mlflow):
+            yield run
+
+    def trial_runner(self, context, asset: str, extra_tags: dict[str, str] | None = None, on_trial=None):
+        """A ``run_trial`` for taxi_assets.ml.training: one nested MLflow run per trial.
+
+        ``on_trial(number, params, metrics, seconds)`` is called after each trial (progress logs)."""
+        import time
+
+        import mlflow
+
+        tags = {**self.dagster_tags(context, asset), **(extra_tags or {})}
+        counter = {"n": 0}
+
+        def run_trial(params, evaluate):
+            counter["n"] += 1
+            number = counter["n"]
+            mlflow.start_run(run_name=f"trial-{number}", nested=True, tags={**tags, "trial": str(number)})
+            with _ended_by_outcome(mlflow):
+                mlflow.log_params(params)
+                began = time.perf_counter()
+                metrics = evaluate()
+                mlflow.log_metrics(metrics)
+            if on_trial is not None:
+                on_trial(number, params, metrics, time.perf_counter() - began)
+            return metrics
+
+        return run_trial
+
+    def end_runs_of(self, dagster_run_id: str, status: str) -> list[str]:
+        """End every MLflow run still RUNNING that a Dagster run started, with ``status``
+        (FAILED or KILLED); returns their ids. For runs whose process died before it could."""
+        import mlflow
+
+        client = mlflow.MlflowClient(self.uri)
+        experiment = client.get_experiment_by_name(self.experiment_name)
+        if experiment is None:
+            return []
+        ended = []
+        for run in client.search_runs(
+            [experiment.experiment_id],
+            f"tags.`dagster.run_id` = '{dagster_run_id}' and attributes.status = 'RUNNING'",
+            max_results=5000,
+        ):
+            client.set_terminated(run.info.run_id, status=status)
+            ended.append(run.info.run_id)
+        return ended
+
+    def log_and_register(
+        self, context, asset: str, predictor, registered_model: str, metrics: dict[str, float], params: dict
+    ):
+        """Log the predictor as a pyfunc model (its signature comes from TripRecord, through the
+        model's type hints) and register a new version."""
+        import mlflow
+
+        from taxi_assets.ml.mlflow_model import TripDurationModel, input_example
+
+        mlflow.log_params({f"best_{key}": value for key, value in params.items()})
+        mlflow.log_metrics({f"val_{key}": value for key, value in metrics.items()})
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=TripDurationModel(predictor),
+            input_example=input_example(),
+            registered_model_name=registered_model,
+            # Listed, not inferred: inference imports and probes the model, which is slow.
+            pip_requirements=["taxi_assets", "scikit-learn", "xgboost", "pandas", "scipy"],
+        )
+        version = str(info.registered_model_version)
+        client = mlflow.MlflowClient(self.uri)
+        for key, value in self.dagster_tags(context, asset).items():
+            client.set_model_version_tag(registered_model, version, key, value)
+        return version
+
+    def log_metrics(self, metrics: dict[str, float]) -> None:
+        import mlflow
+
+        mlflow.log_metrics(metrics)
+
+    def log_params(self, params: dict) -> None:
+        import mlflow
+
+        mlflow.log_params(params)
+
+    def log_charts(self, charts: dict[str, bytes], folder: str = "charts") -> None:
+        """PNG charts as artifacts of the active run (``charts/<name>.png``)."""
+        import tempfile
+
+        import mlflow
+
+        with tempfile.TemporaryDirectory() as directory:
+            for name, png in charts.items():
+                path = Path(directory) / f"{name}.png"
+                path.write_bytes(png)
+                mlflow.log_artifact(str(path), artifact_path=folder)
+
+    def set_champion(self, registered_model: str, version: str, decided_for: str) -> bool:
+        """Point the ``champion`` alias at one version for the decision of month ``decided_for``,
+        unless a newer month's decision holds it; returns whether the alias is now this version.
+
+        The alias is taken off the other taxi-duration models (the champion may move from one
+        registered model to another). The month of the decision is kept as the holder's
+        ``champion_decided_for`` tag, so a backfill of an older month never moves it back.
+        """
+        import mlflow
+
+        self._activate()
+        client = mlflow.MlflowClient(self.uri)
+        holders = [
+            model
+            for model in client.search_registered_models(filter_string=f"name LIKE '{REGISTERED_MODEL_PREFIX}%'")
+            if CHAMPION_ALIAS in (model.aliases or {})
+        ]
+        newer = [model.name for model in holders if (model.tags or {}).get(DECIDED_FOR_TAG, "") > decided_for]
+        if newer:
+            return False
+        for model in holders:
+            if model.name != registered_model:
+                client.delete_registered_model_alias(model.name, CHAMPION_ALIAS)
+        client.set_registered_model_alias(registered_model, CHAMPION_ALIAS, version)
+        client.set_registered_model_tag(registered_model, DECIDED_FOR_TAG, decided_for)
+        return True

@@ -1,0 +1,127 @@
+"""The one read path to models: what serves (the newest month's production_model decision) and
+any month's trained models, read from the Dagster instance and the IO manager's storage.
+
+The server, ``load_model`` and the predict job all come here, so they agree on what serves. It
+never builds the code location: under ``TAXI_ENV=production`` it needs only the bucket of asset
+values (``TAXI_S3_BUCKET``), not the trip data or the tracking server.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import dagster as dg
+
+from taxi_assets.lib.months import monthly_partitions
+
+PRODUCTION_ASSET = "production_model"
+
+
+class ModelNotFoundError(LookupError):
+    """No materialization holds the requested model; the message says how to make one."""
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A serving model and where it came from."""
+
+    predictor: Any
+    name: str
+    partition: str  # the month the model was trained for
+    decided_for: str  # the month whose production decision chose it
+    version: str | None
+    storage_id: int  # the materialization it came from: a new one means a new model
+    run_id: str = ""
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "partition": self.partition, "version": self.version, "run_id": self.run_id}
+
+
+def read_value(instance: dg.DagsterInstance, asset: str, partition: str) -> Any:
+    """One partition of an asset's stored value, through the IO manager the environment selects."""
+    from taxi_assets.lib.io_managers import io_manager_from_env
+
+    with dg.build_resources({"io_manager": io_manager_from_env()}, instance=instance) as resources:
+        context = dg.build_input_context(
+            asset_key=dg.AssetKey(asset),
+            partition_key=partition,
+            asset_partitions_def=monthly_partitions,
+            instance=instance,
+        )
+        return resources.io_manager.load_input(context)
+
+
+def newest_decision(instance: dg.DagsterInstance) -> str | None:
+    """The newest month with a production_model decision: the one that serves."""
+    return max(instance.get_materialized_partitions(dg.AssetKey(PRODUCTION_ASSET)), default=None)
+
+
+def load_production_model(instance: dg.DagsterInstance, known_storage_id: int | None = None) -> LoadedModel | None:
+    """The model that serves, or None if there is none yet or it is the one already loaded
+    (``known_storage_id``, the materialization it came from)."""
+    month = newest_decision(instance)
+    if month is None:
+        return None
+    records = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=dg.AssetKey(PRODUCTION_ASSET), asset_partitions=[month]), limit=1
+    ).records
+    if not records or records[0].storage_id == known_storage_id:
+        return None
+    production = read_value(instance, PRODUCTION_ASSET, month)
+    return LoadedModel(
+        predictor=production.predictor,
+        name=production.name,
+        partition=production.model_partition,
+        decided_for=production.decided_for,
+        version=production.model_version,
+        storage_id=records[0].storage_id,
+        run_id=records[0].run_id,
+    )
+
+
+def serving_model(instance: dg.DagsterInstance) -> LoadedModel:
+    """Like :func:`load_production_model`, but raising :class:`ModelNotFoundError` when none serves."""
+    loaded = load_production_model(instance)
+    if loaded is None:
+        raise ModelNotFoundError(
+            "no production_model is materialized yet, so no model serves; retrain a month first, e.g. "
+            "`taxi-assets materialize --partition 2024-02 --select "
+            "raw_trips,cleaned_trips,training_set,sklearn_models,xgboost_model,production_model`"
+        )
+    return loaded
+
+
+def _asset_for(name: str) -> tuple[str, str]:
+    from taxi_assets.ml.hyperparameters import short_name, valid_model_names
+
+    if name.lower() == "xgboost":
+        return "xgboost_model", "xgboost"
+    try:
+        return "sklearn_models", short_name(name)
+    except ValueError:
+        raise ValueError(f"unknown model {name!r}; use 'xgboost' or one of: {', '.join(valid_model_names())}") from None
+
+
+def load_trained_model(instance: dg.DagsterInstance, name: str, partition: str | None = None):
+    """The predictor of model ``name`` from the latest materialized month, or from ``partition``."""
+    asset, model_name = _asset_for(name)
+    materialized = sorted(instance.get_materialized_partitions(dg.AssetKey(asset)), reverse=True)
+    how = (
+        f"materialize it first, e.g. `taxi-assets materialize --select {asset} --partition "
+        f"{partition or 'YYYY-MM'}`"
+        + ("" if asset == "xgboost_model" else f" with {model_name} in the sklearn_models config")
+    )
+    if partition and partition not in materialized:
+        raise ModelNotFoundError(f"{asset} has no materialization for partition {partition}; {how}")
+    candidates = [partition] if partition else materialized
+    if not candidates:
+        raise ModelNotFoundError(f"{asset} was never materialized; {how}")
+    for key in candidates:
+        value = read_value(instance, asset, key)
+        trained = value if asset == "xgboost_model" else value.get(model_name)
+        if trained is not None:
+            return trained.predictor
+    raise ModelNotFoundError(
+        f"no materialization of {asset} contains {model_name} (looked at {', '.join(candidates)}); {how}"
+    )

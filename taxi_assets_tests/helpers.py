@@ -1,0 +1,95 @@
+"""Helpers shared by the tests: where the data is, in-process runs, budgets, MLflow lookups."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+import dagster as dg
+
+from taxi_assets.definitions import build_defs
+from taxi_assets.lib.sources import LocalTripSource, TripSource
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DATA_DIR = Path(os.environ.get("TAXI_DATA_DIR") or REPO_ROOT.parent / "shared" / "data" / "taxi" / "green").resolve()
+PREPARATION = ["raw_trips", "cleaned_trips", "training_set"]
+# The course's reference figures for 2024-02 (../shared/README.md): the one place tests keep them.
+COURSE_SHAPES = {"X": (105_870, 7_027), "X_train": (54_378, 5_094), "X_val": (51_492, 5_094)}
+
+
+def run_months(
+    instance: dg.DagsterInstance,
+    months: Iterable[str],
+    selection: Iterable[str] = PREPARATION,
+    trip_source: TripSource | None = None,
+) -> list[dg.ExecuteInProcessResult]:
+    """Materialize ``selection`` for each month in-process, as the code location would."""
+    defs = build_defs(trip_source=trip_source or LocalTripSource(directory=str(DATA_DIR)))
+    job = defs.resolve_implicit_global_asset_job_def()
+    return [
+        job.execute_in_process(
+            instance=instance,
+            partition_key=month,
+            asset_selection=[dg.AssetKey(name) for name in selection],
+            raise_on_error=False,
+        )
+        for month in months
+    ]
+
+
+def failure_messages(result: dg.ExecuteInProcessResult) -> str:
+    """Every step failure's message with its chain of causes."""
+    messages = []
+    for event in result.get_step_failure_events():
+        error = event.event_specific_data.error
+        while error is not None:
+            messages.append(error.message)
+            error = error.cause
+    return "\n".join(messages)
+
+
+SMALL_BUDGET = dg.RunConfig(
+    ops={
+        "sklearn_models": {"ops": {"load_models": {"config": {"max_evaluations": 2}}}},
+        "xgboost_model": {"config": {"max_evaluations": 2, "fixed_params": {"max_depth": 10}, "timeout_seconds": 20}},
+    }
+)
+# The least a retraining can do: one trial each, shallow trees. For tests about the lifecycle.
+TINY_BUDGET = dg.RunConfig(
+    ops={
+        "sklearn_models": {
+            "ops": {"load_models": {"config": {"models": ["linear_model.LinearRegression"], "max_evaluations": 1}}}
+        },
+        "xgboost_model": {"config": {"max_evaluations": 1, "fixed_params": {"max_depth": 6}, "timeout_seconds": 10}},
+    }
+)
+SAMPLES = [
+    {"PULocationID": 236, "DOLocationID": 239, "trip_distance": 1.98},  # took 11.5 min
+    {"PULocationID": "65", "DOLocationID": "170", "trip_distance": 6.54},  # took 20.87 min
+]
+
+
+def train(instance, month="2024-02", run_config=SMALL_BUDGET, assets=("sklearn_models", "xgboost_model")):
+    job = build_defs(trip_source=LocalTripSource(directory=str(DATA_DIR))).resolve_implicit_global_asset_job_def()
+    return job.execute_in_process(
+        instance=instance,
+        partition_key=month,
+        asset_selection=[dg.AssetKey(a) for a in assets],
+        run_config=run_config,
+        raise_on_error=False,
+    )
+
+
+def mlflow_client(instance):
+    import mlflow
+
+    uri = f"sqlite:///{os.path.join(os.path.dirname(os.path.abspath(instance.storage_directory())), 'mlflow', 'mlflow.db')}"
+    return mlflow.MlflowClient(uri)
+
+
+def runs_of(client, dagster_run_id):
+    experiment = client.get_experiment_by_name("taxi-duration")
+    return client.search_runs(
+        [experiment.experiment_id], f"tags.`dagster.run_id` = '{dagster_run_id}'", max_results=1000
+    )

@@ -1,0 +1,258 @@
+"""The retraining lifecycle under real use: `dagster dev` (webserver, daemon, code server) on the
+project's own dagster.yaml, the sensor on, runs killed and terminated mid-training.
+
+Everything runs from a working directory that is not the project's, with DAGSTER_HOME pointing
+at a temporary copy of the project's instance config: state must follow DAGSTER_HOME.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import dagster as dg
+import mlflow
+import pytest
+
+from taxi_assets_tests.helpers import DATA_DIR, REPO_ROOT
+from taxi_assets_tests.servers import free_port
+from taxi_assets_tests.stack import GraphQL, Processes, wait_for
+
+BIN = Path(sys.executable).parent
+# Trees as deep and slow as the course's space allows: a trial that is still boosting when
+# something happens to its run.
+DEEPEST = {"max_depth": 100, "num_boost_round": 1000, "learning_rate": 0.05, "min_child_weight": 0.37}
+ONE_LINEAR_MODEL = {
+    "ops": {"load_models": {"config": {"models": ["linear_model.LinearRegression"], "max_evaluations": 1}}}
+}
+
+
+def deep_xgboost(seconds: float) -> dict:
+    return {
+        "config": {
+            "timeout_seconds": seconds,
+            "max_evaluations": 3,
+            "start_from_known_good": False,
+            "early_stopping_rounds": 1000,
+            "fixed_params": DEEPEST,
+        }
+    }
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    root = tmp_path_factory.mktemp("lifecycle")
+    home, data, elsewhere = root / "home", root / "trips", root / "somewhere-else"
+    for folder in (home, data / "2024", elsewhere):
+        folder.mkdir(parents=True)
+    shutil.copy(REPO_ROOT / "dagster.yaml", home / "dagster.yaml")
+    for month in ("01", "02"):
+        shutil.copy(DATA_DIR / "2024" / f"{month}.parquet", data / "2024" / f"{month}.parquet")
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("TAXI_", "DAGSTER_", "MLFLOW_"))} | {
+        "DAGSTER_HOME": str(home),
+        "TAXI_DATA_DIR": str(data),
+        "TAXI_SENSOR_INTERVAL_SECONDS": "5",
+    }
+    # Both months prepared first, from another folder: the sensor then finds nothing new.
+    prepared = subprocess.run(
+        [BIN / "taxi-assets", "materialize", "--partition", "2024-02"],
+        cwd=elsewhere,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert prepared.returncode == 0, prepared.stdout + prepared.stderr
+    processes = Processes(root, env)
+    port = free_port()
+    processes.start(
+        "dagster-dev",
+        [str(BIN / "dagster"), "dev", "-w", str(REPO_ROOT / "workspace.yaml"), "-h", "127.0.0.1", "-p", str(port)],
+        cwd=elsewhere,
+    )
+    graphql = GraphQL(f"http://127.0.0.1:{port}")
+
+    def up():
+        try:
+            return graphql.location_loaded()
+        except OSError:
+            return False
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("DAGSTER_HOME", str(home))
+        try:
+            wait_for(up, 180, "dagster dev")
+            with dg.DagsterInstance.get() as instance:
+                yield {
+                    "graphql": graphql,
+                    "instance": instance,
+                    "home": home,
+                    "env": env,
+                    "elsewhere": elsewhere,
+                    "processes": processes,
+                    "mlflow": mlflow.MlflowClient(f"sqlite:///{home}/.dagster_home/mlflow/mlflow.db"),
+                }
+        finally:
+            processes.stop_all()
+    # Nothing was written where the commands ran.
+    assert list(elsewhere.iterdir()) == [], list(elsewhere.iterdir())
+
+
+def events(instance, run_id, event_type: dg.DagsterEventType):
+    return [(record.dagster_event, record.timestamp) for record in instance.all_logs(run_id, of_type=event_type)]
+
+
+def step_started(instance, run_id, step_key, for_seconds: float):
+    """(pid, start timestamp) once ``step_key`` has been running for ``for_seconds``."""
+    started = [
+        (event.pid, at)
+        for event, at in events(instance, run_id, dg.DagsterEventType.STEP_START)
+        if event.step_key == step_key
+    ]
+    if started and time.time() - started[0][1] >= for_seconds:
+        return started[0]
+    return None
+
+
+def mlflow_runs(client, run_id):
+    experiment = client.get_experiment_by_name("taxi-duration")
+    return client.search_runs([experiment.experiment_id], f"tags.`dagster.run_id` = '{run_id}'", max_results=500)
+
+
+def finished(instance, run_id):
+    run = instance.get_run_by_id(run_id)
+    return (
+        run
+        if run.status in (dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED)
+        else None
+    )
+
+
+def test_killed_run_worker_is_failed_mlflow_runs_ended_and_month_retried(stack):
+    instance, client = stack["instance"], stack["mlflow"]
+    run_config = {
+        "ops": {
+            "sklearn_models": ONE_LINEAR_MODEL,
+            "xgboost_model": deep_xgboost(20),
+            "production_model": {"config": {"timeout_seconds": 30}},
+        }
+    }
+    run_id = stack["graphql"].launch(
+        "retraining",
+        {"dagster/partition": "2024-02", "taxi_assets/retrain_month": "2024-02"},
+        run_config,
+        assets=["sklearn_models", "xgboost_model", "production_model"],
+    )
+    step_pid, _ = wait_for(lambda: step_started(instance, run_id, "xgboost_model", 6), 120, "XGBoost to be boosting")
+    [(run_start, _)] = events(instance, run_id, dg.DagsterEventType.RUN_START)
+    assert any(r.info.status == "RUNNING" for r in mlflow_runs(client, run_id))
+    # The run worker and its XGBoost step process die at once (an OOM kill, a lost machine).
+    os.kill(step_pid, signal.SIGKILL)
+    os.kill(run_start.pid, signal.SIGKILL)
+
+    # The code server that launched the worker marks the run FAILED; run retries will re-run it.
+    failed = wait_for(lambda: finished(instance, run_id), 30, "the killed run to be marked finished")
+    assert failed.status == dg.DagsterRunStatus.FAILURE
+    assert failed.tags["dagster/will_retry"] == "true"
+    # No MLflow run is left RUNNING: the failure sensor ended them.
+    wait_for(lambda: not any(r.info.status == "RUNNING" for r in mlflow_runs(client, run_id)), 60, "MLflow runs to end")
+    statuses = {r.info.run_name: r.info.status for r in mlflow_runs(client, run_id) if "trial" not in r.data.tags}
+    assert statuses["xgboost-2024-02"] == "FAILED", statuses
+
+    # The daemon re-executes it from the failed step, and the month is retrained.
+    def retry():
+        runs = [run for run in instance.get_runs() if run.tags.get("dagster/parent_run_id") == run_id]
+        return runs and finished(instance, runs[0].run_id)
+
+    retried = wait_for(retry, 300, "the retry of the killed run")
+    assert retried.status == dg.DagsterRunStatus.SUCCESS
+    assert retried.tags["dagster/retry_number"] == "1"
+    [record] = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=dg.AssetKey("production_model"), asset_partitions=["2024-02"]), limit=1
+    ).records
+    assert record.run_id == retried.run_id
+    assert not any(r.info.status == "RUNNING" for r in mlflow_runs(client, retried.run_id))
+
+
+def test_terminate_from_the_ui_cancels_training_within_seconds(stack):
+    instance, client = stack["instance"], stack["mlflow"]
+    forest = {
+        "ops": {
+            "load_models": {
+                "config": {"models": ["ensemble.RandomForestRegressor"], "max_evaluations": 10, "timeout_seconds": 300}
+            }
+        }
+    }
+    run_id = stack["graphql"].launch(
+        "retraining",
+        {"dagster/partition": "2024-02"},
+        {"ops": {"sklearn_models": forest, "xgboost_model": deep_xgboost(300)}},
+        assets=["sklearn_models", "xgboost_model"],
+    )
+    forest_step = "sklearn_models.tune_and_train[RandomForestRegressor]"
+    xgb_pid, _ = wait_for(lambda: step_started(instance, run_id, "xgboost_model", 8), 120, "XGBoost to be boosting")
+    forest_pid, _ = wait_for(lambda: step_started(instance, run_id, forest_step, 3), 60, "the forest to be growing")
+    asked = time.time()
+    # What the UI's Terminate button sends.
+    assert stack["graphql"].terminate(run_id) == "TerminateRunSuccess"
+    run = wait_for(lambda: finished(instance, run_id), 60, "the terminated run to end")
+    assert run.status == dg.DagsterRunStatus.CANCELED
+    ended = {event.step_key: at for event, at in events(instance, run_id, dg.DagsterEventType.STEP_FAILURE)}
+    assert set(ended) == {"xgboost_model", forest_step}
+    assert all(at - asked < 10 for at in ended.values()), {key: round(at - asked, 1) for key, at in ended.items()}
+    assert not Path(f"/proc/{xgb_pid}").exists() and not Path(f"/proc/{forest_pid}").exists()
+    runs = mlflow_runs(client, run_id)
+    parents = {r.info.run_name: r.info.status for r in runs if "trial" not in r.data.tags}
+    assert parents == {"xgboost-2024-02": "KILLED", "RandomForestRegressor-2024-02": "KILLED"}
+    assert {r.info.status for r in runs} <= {"FINISHED", "KILLED"}
+
+
+def test_sigterm_to_a_materialize_process_cancels_it(stack):
+    """`dagster asset materialize` runs in its own process: SIGTERM (or Ctrl-C) stops the
+    boosting between two rounds; the run ends CANCELED and its MLflow runs KILLED."""
+    instance, client = stack["instance"], stack["mlflow"]
+    config = stack["home"] / "deep.yaml"
+    config.write_text(
+        "ops:\n  xgboost_model:\n    config: {timeout_seconds: 300, max_evaluations: 3, start_from_known_good: false, "
+        "early_stopping_rounds: 1000, fixed_params: {max_depth: 100, num_boost_round: 1000, learning_rate: 0.05, min_child_weight: 0.37}}\n"
+    )
+    before = {run.run_id for run in instance.get_runs()}
+    process = subprocess.Popen(
+        [
+            BIN / "dagster",
+            "asset",
+            "materialize",
+            "-m",
+            "taxi_assets.definitions",
+            "--select",
+            "xgboost_model",
+            "--partition",
+            "2024-02",
+            "-c",
+            str(config),
+        ],
+        cwd=stack["elsewhere"],
+        env=stack["env"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+
+        def new_run():
+            runs = [run.run_id for run in instance.get_runs() if run.run_id not in before]
+            return runs and step_started(instance, runs[0], "xgboost_model", 8) and runs[0]
+
+        run_id = wait_for(new_run, 120, "the materialization to be boosting")
+        sent = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=30)
+        assert time.monotonic() - sent < 10
+    finally:
+        process.kill()
+    assert instance.get_run_by_id(run_id).status == dg.DagsterRunStatus.CANCELED
+    assert {r.info.status for r in mlflow_runs(client, run_id)} == {"KILLED"}

@@ -1,0 +1,395 @@
+"""The inference server as a real process on 127.0.0.1, driven with real HTTP requests."""
+
+import http.client
+import json
+import os
+import secrets
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from taxi_assets.definitions import build_defs
+from taxi_assets_tests.helpers import failure_messages
+from taxi_assets_tests.servers import free_port
+
+TOKEN = secrets.token_urlsafe(24)  # made per test session; no token lives in the repo
+GOOD = {
+    "inputs": [
+        {"PULocationID": 236, "DOLocationID": 239, "trip_distance": 1.98},
+        {"PULocationID": 65, "DOLocationID": 170, "trip_distance": 6.54},
+    ]
+}
+
+
+def materialize_production(instance):
+    result = (
+        build_defs()
+        .resolve_implicit_global_asset_job_def()
+        .execute_in_process(
+            instance=instance,
+            partition_key="2024-02",
+            asset_selection=[dg.AssetKey("production_model")],
+            raise_on_error=False,
+        )
+    )
+    assert result.success, failure_messages(result)
+    return result.run_id
+
+
+class Client:
+    def __init__(self, port):
+        self.connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+
+    def request(self, method, path, body=None, token=TOKEN, raw=None, headers=None):
+        all_headers = {"Content-Type": "application/json", **(headers or {})}
+        if token is not None:
+            all_headers["Authorization"] = f"Bearer {token}"
+        payload = raw if raw is not None else (json.dumps(body) if body is not None else None)
+        self.connection.request(method, path, body=payload, headers=all_headers)
+        response = self.connection.getresponse()
+        data = response.read()
+        return response.status, json.loads(data) if data else None
+
+
+@pytest.fixture(scope="module")
+def server(trained_instance):
+    first_run = materialize_production(trained_instance)
+    home = Path(trained_instance.storage_directory()).resolve().parent
+    port = free_port()
+    env = {**os.environ, "DAGSTER_HOME": str(home), "TAXI_API_TOKEN": TOKEN}
+    process = subprocess.Popen(
+        [Path(sys.executable).parent / "taxi-assets", "serve", "--port", str(port), "--reload-interval", "0.5"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            status, body = Client(port).request("GET", "/health")
+            if status == 200:
+                break
+        except OSError:
+            time.sleep(0.2)
+    else:
+        process.kill()
+        pytest.fail("server did not come up: " + process.stdout.read()[-3000:])
+    yield {"port": port, "instance": trained_instance, "first_run": first_run, "process": process}
+    process.terminate()
+    process.wait(timeout=20)
+
+
+def test_predicts_the_course_samples(server):
+    status, body = Client(server["port"]).request("POST", "/predict", GOOD)
+    assert status == 200
+    short_trip, long_trip = body["predictions"]
+    assert 4 < short_trip < 25 and 8 < long_trip < 45
+    assert body["model"]["partition"] == "2024-02"
+    assert set(body["model"]) >= {"name", "partition", "version"}
+    status, health = Client(server["port"]).request("GET", "/health", token=None)
+    assert status == 200 and health["status"] == "ok" and health["model"]["name"] == body["model"]["name"]
+
+
+@pytest.mark.parametrize(
+    "headers_token",
+    [None, "wrong-token", TOKEN + "x", ""],
+)
+def test_missing_or_wrong_token_is_401(server, headers_token):
+    status, body = Client(server["port"]).request("POST", "/predict", GOOD, token=headers_token)
+    assert status == 401 and "bearer token" in body["error"]
+
+
+def test_bearer_scheme_is_case_insensitive(server):
+    for scheme in ("bearer", "BEARER", "Bearer"):
+        status, _ = Client(server["port"]).request(
+            "POST", "/predict", GOOD, token=None, headers={"Authorization": f"{scheme} {TOKEN}"}
+        )
+        assert status == 200, scheme
+
+
+def test_the_courses_own_request_gets_the_integer_forms_answer(server):
+    """The course sends location ids as strings (../shared/README.md)."""
+    course = {
+        "inputs": [
+            {"DOLocationID": "239", "PULocationID": "236", "trip_distance": 1.98},
+            {"DOLocationID": "170", "PULocationID": "65", "trip_distance": 6.54},
+        ]
+    }
+    status, as_strings = Client(server["port"]).request("POST", "/predict", course)
+    assert status == 200
+    _, as_integers = Client(server["port"]).request("POST", "/predict", GOOD)
+    assert as_strings["predictions"] == as_integers["predictions"]
+
+
+def test_basic_auth_is_401(server):
+    client = Client(server["port"])
+    status, _ = client.request("POST", "/predict", GOOD, token=None, headers={"Authorization": f"Basic {TOKEN}"})
+    assert status == 401
+
+
+def record(**changes):
+    base = {"PULocationID": 236, "DOLocationID": 239, "trip_distance": 1.98}
+    base.update(changes)
+    return {key: value for key, value in base.items() if value is not ...}
+
+
+BAD = {
+    "invalid JSON": (None, b"{not json", 400, "invalid JSON"),
+    "invalid UTF-8": (
+        None,
+        b'{"inputs": [{"PULocationID": "\xff", "DOLocationID": 1, "trip_distance": 1}]}',
+        400,
+        "invalid JSON",
+    ),
+    "not an object": ([1, 2], None, 422, 'body must be a JSON object {"inputs"'),
+    "no inputs": ({"records": []}, None, 422, "inputs: missing field"),
+    "inputs not a list": ({"inputs": {"PULocationID": 1}}, None, 422, "inputs: Input should be a valid array"),
+    "empty batch": ({"inputs": []}, None, 422, "is empty"),
+    "oversized batch": ({"inputs": [record()] * 50_001}, None, 413, "at most 50000"),
+    "missing field": ({"inputs": [record(trip_distance=...)]}, None, 422, "inputs[0].trip_distance: missing field"),
+    "string id": ({"inputs": [record(PULocationID="abc")]}, None, 422, "inputs[0].PULocationID: must be a location id"),
+    "zero id": (
+        {"inputs": [record(PULocationID=0)]},
+        None,
+        422,
+        "inputs[0].PULocationID: must be a location id (a positive integer), got 0",
+    ),
+    "float id": ({"inputs": [record(DOLocationID=1.5)]}, None, 422, "inputs[0].DOLocationID: must be a location id"),
+    "boolean distance": (
+        {"inputs": [record(trip_distance=True)]},
+        None,
+        422,
+        "trip_distance: must be a number of miles, not a boolean",
+    ),
+    "string distance": (
+        {"inputs": [record(), record(trip_distance="far")]},
+        None,
+        422,
+        "inputs[1].trip_distance: must be a number of miles",
+    ),
+    "negative distance": ({"inputs": [record(trip_distance=-1)]}, None, 422, "between 0 and 500"),
+    "absurd distance": ({"inputs": [record(trip_distance=1e9)]}, None, 422, "between 0 and 500"),
+    "NaN distance": (
+        None,
+        b'{"inputs": [{"PULocationID": 1, "DOLocationID": 2, "trip_distance": NaN}]}',
+        422,
+        "between 0 and 500",
+    ),
+    "unknown field": ({"inputs": [record(tip=3)]}, None, 422, "inputs[0].tip: unknown field"),
+    "unknown top-level field": ({"inputs": [record()], "debug": True}, None, 422, "debug: unknown field"),
+    "record is a list": (None, b'{"inputs": [[[[1]]]]}', 422, "inputs[0]: must be an object"),
+    # Hostile nesting: the parser stops at 200 levels, before the stack can run out.
+    "100,000 nested lists": (None, b"[" * 100_000, 400, "nested too deeply"),
+    "inputs nested 5,000 deep": (None, b'{"inputs":' + b"[" * 5_000, 400, "nested too deeply"),
+    "closed deep nesting": (None, b'{"inputs":' + b"[" * 5_000 + b"]" * 5_000 + b"}", 400, "nested too deeply"),
+    "body over 8 MB": (None, b"[" + b"1," * (4_300_000) + b"1]", 413, "over 8388608 bytes"),
+    "deep object in a record": (
+        None,
+        b'{"inputs": [{"PULocationID": ' + b'{"a":' * 3_000 + b"1" + b"}" * 3_000 + b"}]}",
+        400,
+        "nested too deeply",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_bad_requests_get_a_4xx_naming_the_problem(server, case):
+    body, raw, expected_status, fragment = BAD[case]
+    status, answer = Client(server["port"]).request("POST", "/predict", body, raw=raw)
+    assert status == expected_status, answer
+    assert fragment in answer["error"]
+
+
+def test_unknown_location_pair_still_predicts(server):
+    status, body = Client(server["port"]).request(
+        "POST", "/predict", {"inputs": [record(PULocationID=264, DOLocationID=1)]}
+    )
+    assert status == 200 and len(body["predictions"]) == 1
+
+
+def test_hot_reload_while_a_client_keeps_sending(server):
+    statuses, seen_runs, stop = [], set(), threading.Event()
+
+    def keep_sending():
+        client = Client(server["port"])
+        while not stop.is_set():
+            status, body = client.request("POST", "/predict", GOOD)
+            statuses.append(status)
+            if status == 200:
+                seen_runs.add(body["model"]["run_id"])
+
+    sender = threading.Thread(target=keep_sending)
+    sender.start()
+    try:
+        time.sleep(1.0)
+        new_run = materialize_production(server["instance"])
+        deadline = time.monotonic() + 30
+        while new_run not in seen_runs and time.monotonic() < deadline:
+            time.sleep(0.2)
+        time.sleep(0.5)
+    finally:
+        stop.set()
+        sender.join(timeout=30)
+    assert new_run in seen_runs and len(seen_runs) == 2  # switched without a restart
+    assert len(statuses) > 50 and set(statuses) == {200}  # no request failed meanwhile
+    assert server["process"].poll() is None
+
+
+def test_server_refuses_to_start_without_a_token(trained_instance):
+    home = Path(trained_instance.storage_directory()).resolve().parent
+    env = {key: value for key, value in os.environ.items() if key != "TAXI_API_TOKEN"}
+    env["DAGSTER_HOME"] = str(home)
+    result = subprocess.run(
+        [Path(sys.executable).parent / "taxi-assets", "serve", "--port", str(free_port())],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode != 0 and "TAXI_API_TOKEN is not set" in result.stderr
+
+
+# One list of trips through every surface that takes trips -------------------------------------
+
+
+@pytest.fixture(scope="module")
+def surfaces(server):
+    """The four ways to ask for a prediction, each returning (minutes, None) or (None, error)."""
+    import mlflow.pyfunc
+
+    import taxi_assets
+    from taxi_assets.definitions import build_defs
+    from taxi_assets.model_store import serving_model
+    from taxi_assets_tests.helpers import mlflow_client
+
+    instance = server["instance"]
+    serving = serving_model(instance)
+    client = mlflow_client(instance)
+    mlflow.set_tracking_uri(client.tracking_uri)
+    # The registered version that serves (other tests here move the champion alias around).
+    registered = mlflow.pyfunc.load_model(f"models:/taxi-duration-{serving.name}/{serving.version}")
+    predict_job = build_defs().resolve_job_def("predict")
+    model = taxi_assets.load_model(instance=instance)
+
+    def via_server(trip):
+        status, body = Client(server["port"]).request("POST", "/predict", {"inputs": [trip]})
+        return (body["predictions"][0], None) if status == 200 else (None, f"{status} {body['error']}")
+
+    def via_load_model(trip):
+        try:
+            return float(model.predict([trip])[0]), None
+        except ValueError as error:
+            return None, str(error)
+
+    def via_mlflow(trip):
+        try:
+            return float(registered.predict([trip])[0]), None
+        except Exception as error:  # MLflow wraps the schema's error in an MlflowException
+            return None, str(error)
+
+    def via_predict_job(trip):
+        config = {"ops": {"predict_trip_durations": {"config": {"trips": [trip]}}}}
+        try:
+            result = predict_job.execute_in_process(instance=instance, run_config=config, raise_on_error=False)
+        except dg.DagsterInvalidConfigError as error:  # refused at launch by the config schema
+            return None, str(error)
+        if result.success:
+            return result.output_for_node("predict_trip_durations")[0], None
+        return None, failure_messages(result)
+
+    return {
+        "server": via_server,
+        "load_model": via_load_model,
+        "MLflow model": via_mlflow,
+        "predict job": via_predict_job,
+    }
+
+
+from taxi_assets_tests.trip_cases import CASES  # noqa: E402
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_every_surface_gives_the_same_answer_or_the_same_error(surfaces, case):
+    trip, expected, error = CASES[case]
+    answers = {name: ask(trip) for name, ask in surfaces.items()}
+    if expected is not None:
+        minutes = {name: value for name, (value, problem) in answers.items()}
+        assert all(value is not None for value in minutes.values()), answers
+        reference = minutes["load_model"]
+        assert all(value == pytest.approx(reference, abs=1e-3) for value in minutes.values()), minutes
+        # ...and the same answer as the trip written the canonical way.
+        assert surfaces["load_model"](expected)[0] == pytest.approx(reference, abs=1e-6)
+    else:
+        assert all(value is None for value, _ in answers.values()), answers
+        for name, (_, problem) in answers.items():
+            field = error.split(":")[0]
+            if name == "predict job" and case in ("missing distance", "an extra field"):
+                # Dagster's config schema refuses these at launch, in its own words, naming the field.
+                assert field in problem, (name, problem)
+            elif name == "MLflow model":
+                # MLflow reports the schema's own error in pydantic's layout: field, then message.
+                message = {"missing field": "Field required", "unknown field": "Extra inputs are not permitted"}.get(
+                    error.split(": ", 1)[1], error.split(": ", 1)[1]
+                )
+                assert field in problem and message in problem, problem
+            else:
+                assert error in problem, (name, problem)
+
+
+def test_server_starts_in_production_with_only_the_bucket_of_asset_values(server, tmp_path):
+    """TAXI_ENV=production: the server reads the production model from S3 and needs nothing
+    else of the code location's settings (no trip bucket, no tracking server)."""
+    import boto3
+
+    from taxi_assets_tests.servers import moto_s3_server
+
+    instance = server["instance"]
+    month = max(instance.get_materialized_partitions(dg.AssetKey("production_model")))
+    local = Path(instance.storage_directory()) / "production_model" / month
+    with moto_s3_server() as endpoint:
+        s3 = boto3.client(
+            "s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="test", aws_secret_access_key="test"
+        )
+        s3.create_bucket(Bucket="assets")
+        s3.put_object(Bucket="assets", Key=f"taxi_assets/assets/production_model/{month}", Body=local.read_bytes())
+        port = free_port()
+        env = {key: value for key, value in os.environ.items() if not key.startswith(("TAXI_", "MLFLOW_", "AWS_"))} | {
+            "TAXI_ENV": "production",
+            "TAXI_S3_BUCKET": "assets",
+            "TAXI_API_TOKEN": TOKEN,
+            "AWS_ENDPOINT_URL": endpoint,
+            "AWS_REGION": "us-east-1",
+            "AWS_ACCESS_KEY_ID": "test",
+            "AWS_SECRET_ACCESS_KEY": "test",
+            "DAGSTER_HOME": str(Path(instance.storage_directory()).resolve().parent),
+        }
+        process = subprocess.Popen(
+            [Path(sys.executable).parent / "taxi-assets", "serve", "--port", str(port), "--reload-interval", "0"],
+            env=env,
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        try:
+            from taxi_assets_tests.stack import wait_for
+
+            def answer():
+                try:
+                    return Client(port).request("POST", "/predict", GOOD)
+                except OSError:
+                    return None
+
+            status, body = wait_for(answer, 60, "the production server")
+        finally:
+            process.terminate()
+            output = process.communicate(timeout=20)[0]
+    assert status == 200 and body["model"]["partition"] == month, output[-2000:]
+    _, local_answer = Client(server["port"]).request("POST", "/predict", GOOD)
+    assert body["predictions"] == local_answer["predictions"]

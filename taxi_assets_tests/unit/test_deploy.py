@@ -1,0 +1,133 @@
+"""The deployment files and the production switch (the running stack is in test_production.py)."""
+
+from __future__ import annotations
+
+import re
+
+import dagster as dg
+import pytest
+import yaml
+
+from taxi_assets.definitions import build_defs
+from taxi_assets.lib.settings import ProductionConfigError
+from taxi_assets.lib.sources import S3TripSource
+from taxi_assets.lib.tracking import MlflowTracking
+from taxi_assets_tests.helpers import REPO_ROOT
+
+DEPLOY = REPO_ROOT / "deploy"
+INSTANCE_ENV = {
+    "DAGSTER_PG_HOST": "db.internal",
+    "DAGSTER_PG_PORT": "5432",
+    "DAGSTER_PG_DB": "dagster",
+    "DAGSTER_PG_USERNAME": "dagster",
+    "DAGSTER_PG_PASSWORD": "from-the-environment",
+    "TAXI_S3_BUCKET": "assets",
+    "DAGSTER_MAX_CONCURRENT_RUNS": "3",
+    "DAGSTER_PG_PASSWORD_SECRET_ARN": "arn:aws:secretsmanager:us-east-1:123456789012:secret:db:password::",
+}
+PRODUCTION_ENV = {
+    "TAXI_S3_BUCKET": "assets",
+    "TAXI_DATA_S3_BUCKET": "trips",
+    "MLFLOW_TRACKING_URI": "http://mlflow:5000",
+}
+
+
+@pytest.fixture
+def production(monkeypatch):
+    for name in ("TAXI_DATA_DIR", "AWS_ENDPOINT_URL", *PRODUCTION_ENV):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("TAXI_ENV", "production")
+    return monkeypatch
+
+
+def test_production_needs_its_settings(production):
+    # Dagster wraps what a defs module raises; the message keeps ours, naming every setting.
+    with pytest.raises(Exception) as error:
+        build_defs()
+    cause = error.value
+    while cause is not None and not isinstance(cause, ProductionConfigError):
+        cause = cause.__cause__ or cause.__context__
+    assert isinstance(cause, ProductionConfigError), error.value
+    for name in PRODUCTION_ENV:
+        assert name in str(cause)
+
+
+def test_one_variable_switches_every_resource(production, tmp_path):
+    from dagster_aws.s3 import S3PickleIOManager
+
+    for name, value in PRODUCTION_ENV.items():
+        production.setenv(name, value)
+    production.setenv("TAXI_DATA_DIR", str(tmp_path))  # ignored in production: trips come from S3
+    resources = build_defs().resources
+    assert isinstance(resources["io_manager"], S3PickleIOManager)
+    assert isinstance(resources["trip_source"], S3TripSource)
+    assert isinstance(resources["mlflow"], MlflowTracking)
+    with dg.build_resources({key: resources[key] for key in ("io_manager", "trip_source", "mlflow")}) as built:
+        assert (built.io_manager.s3_bucket, built.io_manager.s3_prefix) == ("assets", "taxi_assets/assets")
+        assert built.trip_source.bucket == "trips"
+    # Locally, the same call gives the local resources.
+    production.setenv("TAXI_ENV", "local")
+    assert type(build_defs().resources["io_manager"]).__name__ == "LocalPickleIOManager"
+
+
+@pytest.mark.parametrize("name", ["dagster.yaml", "dagster-ecs.yaml"])
+def test_instance_configs_validate(monkeypatch, tmp_path, name):
+    from dagster._config import process_config
+    from dagster._core.instance.ref import InstanceRef
+
+    for key, value in INSTANCE_ENV.items():
+        monkeypatch.setenv(key, value)
+    (tmp_path / "dagster.yaml").write_text((DEPLOY / name).read_text())
+    ref = InstanceRef.from_dir(str(tmp_path))
+    assert ref.storage_data.class_name == "DagsterPostgresStorage"
+    assert ref.run_coordinator_data.class_name == "QueuedRunCoordinator"
+    assert ref.compute_logs_data.class_name == "S3ComputeLogManager"
+    # Every configurable class's own schema accepts its section, env references resolved.
+    for data in filter(
+        None, (ref.storage_data, ref.run_coordinator_data, ref.compute_logs_data, ref.run_launcher_data)
+    ):
+        module = __import__(data.module_name, fromlist=[data.class_name])
+        config_class = getattr(module, data.class_name)
+        result = process_config(config_class.config_type(), yaml.safe_load(data.config_yaml))
+        assert result.success, (name, data.class_name, result.errors)
+    if name == "dagster-ecs.yaml":
+        assert ref.run_launcher_data.class_name == "EcsRunLauncher"
+    text = (DEPLOY / name).read_text()
+    assert "from-the-environment" not in text and not re.search(r"password:\s*[^\s{]", text.replace("password:\n", ""))
+
+
+def test_compose_stack_is_complete_and_keeps_secrets_out():
+    compose = yaml.safe_load((DEPLOY / "docker-compose.yaml").read_text())
+    services = compose["services"]
+    assert {"postgres", "code-location", "webserver", "daemon", "mlflow", "inference"} <= set(services)
+    for name, service in services.items():
+        for port in service.get("ports", []):
+            assert port.startswith("127.0.0.1:"), f"{name} publishes {port} beyond loopback"
+    secrets = re.findall(
+        r"(PASSWORD|TOKEN|SECRET_ACCESS_KEY)\s*:\s*(\S+)", (DEPLOY / "docker-compose.yaml").read_text()
+    )
+    assert secrets and all(value.startswith("${") for _, value in secrets), secrets
+    assert "command" in services["daemon"] and services["daemon"]["command"][:2] == ["dagster-daemon", "run"]
+
+
+def test_dockerfile_basics():
+    text = (REPO_ROOT / "Dockerfile").read_text()
+    bases = re.findall(r"^FROM (\S+)", text, re.M)
+    assert bases and all(re.fullmatch(r"python:3\.11\.\d+-slim-bookworm", base) for base in bases)
+    assert re.search(r"^USER 10001:10001$", text, re.M) and "HEALTHCHECK" in text
+    assert not re.search(r"(?i)(password|secret|token)\s*=", text)
+
+
+def test_experiment_created_concurrently_is_not_an_error(tmp_path, monkeypatch):
+    # Two step processes against one tracking server: both see no experiment, one creates it,
+    # the other's create fails with RESOURCE_ALREADY_EXISTS (seen with the PostgreSQL-backed
+    # server in test_production). That must not fail the step.
+    import mlflow
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    mlflow.MlflowClient(uri).create_experiment("taxi-duration")
+    monkeypatch.setattr(mlflow.MlflowClient, "get_experiment_by_name", lambda self, name: None)
+    with dg.build_resources({"mlflow": MlflowTracking(tracking_uri=uri)}) as resources:
+        resources.mlflow._activate()
+    monkeypatch.undo()
+    assert len(mlflow.MlflowClient(uri).search_experiments(filter_string="name = 'taxi-duration'")) == 1

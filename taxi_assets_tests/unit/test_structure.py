@@ -1,0 +1,133 @@
+"""The package's shape: who may import whom, and that importing does no work."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[2] / "taxi_assets"
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imports_of(path: Path) -> set[str]:
+    """Every taxi_assets module a file imports, at module level or inside functions."""
+    tree = ast.parse(path.read_text())
+    found = set()
+    package = module_name(path) if path.name == "__init__.py" else module_name(path).rpartition(".")[0]
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                base = ".".join(
+                    package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else [])
+                )
+            found.add(base)
+            found |= {f"{base}.{alias.name}" for alias in node.names}
+    return {name for name in found if name == "taxi_assets" or name.startswith("taxi_assets.")}
+
+
+MODULES = {module_name(path): path for path in PACKAGE.rglob("*.py")}
+GRAPH = {
+    name: {target for target in imports_of(path) if target in MODULES and target != name}
+    for name, path in MODULES.items()
+}
+
+
+def test_no_import_cycles():
+    visiting, done, cycles = set(), set(), []
+
+    def visit(node, trail):
+        if node in done:
+            return
+        if node in visiting:
+            cycles.append(trail[trail.index(node) :] + [node])
+            return
+        visiting.add(node)
+        for target in GRAPH[node]:
+            # A package's __init__ importing nothing but itself is not a cycle.
+            visit(target, trail + [node])
+        visiting.discard(node)
+        done.add(node)
+
+    for name in GRAPH:
+        visit(name, [])
+    assert not cycles, cycles
+
+
+def layer(name: str) -> str:
+    for prefix in ("taxi_assets.ml", "taxi_assets.lib", "taxi_assets.defs", "taxi_assets.apps"):
+        if name == prefix or name.startswith(prefix + "."):
+            return prefix.rsplit(".", 1)[1]
+    return name
+
+
+@pytest.mark.parametrize("name", sorted(MODULES))
+def test_layers_import_only_downwards(name):
+    targets = GRAPH[name]
+    code_location = {t for t in targets if t == "taxi_assets.definitions" or layer(t) == "defs"}
+    if name != "taxi_assets.definitions":
+        # Nobody imports the code location but the code location itself: defs modules import
+        # no other defs module (asset modules are not libraries), clients none at all.
+        assert not code_location, f"{name} imports {sorted(code_location)}"
+    if layer(name) == "ml":
+        assert {layer(t) for t in targets} <= {"ml"}, f"{name}: ml/ is plain Python, it imports {sorted(targets)}"
+        source = MODULES[name].read_text()
+        assert "import dagster" not in source and "from dagster" not in source
+    if layer(name) == "lib":
+        assert not {t for t in targets if layer(t) in ("defs", "apps")}, f"{name} imports {sorted(targets)}"
+
+
+def test_clients_never_build_the_code_location():
+    script = (
+        "import sys\n"
+        "import taxi_assets, taxi_assets.apps.server, taxi_assets.apps.api, taxi_assets.apps.cli, taxi_assets.model_store\n"
+        "loaded = sorted(m for m in sys.modules if m == 'taxi_assets.definitions' or m.startswith('taxi_assets.defs'))\n"
+        "print(loaded)\n"
+        "assert not loaded, loaded\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    usage = subprocess.run(
+        [Path(sys.executable).parent / "taxi-assets", "--help"], capture_output=True, text=True, timeout=120
+    )
+    assert usage.returncode == 0 and "materialize" in usage.stdout
+
+
+def test_importing_does_no_work():
+    """Importing every module starts no thread, installs no warnings filter, switches no
+    allocator or plotting backend; the sensor's interval is read when the definitions load."""
+    names = sorted(MODULES)
+    script = f"""
+import importlib, os, sys, threading, warnings
+import pyarrow as pa
+# The libraries our modules import at module level install their own filters: import them first.
+import dagster, mlflow.pyfunc, numpy, pandas, pydantic, scipy.sparse, sklearn.feature_extraction, starlette  # noqa
+before = (threading.active_count(), list(warnings.filters), pa.default_memory_pool().backend_name)
+for name in {names!r}:
+    importlib.import_module(name)
+after = (threading.active_count(), list(warnings.filters), pa.default_memory_pool().backend_name)
+assert before == after, (before, after)
+assert "matplotlib" not in sys.modules, "matplotlib was imported"
+os.environ["TAXI_SENSOR_INTERVAL_SECONDS"] = "17"
+from taxi_assets.definitions import build_defs
+assert build_defs().get_sensor_def("new_trip_data_sensor").minimum_interval_seconds == 17
+print("ok")
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env={k: v for k, v in __import__("os").environ.items() if k != "TAXI_SENSOR_INTERVAL_SECONDS"},
+    )
+    assert done.returncode == 0 and "ok" in done.stdout, done.stdout + done.stderr[-3000:]
