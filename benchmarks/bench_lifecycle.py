@@ -37,8 +37,8 @@ BIN = Path(sys.executable).parent
 
 def budgets(config: dict) -> dict[str, float]:
     """Each model step's configured budget (the defaults where the config is silent)."""
-    from taxi_assets.defs.training.assets import SklearnModelsConfig, XGBoostConfig
     from taxi_assets.defs.serving.assets import ProductionModelConfig
+    from taxi_assets.defs.training.assets import SklearnModelsConfig, XGBoostConfig
 
     sklearn = SklearnModelsConfig(
         **config.get("sklearn_models", {}).get("ops", {}).get("load_models", {}).get("config", {})

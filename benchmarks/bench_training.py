@@ -24,10 +24,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import dagster as dg  # noqa: E402
 from common import DATA_DIR, append_results, table, write_scratch_instance  # noqa: E402
-from taxi_assets.lib.sources import LocalTripSource  # noqa: E402
 
 from taxi_assets.apps import cli  # noqa: E402
 from taxi_assets.definitions import build_defs  # noqa: E402
+from taxi_assets.lib.sources import LocalTripSource  # noqa: E402
 from taxi_assets.ml.hyperparameters import valid_model_names  # noqa: E402
 
 MONTH = "2024-02"

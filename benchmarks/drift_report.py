@@ -13,7 +13,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from taxi_assets.lib.sources import LocalTripSource  # noqa: E402
-
 from taxi_assets.ml.cleaning import clean  # noqa: E402
 from taxi_assets.ml.quality import DRIFT_EDGES, histogram, ks_statistic, psi  # noqa: E402
 

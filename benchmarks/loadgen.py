@@ -12,7 +12,14 @@ import asyncio
 import json
 import time
 
-BODY = json.dumps({"inputs": [{"PULocationID": 236, "DOLocationID": 239, "trip_distance": 1.98}]}).encode()
+TRIP = {"PULocationID": 236, "DOLocationID": 239, "trip_distance": 1.98}
+# MLflow's scoring protocol has three body forms; `mlflow models serve` of a model with type hints
+# (ours: list[TripRecord]) accepts only "inputs", taxi-assets serve all three.
+BODIES = {
+    "inputs": {"inputs": [TRIP]},
+    "dataframe_records": {"dataframe_records": [TRIP]},
+    "dataframe_split": {"dataframe_split": {"columns": list(TRIP), "data": [list(TRIP.values())]}},
+}
 
 
 async def worker(port: int, request: bytes, stop_at: float, latencies: list[float], errors: list[str]):
@@ -41,10 +48,12 @@ async def worker(port: int, request: bytes, stop_at: float, latencies: list[floa
 
 
 async def main_async(args) -> dict:
+    body = json.dumps(BODIES[args.body]).encode()
+    auth = f"Authorization: Bearer {args.token}\r\n" if args.token else ""
     request = (
-        f"POST /predict HTTP/1.1\r\nHost: 127.0.0.1:{args.port}\r\nAuthorization: Bearer {args.token}\r\n"
-        f"Content-Type: application/json\r\nContent-Length: {len(BODY)}\r\n\r\n"
-    ).encode() + BODY
+        f"POST {args.path} HTTP/1.1\r\nHost: 127.0.0.1:{args.port}\r\n{auth}"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
     latencies: list[float] = []
     errors: list[str] = []
     start = time.perf_counter()
@@ -72,7 +81,9 @@ async def main_async(args) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--token", required=True)
+    parser.add_argument("--token", default="", help="bearer token (none: no Authorization header)")
+    parser.add_argument("--path", default="/predict", help="endpoint: /predict or /invocations")
+    parser.add_argument("--body", default="inputs", choices=sorted(BODIES), help="the one-trip body's form")
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--connections", type=int, default=8)
     args = parser.parse_args()

@@ -58,9 +58,7 @@ SMALL_BUDGET = dg.RunConfig(
 # The least a retraining can do: one trial each, shallow trees. For tests about the lifecycle.
 TINY_BUDGET = dg.RunConfig(
     ops={
-        "sklearn_models": {
-            "ops": {"load_models": {"config": {"models": ["linear_model.LinearRegression"], "max_evaluations": 1}}}
-        },
+        "sklearn_models": {"ops": {"load_models": {"config": {"models": ["LinearRegression"], "max_evaluations": 1}}}},
         "xgboost_model": {"config": {"max_evaluations": 1, "fixed_params": {"max_depth": 6}, "timeout_seconds": 10}},
     }
 )
@@ -85,7 +83,19 @@ def mlflow_client(instance):
     import mlflow
 
     uri = f"sqlite:///{os.path.join(os.path.dirname(os.path.abspath(instance.storage_directory())), 'mlflow', 'mlflow.db')}"
-    return mlflow.MlflowClient(uri)
+    # The registry too: in-process runs of other tests set MLflow's global registry URI to their
+    # own store, which a client given only a tracking URI would still use.
+    return mlflow.MlflowClient(uri, registry_uri=uri)
+
+
+def use_mlflow_store_of(instance):
+    """Point this process's MLflow (tracking and registry, as models:/ URIs use) at ``instance``'s store."""
+    import mlflow
+
+    client = mlflow_client(instance)
+    mlflow.set_tracking_uri(client.tracking_uri)
+    mlflow.set_registry_uri(client.tracking_uri)
+    return client
 
 
 def runs_of(client, dagster_run_id):

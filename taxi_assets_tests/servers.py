@@ -1,10 +1,20 @@
-"""Real servers on 127.0.0.1 for tests: a static file server with scripted failures, moto's S3."""
+"""Real servers on 127.0.0.1 for tests: a static file server with scripted failures, moto's S3 (in
+this process, or every AWS service moto has as its own ``moto_server`` process), an ECS agent's
+task metadata endpoint."""
 
 from __future__ import annotations
 
+import json
+import os
+import signal
 import socket
+import subprocess
+import sys
 import threading
+import time
+import urllib.request
 from collections import Counter
+from collections.abc import Callable
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -81,6 +91,124 @@ def moto_s3_server():
         yield f"http://127.0.0.1:{port}"
     finally:
         server.stop()
+
+
+# moto 5.2's RunTask adds up the containers' own memory and fails (a TypeError, HTTP 500) when a
+# container has none, as Fargate allows: the task-level memory is enough there. The server runs
+# with that one fix; everything else is moto's own.
+_MOTO_SERVER = """
+import sys
+from moto.ecs.models import EC2ContainerServiceBackend as Backend
+
+requirements = Backend._calculate_task_resource_requirements
+_MEMORY = ("memory", "memoryReservation", "Memory", "MemoryReservation")
+
+
+def fargate_aware(task_definition):
+    shadow = type(task_definition).__new__(type(task_definition))
+    shadow.__dict__.update(task_definition.__dict__)
+    shadow.container_definitions = [
+        c if any(c.get(k) is not None for k in _MEMORY) else {**c, "memoryReservation": 0}
+        for c in task_definition.container_definitions
+    ]
+    return requirements(shadow)
+
+
+Backend._calculate_task_resource_requirements = staticmethod(fargate_aware)
+from moto.server import main
+
+main(sys.argv[1:])
+"""
+
+
+@contextmanager
+def moto_server_process(log_directory: Path, settings: dict[str, str] | None = None):
+    """moto's standalone server, ``moto_server`` (every service it emulates: ECS, IAM, STS, EC2, S3, Secrets Manager,
+    CloudWatch Logs, ...) as its own process on a free port of 127.0.0.1; yields the endpoint URL.
+    ``settings``: moto's environment variables (``MOTO_IAM_LOAD_MANAGED_POLICIES``, ...). Its
+    output goes to ``moto.log`` in ``log_directory``; the process group is killed at exit."""
+    port = free_port()
+    with open(log_directory / "moto.log", "ab") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-c", _MOTO_SERVER, "-H", "127.0.0.1", "-p", str(port)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env=os.environ | (settings or {}),
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/moto-api/data.json", timeout=2):
+                    break
+            except OSError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(
+                        f"moto_server did not start: {(log_directory / 'moto.log').read_text()}"
+                    ) from None
+                time.sleep(0.1)
+        yield url
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=30)
+
+
+def moto_api(endpoint: str, path: str, body: dict | str) -> dict:
+    """POST to moto's own control API (``/moto-api/...``): ``reset-auth`` (a plain-text count),
+    ``state-manager/set-transition`` (JSON)."""
+    data = body if isinstance(body, str) else json.dumps(body)
+    request = urllib.request.Request(
+        f"{endpoint}/moto-api/{path}", data=data.encode(), headers={"Content-Type": "text/plain"}, method="POST"
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        text = response.read().decode()
+    return json.loads(text) if text.strip() else {}
+
+
+class EcsMetadataServer:
+    """The ECS agent's task metadata endpoint, version 4, for one container of one task:
+    ``GET /v4/<id>`` answers ``container()`` and ``GET /v4/<id>/task`` answers ``task()``
+    (callables, so they may read the task's state when asked). Set ``uri`` as the container's
+    ``ECS_CONTAINER_METADATA_URI_V4``. ``requests`` counts the paths asked for."""
+
+    def __init__(self, container: Callable[[], dict], task: Callable[[], dict]):
+        self.requests: Counter[str] = Counter()
+        server = self
+        prefix = "/v4/" + os.urandom(8).hex()
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802 - the http.server API
+                path = self.path.split("?")[0].rstrip("/")
+                server.requests[path.removeprefix(prefix) or "/"] += 1
+                if path == prefix:
+                    body = container()
+                elif path == f"{prefix}/task":
+                    body = task()
+                else:
+                    self.send_error(404, "Not Found")
+                    return
+                data = json.dumps(body).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.uri = f"http://127.0.0.1:{self.httpd.server_address[1]}{prefix}"
+
+    def __enter__(self) -> EcsMetadataServer:
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc):
+        self.httpd.shutdown()
+        self.httpd.server_close()
 
 
 def self_signed_certificate(directory: Path, host: str = "127.0.0.1") -> tuple[Path, Path]:

@@ -29,6 +29,9 @@ locals {
     { name = "DAGSTER_MAX_CONCURRENT_RUNS", value = tostring(var.max_concurrent_runs) },
     { name = "DAGSTER_CODE_LOCATION_HOST", value = "code-location.${var.name}.internal" },
     { name = "DAGSTER_CURRENT_IMAGE", value = local.image },
+    # Read by the code location and handed to the run launcher with every run: run tasks are
+    # built from the daemon's task definition but take the Dagster role, not the daemon's.
+    { name = "DAGSTER_CONTAINER_CONTEXT", value = jsonencode({ ecs = { task_role_arn = aws_iam_role.dagster.arn } }) },
     { name = "TAXI_S3_BUCKET", value = aws_s3_bucket.data.bucket },
     { name = "TAXI_DATA_S3_BUCKET", value = aws_s3_bucket.data.bucket },
     { name = "MLFLOW_TRACKING_URI", value = "http://mlflow.${var.name}.internal:5000" },
@@ -47,7 +50,9 @@ locals {
   services = {
     code-location = {
       command = ["dagster", "code-server", "start", "-h", "0.0.0.0", "-p", "4000", "-m", "taxi_assets.definitions", "--location-name", "taxi_assets"]
-      port    = 4000, cpu = 1024, memory = 4096, role = aws_iam_role.dagster.arn, secrets = []
+      port    = 4000, cpu = 1024, memory = 4096, role = aws_iam_role.dagster.arn
+      # Sensors (the failure alert among them) are evaluated here, in the code location's server.
+      secrets = [{ name = "TAXI_SMTP_PASSWORD", valueFrom = aws_secretsmanager_secret.smtp_password.arn }]
     }
     webserver = {
       command = ["dagster-webserver", "-h", "0.0.0.0", "-p", "3000", "-w", "workspace.yaml"]
@@ -55,8 +60,7 @@ locals {
     }
     daemon = {
       command = ["dagster-daemon", "run", "-w", "workspace.yaml"]
-      port    = null, cpu = 512, memory = 2048, role = aws_iam_role.daemon.arn
-      secrets = [{ name = "TAXI_SMTP_PASSWORD", valueFrom = aws_secretsmanager_secret.smtp_password.arn }]
+      port    = null, cpu = 512, memory = 2048, role = aws_iam_role.daemon.arn, secrets = []
     }
     mlflow = {
       # The mlflow database is created on first start if missing; artifacts go to the bucket.

@@ -76,8 +76,10 @@ resource "aws_iam_role_policy" "dagster" {
   policy = data.aws_iam_policy_document.data_bucket.json
 }
 
-# Daemon role: the Dagster role, plus launching one ECS task per run (EcsRunLauncher). Runs are
-# started from the daemon's task configuration, so they run with this role.
+# Daemon role: the Dagster role, plus launching one ECS task per run (EcsRunLauncher). Run tasks
+# copy the daemon's task definition (network, execution role, environment) but run with the
+# Dagster role (DAGSTER_CONTAINER_CONTEXT in ecs.tf), so the daemon may pass only that role and
+# the execution role.
 resource "aws_iam_role" "daemon" {
   name_prefix        = "${var.name}-daemon-"
   assume_role_policy = data.aws_iam_policy_document.ecs_assume.json
@@ -109,7 +111,7 @@ data "aws_iam_policy_document" "run_launcher" {
   statement {
     sid       = "PassOnlyTheseRoles"
     actions   = ["iam:PassRole"]
-    resources = [aws_iam_role.execution.arn, aws_iam_role.daemon.arn]
+    resources = [aws_iam_role.execution.arn, aws_iam_role.dagster.arn]
     condition {
       test     = "StringEquals"
       variable = "iam:PassedToService"

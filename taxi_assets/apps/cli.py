@@ -1,4 +1,4 @@
-"""``taxi-assets``: the command-line entry point.
+"""taxi-assets: materialize months of the taxi asset graph, or serve the production model.
 
 ``taxi-assets materialize`` exists because ``dagster asset materialize`` has been reported to exit 0
 after a failed run (dagster 1.13), which a cron job or CI step would never notice. This command runs one
@@ -12,6 +12,8 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+
+from taxi_assets.lib.catalog import RETRAINING_ASSETS
 
 DEFAULT_SELECTION = "raw_trips,cleaned_trips,training_set"  # the models: add sklearn_models,xgboost_model
 
@@ -45,7 +47,7 @@ def _code_location():
     return ReconstructableRepository.for_module(CODE_LOCATION_MODULE, "defs", working_directory=None)
 
 
-def _execute(instance, asset_names: list[str], month: str, run_config: dict | None):
+def _execute(instance, asset_names: list[str], month: str, run_config: dict | None, verbose: bool = False):
     """Run ``asset_names`` for ``month``; returns a context manager around the run's result."""
     import dagster as dg
 
@@ -53,6 +55,10 @@ def _execute(instance, asset_names: list[str], month: str, run_config: dict | No
 
     keys = [dg.AssetKey(name) for name in asset_names]
     tags = {"taxi_assets/launched_by": "taxi-assets materialize", "dagster/partition": month}
+    # The console shows what the steps log at INFO (progress: trial i of N, best RMSE, time left);
+    # Dagster's own events are DEBUG, shown with --verbose.
+    logging = {"loggers": {"console": {"config": {"log_level": "DEBUG" if verbose else "INFO"}}}}
+    run_config = {**(run_config or {}), **logging}
     location = _code_location()
     if set(asset_names) <= set(RETRAINING_ASSETS) - set(DATA_PREPARATION_ASSETS):
         # The retraining job: a process per step, two at a time, so the models train in parallel.
@@ -69,7 +75,7 @@ def _execute(instance, asset_names: list[str], month: str, run_config: dict | No
         instance=instance,
         asset_selection=keys,
         tags=tags,
-        run_config={**(run_config or {}), "loggers": {"console": {"config": {"log_level": "INFO"}}}},
+        run_config=run_config,
     )
 
 
@@ -82,9 +88,9 @@ def _root_cause(error) -> str:
     return line.removeprefix("dagster._core.definitions.events.Failure: ")
 
 
-def _run(instance, asset_names: list[str], month: str, run_config: dict | None = None) -> bool:
+def _run(instance, asset_names: list[str], month: str, run_config: dict | None = None, verbose: bool = False) -> bool:
     """One run of ``asset_names`` for ``month``; prints a status line per asset and check."""
-    with _execute(instance, asset_names, month, run_config) as result:
+    with _execute(instance, asset_names, month, run_config, verbose) as result:
         materialized = {
             event.asset_key.to_user_string() for event in result.get_asset_materialization_events() if event.asset_key
         }
@@ -114,14 +120,16 @@ def _run(instance, asset_names: list[str], month: str, run_config: dict | None =
         return result.success
 
 
-def materialize(selection: str, months: list[str], with_previous_month: bool, run_config: dict | None = None) -> int:
+def materialize(
+    selection: str, months: list[str], with_previous_month: bool, run_config: dict | None = None, verbose: bool = False
+) -> int:
     import dagster as dg
 
-    from taxi_assets.lib.catalog import ALL_ASSETS, MODEL_ASSETS
+    from taxi_assets.lib.catalog import MODEL_ASSETS
     from taxi_assets.lib.months import NEEDS_PREVIOUS_MONTH, PREVIOUS_MONTH_ASSETS, has_previous_month, previous_month
 
     asset_names = [name.strip() for name in selection.split(",") if name.strip()]
-    known = set(ALL_ASSETS)
+    known = set(RETRAINING_ASSETS)
     unknown = [name for name in asset_names if name not in known]
     if unknown:
         print(f"error: unknown asset(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}", file=sys.stderr)
@@ -135,7 +143,7 @@ def materialize(selection: str, months: list[str], with_previous_month: bool, ru
             done = instance.get_materialized_partitions(dg.AssetKey("cleaned_trips"))
             if previous not in done and previous not in months:
                 print(f"{month} needs cleaned_trips for {previous}; materializing it first")
-                if not _run(instance, PREVIOUS_MONTH_ASSETS, previous):
+                if not _run(instance, PREVIOUS_MONTH_ASSETS, previous, verbose=verbose):
                     ok = False
                     continue
         selected = asset_names
@@ -149,37 +157,47 @@ def materialize(selection: str, months: list[str], with_previous_month: bool, ru
         preparation = [name for name in selected if name not in MODEL_ASSETS and name != "production_model"]
         training = [name for name in selected if name in MODEL_ASSETS or name == "production_model"]
         # Data preparation first (it has no config), then the models on top of it.
-        if preparation and not _run(instance, preparation, month):
+        if preparation and not _run(instance, preparation, month, verbose=verbose):
             ok = False
             continue
-        if training and not _run(instance, training, month, run_config):
+        if training and not _run(instance, training, month, run_config, verbose):
             ok = False
     return 0 if ok else 1
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="taxi-assets", description=(__doc__ or "").split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="taxi-assets",
+        description="Materialize months of the taxi asset graph, or serve the production model. Runs on the Dagster "
+        "instance at DAGSTER_HOME; materialize exits 1 if any run fails.",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser(
         "materialize",
         help="materialize assets for one or more months; exits 1 if any run fails",
     )
     run.add_argument(
-        "--select", default=DEFAULT_SELECTION, help=f"comma-separated assets (default: {DEFAULT_SELECTION})"
+        "--select",
+        default=DEFAULT_SELECTION,
+        metavar="ASSETS",
+        help=f"comma-separated monthly assets, from: {', '.join(RETRAINING_ASSETS)} (default: {DEFAULT_SELECTION})",
     )
     run.add_argument("--partition", action="append", default=[], metavar="YYYY-MM", help="a month; repeatable")
     run.add_argument(
         "--partition-range", action="append", default=[], metavar="FIRST...LAST", help="an inclusive range of months"
     )
     run.add_argument("--config", metavar="FILE", help="run config YAML (ops/asset config), as in the UI's Launchpad")
+    run.add_argument("--verbose", action="store_true", help="print Dagster's whole event log, not only progress")
     run.add_argument(
         "--no-previous-month",
         action="store_true",
         help="do not materialize the previous month's raw_trips/cleaned_trips when training_set needs them",
     )
-    serve = commands.add_parser("serve", help="serve the production model over HTTP (POST /predict, GET /health)")
+    serve = commands.add_parser(
+        "serve", help="serve the production model over HTTP (POST /invocations and /predict, GET /ping and /health)"
+    )
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000)")
     serve.add_argument(
         "--reload-interval",
         type=float,
@@ -189,7 +207,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     if not os.environ.get("DAGSTER_HOME"):
-        parser.error("DAGSTER_HOME is not set; `export DAGSTER_HOME=$PWD` uses the project's dagster.yaml")
+        parser.error("DAGSTER_HOME is not set; export DAGSTER_HOME=$PWD uses the project's dagster.yaml")
+    if not os.path.isdir(os.environ["DAGSTER_HOME"]):
+        parser.error(
+            f"DAGSTER_HOME={os.environ['DAGSTER_HOME']} is not a folder; point it at the project's checkout "
+            "(export DAGSTER_HOME=$PWD) or at a folder with your dagster.yaml"
+        )
     if args.command == "serve":
         from taxi_assets.apps.server import serve as run_server
 
@@ -202,9 +225,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.config:
             import yaml
 
-            with open(args.config) as file:
-                run_config = yaml.safe_load(file) or {}
-        return materialize(args.select, months, with_previous_month=not args.no_previous_month, run_config=run_config)
+            try:
+                with open(args.config) as file:
+                    run_config = yaml.safe_load(file) or {}
+            except OSError as error:
+                parser.error(f"cannot read the run config {args.config}: {error.strerror}")
+            except yaml.YAMLError as error:
+                parser.error(f"the run config {args.config} is not valid YAML: {error}")
+            if not isinstance(run_config, dict):
+                parser.error(f"the run config {args.config} must be a mapping (ops: ...), as in the Launchpad")
+        return materialize(
+            args.select, months, with_previous_month=not args.no_previous_month, run_config=run_config,
+            verbose=args.verbose,
+        )  # fmt: skip
     return 2
 
 

@@ -67,9 +67,10 @@ observability_job = dg.define_asset_job(
 )
 
 
-def run_key(month: str, fingerprint: str) -> str:
-    """One key per month and file version: the same file is never retrained twice."""
-    return f"retrain:{month}:{fingerprint}"
+def run_key(month: str, fingerprint: str, kind: str = "retrain") -> str:
+    """One key per month and file version (and kind: a retraining, or preparing a previous month
+    for one): the same file is never retrained twice."""
+    return f"{kind}:{month}:{fingerprint}"
 
 
 def _ingested_fingerprint(instance, month: str) -> str | None:
@@ -87,16 +88,30 @@ def _running(instance, month: str) -> bool:
     return bool(instance.get_run_ids(filters=dg.RunsFilter(statuses=ACTIVE, tags={MONTH_TAG: month}), limit=1))
 
 
+def _prepare(month: str, fingerprint: str, key: str) -> dg.RunRequest:
+    selection = [dg.AssetKey(asset) for asset in PREVIOUS_MONTH_ASSETS]
+    tags = {MONTH_TAG: month, FINGERPRINT_TAG: fingerprint}
+    return dg.RunRequest(run_key=key, partition_key=month, asset_selection=selection, tags=tags)
+
+
 def retraining_requests(
-    instance, available: dict[str, str], valid_months: set[str]
+    instance, available: dict[str, str], valid_months: set[str], known: dict[str, str] | None = None
 ) -> tuple[list[dg.RunRequest], list[str]]:
-    """Run requests for every month whose file is new or changed; and the months skipped (why)."""
-    requests, skipped = [], []
+    """Run requests for every month whose file is new or changed; and the months skipped (why).
+
+    ``known``: files already accounted for (month -> fingerprint), not retrained while unchanged.
+    A month whose previous month is not prepared gets that month prepared first (only its
+    raw_trips and cleaned_trips) and follows on a later tick; a month with no previous month
+    anywhere (the first one) is prepared only, for the month after it.
+    """
+    requests: list[dg.RunRequest] = []
+    skipped: list[str] = []
+    requested: set[str] = set()
     prepared = instance.get_materialized_partitions(dg.AssetKey("cleaned_trips"))
     for month in sorted(available):
-        if month not in valid_months:
-            continue
         fingerprint = available[month]
+        if month not in valid_months or (known or {}).get(month) == fingerprint:
+            continue
         if _ingested_fingerprint(instance, month) == fingerprint:
             continue  # ingested from this very file
         key = run_key(month, fingerprint)
@@ -105,19 +120,28 @@ def retraining_requests(
         if _running(instance, month):
             skipped.append(f"{month}: a retraining is running")
             continue
-        tags = {MONTH_TAG: month, FINGERPRINT_TAG: fingerprint}
         previous = previous_month(month)
         if not has_previous_month(month) or (previous not in prepared and previous not in available):
             # No previous month anywhere: nothing to train on, so prepare this month for the next.
-            selection = [dg.AssetKey(asset) for asset in PREVIOUS_MONTH_ASSETS]
-            requests.append(dg.RunRequest(run_key=key, partition_key=month, asset_selection=selection, tags=tags))
+            requests.append(_prepare(month, fingerprint, key))
+            requested.add(month)
             continue
         if previous not in prepared:
-            # The previous month is requested in this pass (or running); this one follows on a
-            # later tick, once its training set can be built.
+            # This month follows on a later tick, once its previous month is prepared.
+            preparing = run_key(previous, available[previous], kind="prepare")
+            if (
+                previous not in requested
+                and not _already_requested(instance, preparing)
+                and not _running(instance, previous)
+            ):
+                requests.append(_prepare(previous, available[previous], preparing))
+                requested.add(previous)
             skipped.append(f"{month}: waiting for cleaned_trips {previous}")
             continue
-        requests.append(dg.RunRequest(run_key=key, partition_key=month, tags=tags))
+        requests.append(
+            dg.RunRequest(run_key=key, partition_key=month, tags={MONTH_TAG: month, FINGERPRINT_TAG: fingerprint})
+        )
+        requested.add(month)
     return requests, skipped
 
 
@@ -127,9 +151,22 @@ def new_trip_data(context: dg.SensorEvaluationContext, trip_source: TripSource):
         return dg.SkipReason(
             f"{type(trip_source).__name__} cannot list months cheaply; the hourly retraining schedule covers it"
         )
-    requests, skipped = retraining_requests(context.instance, available, set(partition_keys()))
-    cursor = json.loads(context.cursor) if context.cursor else {}
-    cursor.update({request.partition_key: request.tags[FINGERPRINT_TAG] for request in requests})
+    valid = set(partition_keys())
+    if context.cursor:
+        known = json.loads(context.cursor)
+    else:
+        # A calm first start: the files already there are the starting point. Only the newest
+        # month is prepared and trained; the others are recorded as known (a backfill, from the
+        # UI or `taxi-assets materialize --partition-range`, trains them when someone asks).
+        present = sorted(month for month in available if month in valid)
+        known = {month: available[month] for month in present[:-1]}
+        if present[:-1]:
+            context.log.info(
+                f"first tick: {len(present)} months present; retraining the newest, {present[-1]}, and recording "
+                f"{present[0]}..{present[-2]} as known (backfill them to train them)"
+            )
+    requests, skipped = retraining_requests(context.instance, available, valid, known)
+    cursor = {**known, **{request.partition_key: request.tags[FINGERPRINT_TAG] for request in requests}}
     if skipped:
         context.log.info("skipped: " + "; ".join(skipped))
     return dg.SensorResult(run_requests=requests, cursor=json.dumps(cursor, sort_keys=True))

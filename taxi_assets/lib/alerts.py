@@ -37,7 +37,7 @@ class AlertDeliveryError(RuntimeError):
 
 
 class EmailAlerts(dg.ConfigurableResource):
-    """Where failure alerts go. Off (nothing is sent) until ``host`` and ``recipients`` are set."""
+    """Where failure alerts go. Off (nothing is sent) until host and recipients are set."""
 
     host: str | None = Field(default=None, description="SMTP server (TAXI_SMTP_HOST).")
     port: int = Field(default=587, description="SMTP port (TAXI_SMTP_PORT); 465 means implicit TLS.")

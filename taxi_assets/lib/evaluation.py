@@ -9,7 +9,6 @@ import numpy as np
 import pandas as pd
 
 from taxi_assets.lib import charts
-from taxi_assets.lib.metadata import chart
 from taxi_assets.ml.budget import Budget
 
 EXPLAINED_ROWS = 2_000
@@ -51,11 +50,6 @@ def contributions_chart(predictor, X_val, month: str, budget: Budget) -> bytes:
         f"XGBoost: top features by mean |contribution|, {month}\n"
         f"{explained.method}, {explained.rows:,} validation rows",
     )
-
-
-def model_charts_metadata(trained, prefix: str = "") -> dict[str, dg.MetadataValue]:
-    found = getattr(trained, "charts", None) or {}
-    return {f"{prefix}{name}_chart": chart(png, name.replace("_", " ")) for name, png in found.items()}
 
 
 def model_metadata(trained, prefix: str = "") -> dict[str, Any]:

@@ -58,6 +58,17 @@ def null_counts(frame: pd.DataFrame) -> dict[str, int]:
     return {str(name): int(count) for name, count in frame.isna().sum().items()}
 
 
+def _image(png: bytes, alt: str) -> str:
+    return f"![{alt}](data:image/png;base64,{base64.b64encode(png).decode('ascii')})"
+
+
 def chart(png: bytes, alt: str) -> dg.MetadataValue:
-    """A PNG as a markdown image with a data URI: the asset page shows it inline."""
-    return dg.MetadataValue.md(f"![{alt}](data:image/png;base64,{base64.b64encode(png).decode('ascii')})")
+    """One PNG as a markdown image with a data URI."""
+    return dg.MetadataValue.md(_image(png, alt))
+
+
+def charts(pngs: dict[str, bytes]) -> dg.MetadataValue:
+    """All of a materialization's charts in one markdown value, each under its name: the UI shows
+    markdown metadata behind one "[Show Markdown]" click, so one click shows them all."""
+    sections = [f"**{name.replace('_', ' ')}**\n\n{_image(png, name.replace('_', ' '))}" for name, png in pngs.items()]
+    return dg.MetadataValue.md("\n\n".join(sections))

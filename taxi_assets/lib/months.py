@@ -65,15 +65,6 @@ def previous_and_current_month(key: str | None = None) -> dg.AssetIn:
     )
 
 
-def previous_month_input(key: str) -> dg.AssetIn:
-    """An input of month M-1 only (absent for the first partition or when not materialized)."""
-    return dg.AssetIn(
-        key=key,
-        partition_mapping=dg.TimeWindowPartitionMapping(start_offset=-1, end_offset=-1),
-        metadata={"allow_missing_partitions": True},
-    )
-
-
 def previous_and_current(consumer: str, asset: str, loaded: Any, month: str, materialized: set[str]) -> list[Any]:
     """The values of months M-1 and M of ``asset``, oldest first, from a
     :func:`previous_and_current_month` input of ``consumer``; a Failure naming what is missing

@@ -63,7 +63,7 @@ class TripSource(dg.ConfigurableResource):
 
 
 class LocalTripSource(TripSource):
-    """A local folder with ``YYYY/MM.parquet`` or ``green_tripdata_YYYY-MM.parquet`` files."""
+    """A local folder with YYYY/MM.parquet or green_tripdata_YYYY-MM.parquet files."""
 
     directory: str = Field(
         description="Folder holding the monthly files, in either the course's layout "

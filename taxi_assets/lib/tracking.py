@@ -42,6 +42,37 @@ def _ended_by_outcome(mlflow):
 
 
 @contextmanager
+def quiet_mlflow(log=None):
+    """MLflow's chatter (store migrations, "Successfully registered model", the signature's
+    example run, artifact progress bars) goes to the Dagster log at DEBUG instead of the terminal,
+    where it would bury a run's progress lines. Warnings and errors still show."""
+    import io
+    import logging
+    import sys
+
+    logger = logging.getLogger("mlflow")
+    level, progress = logger.level, os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
+    captured = io.StringIO()
+    logger.setLevel(logging.WARNING)
+    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
+    original, sys.stderr = sys.stderr, captured
+    try:
+        yield
+    finally:
+        sys.stderr = original
+        logger.setLevel(level)
+        if progress is None:
+            os.environ.pop("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", None)
+        else:
+            os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = progress
+        text = captured.getvalue().strip()
+        if text and log is not None:
+            log.debug(f"mlflow: {text}")
+        elif text:
+            original.write(text + "\n")
+
+
+@contextmanager
 def _store_lock(uri: str):
     """An exclusive lock beside a local SQLite store, a no-op for server stores."""
     if not uri.startswith("sqlite:///"):
@@ -90,9 +121,18 @@ class MlflowTracking(dg.ConfigurableResource):
     def _activate(self):
         import mlflow
 
+        # MLflow's setters also write MLFLOW_TRACKING_URI / MLFLOW_REGISTRY_URI into the
+        # environment; put the user's values back, so the next resource in this process (another
+        # instance, a test) still sees what the user set, not the store this one chose.
+        saved = {name: os.environ.get(name) for name in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
         mlflow.set_tracking_uri(self.uri)
         mlflow.set_registry_uri(self.uri)
-        with _store_lock(self.uri):
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        with _store_lock(self.uri), quiet_mlflow():
             # Opening a new SQLite store runs its migrations; parallel step processes (the
             # fan-out) must not run them at the same time.
             from mlflow.exceptions import MlflowException
@@ -181,22 +221,33 @@ class MlflowTracking(dg.ConfigurableResource):
     def log_and_register(
         self, context, asset: str, predictor, registered_model: str, metrics: dict[str, float], params: dict
     ):
-        """Log the predictor as a pyfunc model (its signature comes from TripRecord, through the
-        model's type hints) and register a new version."""
+        """Log the predictor as an MLflow model and register a new version.
+
+        The model is "models from code" (``taxi_assets/ml/mlflow_model.py``) with the predictor
+        folder as its artifact, in the libraries' own formats: nothing is CloudPickled. Its
+        signature comes from TripRecord, through the model's type hints."""
+        import tempfile
+
         import mlflow
 
-        from taxi_assets.ml.mlflow_model import TripDurationModel, input_example
+        import taxi_assets.ml as ml_package
+        from taxi_assets.ml.model_files import REFERENCE_TRIPS, save_predictor
 
         mlflow.log_params({f"best_{key}": value for key, value in params.items()})
         mlflow.log_metrics({f"val_{key}": value for key, value in metrics.items()})
-        info = mlflow.pyfunc.log_model(
-            name="model",
-            python_model=TripDurationModel(predictor),
-            input_example=input_example(),
-            registered_model_name=registered_model,
-            # Listed, not inferred: inference imports and probes the model, which is slow.
-            pip_requirements=["taxi_assets", "scikit-learn", "xgboost", "pandas", "scipy"],
-        )
+        with tempfile.TemporaryDirectory() as scratch, quiet_mlflow(context.log):
+            folder = Path(scratch) / "predictor"
+            folder.mkdir()
+            save_predictor(predictor, folder)
+            info = mlflow.pyfunc.log_model(
+                name="model",
+                python_model=str(Path(ml_package.__file__).parent / "mlflow_model.py"),
+                artifacts={"predictor": str(folder)},
+                input_example=REFERENCE_TRIPS[:2],
+                registered_model_name=registered_model,
+                # Listed, not inferred: inference imports and probes the model, which is slow.
+                pip_requirements=["taxi_assets", "scikit-learn", "xgboost", "skops", "pandas", "scipy"],
+            )
         version = str(info.registered_model_version)
         client = mlflow.MlflowClient(self.uri)
         for key, value in self.dagster_tags(context, asset).items():

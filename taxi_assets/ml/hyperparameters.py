@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import importlib
 import math
+from enum import Enum
 from typing import Any
 
-# Short name -> sklearn module path. The course's six models.
+# The course's six scikit-learn models: class name -> module.
 SKLEARN_MODELS: dict[str, str] = {
     "LinearRegression": "sklearn.linear_model",
     "Lasso": "sklearn.linear_model",
@@ -15,7 +16,9 @@ SKLEARN_MODELS: dict[str, str] = {
     "GradientBoostingRegressor": "sklearn.ensemble",
     "RandomForestRegressor": "sklearn.ensemble",
 }
-DEFAULT_SKLEARN_MODELS = ["linear_model.LinearRegression", "linear_model.Lasso"]
+# The same names as an Enum, for config that refuses other names at launch (the Launchpad lists them).
+SklearnModel = Enum("SklearnModel", {name: name for name in SKLEARN_MODELS}, type=str)
+DEFAULT_SKLEARN_MODELS = ["LinearRegression", "Lasso"]
 
 
 def valid_model_names() -> list[str]:

@@ -95,6 +95,11 @@ def test_taxi_assets_materialize_reports_and_exits_by_outcome(project_home, tmp_
     assert "for 2024-02: SUCCESS" in ok.stdout
     assert "training_set             materialized" in ok.stdout
     assert "check training_set.rows_match_cleaned_months" in ok.stdout
+    assert " - DEBUG - " not in ok.stdout + ok.stderr
+    verbose = run(
+        [BIN / "taxi-assets", "materialize", "--partition", "2024-02", "--no-previous-month", "--verbose"], project_home
+    )
+    assert verbose.returncode == 0 and " - DEBUG - " in verbose.stdout + verbose.stderr  # the whole event log
 
     broken = tmp_path / "broken"
     (broken / "2024").mkdir(parents=True)
@@ -166,6 +171,20 @@ def test_state_follows_dagster_home_from_any_folder(project_home):
         project_home,
     )
     assert trained.returncode == 0, trained.stdout + trained.stderr
+    # What it prints: a line per asset and check, progress lines for the trials, nothing else:
+    # no Dagster DEBUG events, no MLflow chatter (registrations, progress bars, pickling warnings).
+    output = trained.stdout + trained.stderr
+    for asset in ("raw_trips", "cleaned_trips", "training_set", "sklearn_models", "xgboost_model", "production_model"):
+        assert f"  {asset:<24} materialized" in output
+    assert "check production_model.model_freshness" in output
+    assert "xgboost 2024-02: trial 1 of 1: RMSE" in output and "LinearRegression 2024-02: trial 1 of 1: RMSE" in output
+    for noise in (" - DEBUG - ", "CloudPickle", "Successfully registered", "Downloading artifacts", "WARNING"):
+        assert noise not in output, noise
+    # The same progress is in the Dagster log, so the UI's run view shows it.
+    with dg.DagsterInstance.from_config(str(project_home)) as instance:
+        [retraining] = [r for r in instance.get_runs() if r.job_name == "retraining"]
+        messages = [entry.user_message for entry in instance.all_logs(retraining.run_id) if entry.dagster_event is None]
+    assert any("xgboost 2024-02: trial 1 of 1" in message for message in messages)
     assert (project_home / ".dagster_home" / "history" / "runs.db").is_file()
     assert (project_home / ".dagster_home" / "mlflow" / "mlflow.db").is_file()
     loaded = run(
@@ -206,3 +225,19 @@ def test_state_follows_dagster_home_from_any_folder(project_home):
         server.terminate()
         server.wait(timeout=20)
     assert status == 200 and body["model"]["partition"] == "2024-02"
+
+
+def test_help_is_plain_text_and_lists_the_assets(project_home):
+    usage = run([BIN / "taxi-assets", "--help"], project_home)
+    materialize = run([BIN / "taxi-assets", "materialize", "--help"], project_home)
+    serve = run([BIN / "taxi-assets", "serve", "--help"], project_home)
+    for text in (usage.stdout, materialize.stdout, serve.stdout):
+        assert "``" not in text and "`" not in text
+    flat = " ".join(materialize.stdout.split())
+    for asset in ("raw_trips", "cleaned_trips", "training_set", "sklearn_models", "xgboost_model", "production_model"):
+        assert asset in flat
+    assert "--port PORT port to listen on (default 8000)" in " ".join(serve.stdout.split())
+    missing = run(
+        [BIN / "taxi-assets", "materialize", "--partition", "2024-02", "--config", "nowhere.yaml"], project_home
+    )
+    assert missing.returncode == 2 and "cannot read the run config nowhere.yaml" in missing.stderr

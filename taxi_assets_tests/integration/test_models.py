@@ -11,9 +11,17 @@ import pytest
 
 import taxi_assets
 from taxi_assets.definitions import build_defs
-from taxi_assets.ml.hyperparameters import short_name, valid_model_names
+from taxi_assets.ml.hyperparameters import SKLEARN_MODELS, short_name
 from taxi_assets.model_store import ModelNotFoundError
-from taxi_assets_tests.helpers import SAMPLES, failure_messages, mlflow_client, run_months, runs_of, train
+from taxi_assets_tests.helpers import (
+    SAMPLES,
+    failure_messages,
+    mlflow_client,
+    run_months,
+    runs_of,
+    train,
+    use_mlflow_store_of,
+)
 
 
 def test_fan_out_one_result_per_model_with_dynamic_steps(trained_instance):
@@ -106,7 +114,7 @@ def test_mlflow_trials_versions_tags_and_no_running_runs(trained_instance):
     import mlflow.pyfunc
     import pandas as pd
 
-    mlflow.set_tracking_uri(client.tracking_uri)
+    use_mlflow_store_of(trained_instance)
     model = mlflow.pyfunc.load_model("models:/taxi-duration-xgboost/1")
     frame = pd.DataFrame(
         [
@@ -137,7 +145,7 @@ def test_step_failing_midway_leaves_its_mlflow_runs_failed(prepared_instance, mo
     config = dg.RunConfig(
         ops={
             "sklearn_models": {
-                "ops": {"load_models": {"config": {"models": ["linear_model.LinearRegression"], "max_evaluations": 3}}}
+                "ops": {"load_models": {"config": {"models": ["LinearRegression"], "max_evaluations": 3}}}
             }
         }
     )
@@ -149,22 +157,20 @@ def test_step_failing_midway_leaves_its_mlflow_runs_failed(prepared_instance, mo
     assert statuses == [("1", "FINISHED"), ("2", "FAILED"), ("parent", "FAILED")]
 
 
-def test_unknown_model_lists_valid_ones(prepared_instance):
+def test_unknown_model_is_refused_at_launch_naming_the_valid_ones(prepared_instance):
+    """The config schema knows the six models: an unknown one is refused before anything runs."""
     config = dg.RunConfig(
-        ops={
-            "sklearn_models": {
-                "ops": {
-                    "load_models": {"config": {"models": ["linear_model.LinearRegression", "ensemble.MagicForest"]}}
-                }
-            }
-        }
+        ops={"sklearn_models": {"ops": {"load_models": {"config": {"models": ["LinearRegression", "MagicForest"]}}}}}
     )
-    result = train(prepared_instance, run_config=config, assets=("sklearn_models",))
-    assert not result.success
-    message = failure_messages(result)
-    assert "unknown model 'ensemble.MagicForest'" in message
-    for valid in valid_model_names():
-        assert valid in message
+    with pytest.raises(dg.DagsterInvalidConfigError) as refused:
+        train(prepared_instance, run_config=config, assets=("sklearn_models",))
+    assert "not in enum type SklearnModel got MagicForest" in str(refused.value)
+    # The schema (what the Launchpad lists) holds exactly the six.
+    from taxi_assets.definitions import build_defs
+
+    schema = build_defs().resolve_job_def("retraining").get_job_snapshot().config_schema_snapshot
+    enum = schema.get_config_snap("SklearnModel")
+    assert [value.value for value in enum.enum_values or []] == list(SKLEARN_MODELS)
 
 
 def test_model_names():
@@ -316,7 +322,7 @@ def test_budgets_bound_whole_steps_even_for_the_deepest_configuration(instance):
                 "ops": {
                     "load_models": {
                         "config": {
-                            "models": ["ensemble.RandomForestRegressor"],
+                            "models": ["RandomForestRegressor"],
                             "max_evaluations": 10,
                             "timeout_seconds": 8,
                         }
@@ -341,7 +347,7 @@ def test_budgets_bound_whole_steps_even_for_the_deepest_configuration(instance):
     ).records
     metadata = record.asset_materialization.metadata
     assert metadata["search_ended_by"].value == "time" and metadata["budget_seconds"].value == 20
-    assert "feature_contributions_chart" in metadata  # explained (by a bounded method), not skipped
+    assert "feature contributions" in metadata["charts"].value  # explained (by a bounded method), not skipped
 
     # production_model with too little time to compile that booster: the booster serves,
     # verified predictions unchanged, and the step stays within its budget.

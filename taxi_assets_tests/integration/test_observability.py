@@ -33,11 +33,20 @@ def png_size(png: bytes) -> tuple[int, int]:
     return image.shape[1], image.shape[0]
 
 
-def chart_png(metadata_value) -> bytes:
+def chart_pngs(metadata_value) -> dict[str, bytes]:
+    """The charts of a materialization's one "charts" markdown value, by name."""
     text = metadata_value.value if hasattr(metadata_value, "value") else metadata_value
-    match = re.fullmatch(r"!\[[^\]]*\]\(data:image/png;base64,([A-Za-z0-9+/=]+)\)", text)
-    assert match, text[:80]
-    return base64.b64decode(match.group(1))
+    found = re.findall(r"!\[([^\]]*)\]\(data:image/png;base64,([A-Za-z0-9+/=]+)\)", text)
+    assert found, text[:80]
+    return {alt.replace(" ", "_"): base64.b64decode(data) for alt, data in found}
+
+
+def assert_charts(metadata, names) -> None:
+    pngs = chart_pngs(metadata["charts"])
+    assert set(pngs) == set(names), sorted(pngs)
+    for png in pngs.values():
+        width, height = png_size(png)
+        assert width >= 800 and height >= 400  # large enough to read in the UI's dialog
 
 
 def latest_metadata(instance, asset, partition=None):
@@ -53,15 +62,13 @@ def latest_metadata(instance, asset, partition=None):
 
 def test_data_assets_carry_charts_and_profile(prepared_instance):
     raw = latest_metadata(prepared_instance, "raw_trips", "2024-02")
-    for name in ("pickups_per_day", "missing_values"):
-        png_size(chart_png(raw[name]))
+    assert_charts(raw, ["pickups_per_day", "missing_values"])
     # Dagster's table metadata (the UI renders a table): 53,577 trips in the real file.
     profile = {record.data["column"]: record.data for record in raw["feature_profile"].records}
     assert (profile["lpep_pickup_datetime"]["count"], profile["lpep_pickup_datetime"]["nulls"]) == (53_577, 0)
     assert (profile["trip_distance"]["min"], profile["trip_distance"]["max"]) == ("0.000", "134,625.460")
     cleaned = latest_metadata(prepared_instance, "cleaned_trips", "2024-02")
-    for name in ("duration_chart", "trip_distance_chart"):
-        png_size(chart_png(cleaned[name]))
+    assert_charts(cleaned, ["duration", "trip_distance"])
     histogram = cleaned["duration_histogram"].value
     assert sum(histogram["counts"]) == cleaned["dagster/row_count"].value
     assert isinstance(cleaned["dropped_share"].value, float) and isinstance(
@@ -71,16 +78,11 @@ def test_data_assets_carry_charts_and_profile(prepared_instance):
 
 def test_model_assets_carry_charts_and_log_them_to_mlflow(trained_instance):
     sklearn = latest_metadata(trained_instance, "sklearn_models", "2024-02")
-    for name in (
-        "rmse_by_model",
-        "rmse_over_months",
-        "best_model_predicted_vs_actual_chart",
-        "best_model_residuals_chart",
-    ):
-        png_size(chart_png(sklearn[name]))
+    assert_charts(
+        sklearn, ["rmse_by_model", "rmse_over_months", "best_model_predicted_vs_actual", "best_model_residuals"]
+    )
     xgb = latest_metadata(trained_instance, "xgboost_model", "2024-02")
-    for name in ("predicted_vs_actual_chart", "residuals_chart", "feature_contributions_chart", "rmse_over_months"):
-        png_size(chart_png(xgb[name]))
+    assert_charts(xgb, ["predicted_vs_actual", "residuals", "feature_contributions", "rmse_over_months"])
     assert isinstance(xgb["rmse"].value, float)
 
     # The same charts are artifacts of the MLflow run that trained each model.
@@ -197,8 +199,7 @@ def test_pipeline_health_and_model_freshness(instance, data_copy):
         {"job": "__ASSET_JOB", "SUCCESS": 2, "FAILURE": 1}
     ]
     assert metadata["trainings_by_model"].value == {}
-    for name in ("runs_per_day_chart", "trainings_by_model_chart"):
-        png_size(chart_png(metadata[name]))
+    assert_charts(metadata, ["runs_per_day", "trainings_by_model"])
 
     # cleaned_trips reaches 2024-02 but no production model exists: the freshness check warns.
     [freshness] = result.get_asset_check_evaluations()
@@ -222,8 +223,7 @@ def test_freshness_passes_once_the_production_model_is_current(trained_instance)
     assert trained == {"LinearRegression": 1, "Lasso": 1, "xgboost": 1}
     # production_model's decision charts are in its metadata and its own MLflow run.
     production = latest_metadata(trained_instance, "production_model", "2024-02")
-    for name in ("rmse_by_model_chart", "rmse_over_months_chart", "predicted_vs_actual_chart", "residuals_chart"):
-        png_size(chart_png(production[name]))
+    assert_charts(production, ["rmse_by_model", "rmse_over_months", "predicted_vs_actual", "residuals"])
     client = mlflow_client(trained_instance)
     [run] = [
         r

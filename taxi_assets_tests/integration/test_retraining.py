@@ -24,7 +24,14 @@ from taxi_assets.lib.tracking import MlflowTracking
 from taxi_assets.ml.champion import ProductionModel
 from taxi_assets.ml.predictor import TrainedModel, TripDurationPredictor
 from taxi_assets.model_store import read_value
-from taxi_assets_tests.helpers import DATA_DIR, SMALL_BUDGET, failure_messages, mlflow_client
+from taxi_assets_tests.helpers import (
+    DATA_DIR,
+    SMALL_BUDGET,
+    TINY_BUDGET,
+    failure_messages,
+    mlflow_client,
+    use_mlflow_store_of,
+)
 
 RETRAIN_BUDGET = dg.RunConfig(ops={**SMALL_BUDGET.ops})
 SENSOR = new_trip_data_sensor(interval_seconds=30)
@@ -68,30 +75,50 @@ def launch(instance, defs, request, run_config=None):
     )
 
 
-def test_sensor_requests_new_and_changed_months_once(instance, source_dir):
+def test_sensor_starts_calmly_then_retrains_new_and_changed_files_once(instance, tmp_path):
+    """The real folder: 13 of the 14 real months (as symlinks), then 2024-02 lands, then changes."""
     os.environ.pop("MLFLOW_TRACKING_URI", None)
-    january, february = source_dir / "2024" / "01.parquet", source_dir / "2024" / "02.parquet"
+    folder = tmp_path / "trips"
+    for path in sorted(DATA_DIR.glob("*/*.parquet")):
+        (folder / path.parent.name).mkdir(parents=True, exist_ok=True)
+        if path.parent.name != "2024" or path.name != "02.parquet":
+            (folder / path.parent.name / path.name).symlink_to(path)
+    present = sorted(f"{p.parent.name}-{p.stem}" for p in folder.glob("*/*.parquet"))
+    assert len(present) == 13 and present[-1] == "2024-01"
 
-    # Tick 1: 2024-01 has no previous month in the source: prepared only. 2024-02 waits for it.
-    result, defs = tick(instance, source_dir)
+    # Tick 1 (first start): only the newest month, 2024-01, is to be trained; its previous month
+    # is prepared first. The twelve others are recorded as known, not queued.
+    result, defs = tick(instance, folder)
     [request] = result.run_requests
-    assert request.partition_key == "2024-01"
-    assert request.run_key == run_key("2024-01", fingerprint(january)) == f"retrain:2024-01:{fingerprint(january)}"
+    december = fingerprint(folder / "2023" / "12.parquet")
+    assert (request.partition_key, request.run_key) == ("2023-12", run_key("2023-12", december, kind="prepare"))
     assert request.asset_selection == [dg.AssetKey("raw_trips"), dg.AssetKey("cleaned_trips")]
-    assert request.tags[MONTH_TAG] == "2024-01"
-    assert json.loads(result.cursor) == {"2024-01": fingerprint(january)}
+    assert sorted(json.loads(result.cursor)) == present[:-1]  # known, 2024-01 still to come
     assert launch(instance, defs, request).success
 
-    # Tick 2: 2024-02's previous month is prepared: the full retraining of 2024-02.
-    result, defs = tick(instance, source_dir, result.cursor)
+    # Tick 2: 2024-01's previous month is prepared: its full retraining.
+    result, defs = tick(instance, folder, result.cursor)
     [request] = result.run_requests
+    january = fingerprint(folder / "2024" / "01.parquet")
     assert (request.partition_key, request.run_key, request.asset_selection) == (
-        "2024-02",
-        f"retrain:2024-02:{fingerprint(february)}",
+        "2024-01",
+        run_key("2024-01", january),
         None,
     )
-    assert json.loads(result.cursor) == {"2024-01": fingerprint(january), "2024-02": fingerprint(february)}
-    run = launch(instance, defs, request, RETRAIN_BUDGET)
+    assert sorted(json.loads(result.cursor)) == present
+    assert launch(instance, defs, request, TINY_BUDGET).success
+
+    # Tick 3: nothing new.
+    result, _ = tick(instance, folder, result.cursor)
+    assert result.run_requests == []
+
+    # A new month lands: retrained, once.
+    shutil.copy(DATA_DIR / "2024" / "02.parquet", folder / "2024" / "02.parquet")
+    february = folder / "2024" / "02.parquet"
+    result, defs = tick(instance, folder, result.cursor)
+    [request] = result.run_requests
+    assert (request.partition_key, request.run_key) == ("2024-02", f"retrain:2024-02:{fingerprint(february)}")
+    run = launch(instance, defs, request, TINY_BUDGET)
     assert run.success, failure_messages(run)
     materialized = {event.asset_key.to_user_string() for event in run.get_asset_materialization_events()}
     assert materialized == {
@@ -102,18 +129,17 @@ def test_sensor_requests_new_and_changed_months_once(instance, source_dir):
         "xgboost_model",
         "production_model",
     }
-
-    # Tick 3: nothing changed, nothing requested.
-    result, _ = tick(instance, source_dir, result.cursor)
+    result, _ = tick(instance, folder, result.cursor)
     assert result.run_requests == []
 
     # The file changes (new modification time): requested again, under a new key.
     stat = february.stat()
     os.utime(february, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
-    result, _ = tick(instance, source_dir, result.cursor)
+    result, _ = tick(instance, folder, result.cursor)
     [request] = result.run_requests
     assert request.run_key == f"retrain:2024-02:{fingerprint(february)}" != run.dagster_run.tags["dagster/run_key"]
     assert json.loads(result.cursor)["2024-02"] == fingerprint(february)
+    source_dir = folder
 
     # While a retraining of 2024-02 runs, no new one starts (skip_if_previous_running).
     instance.add_run(
@@ -153,7 +179,8 @@ def test_schedule_shares_run_keys_with_the_sensor(instance, source_dir):
     )
     assert isinstance(schedule_tick(march), dg.SkipReason)
     result, _ = tick(instance, source_dir)
-    assert [r.partition_key for r in result.run_requests] == ["2024-01"]  # 2024-02 is taken
+    # The sensor's first tick: 2024-01 is recorded as known (a calm start), 2024-02 is taken.
+    assert result.run_requests == []
     # A month the source does not have yet: skipped, not failed.
     assert "no file for 2024-03" in schedule_tick(dt.datetime(2024, 4, 1, 12, tzinfo=dt.UTC)).skip_message
 
@@ -177,7 +204,7 @@ def constant_model(name, value, dv):
     )
 
 
-def test_champion_challenger(trained_instance):
+def test_champion_challenger(trained_instance, monkeypatch):
     instance = trained_instance
     load = lambda asset, month="2024-02": read_value(instance, asset, month)  # noqa: E731
     dataset, xgb, sklearn = load("training_set"), load("xgboost_model"), load("sklearn_models")
@@ -185,16 +212,21 @@ def test_champion_challenger(trained_instance):
     mean = float(dataset.y_train.mean())
 
     def decide(champion, sklearn_models, xgboost_model, tolerance=0.0):
+        from taxi_assets.defs.serving import assets as serving
+
+        # The champion is the previous month's decision; here it is the one each case needs.
+        monkeypatch.setattr(serving, "_previous_decision", lambda context, month: champion)
         context = dg.build_asset_context(
-            partition_key="2024-02", instance=instance, resources={"mlflow": MlflowTracking()}
-        )
+            partition_key="2024-02", instance=instance,
+            resources={"mlflow": MlflowTracking()},
+        )  # fmt: skip
         output = production_model(
             context,
-            config=ProductionModelConfig(tolerance_minutes=tolerance),
+            # A short budget: compiling the lookup table is not what this test is about.
+            config=ProductionModelConfig(tolerance_minutes=tolerance, timeout_seconds=8),
             sklearn_models=sklearn_models,
             xgboost_model=xgboost_model,
             cleaned_trips=cleaned,
-            previous=champion,
         )
         return output.value, {key: value.value for key, value in output.metadata.items()}
 
@@ -399,7 +431,7 @@ def test_retraining_an_older_month_never_moves_what_serves(instance, tmp_path):
     client = mlflow_client(instance)
     champion = client.get_model_version_by_alias(newest.registered_model, "champion")
     assert (str(champion.version), champion.tags["dagster.partition"]) == (newest.model_version, newest.model_partition)
-    mlflow.set_tracking_uri(client.tracking_uri)
+    use_mlflow_store_of(instance)
     registry = mlflow.pyfunc.load_model(f"models:/{newest.registered_model}@champion")
     frame = pd.DataFrame(
         [{key: int(value) if key != "trip_distance" else value for key, value in trip.items()} for trip in SAMPLES]

@@ -14,7 +14,7 @@ import dagster as dg
 import pytest
 
 from taxi_assets.definitions import build_defs
-from taxi_assets_tests.helpers import failure_messages
+from taxi_assets_tests.helpers import failure_messages, use_mlflow_store_of
 from taxi_assets_tests.servers import free_port
 
 TOKEN = secrets.token_urlsafe(24)  # made per test session; no token lives in the repo
@@ -266,12 +266,10 @@ def surfaces(server):
     import taxi_assets
     from taxi_assets.definitions import build_defs
     from taxi_assets.model_store import serving_model
-    from taxi_assets_tests.helpers import mlflow_client
 
     instance = server["instance"]
     serving = serving_model(instance)
-    client = mlflow_client(instance)
-    mlflow.set_tracking_uri(client.tracking_uri)
+    use_mlflow_store_of(instance)
     # The registered version that serves (other tests here move the champion alias around).
     registered = mlflow.pyfunc.load_model(f"models:/taxi-duration-{serving.name}/{serving.version}")
     predict_job = build_defs().resolve_job_def("predict")
@@ -393,3 +391,141 @@ def test_server_starts_in_production_with_only_the_bucket_of_asset_values(server
     assert status == 200 and body["model"]["partition"] == month, output[-2000:]
     _, local_answer = Client(server["port"]).request("POST", "/predict", GOOD)
     assert body["predictions"] == local_answer["predictions"]
+
+
+# MLflow's scoring protocol ----------------------------------------------------------------------
+
+
+def test_invocations_speak_mlflows_protocol_with_the_pyfuncs_predictions(server, surfaces):
+    import mlflow.pyfunc
+    import pandas as pd
+
+    from taxi_assets.model_store import serving_model
+
+    instance = server["instance"]
+    serving = serving_model(instance)
+    use_mlflow_store_of(instance)
+    pyfunc = mlflow.pyfunc.load_model(f"models:/taxi-duration-{serving.name}/{serving.version}")
+    trips = [
+        record(),
+        record(PULocationID=65, DOLocationID=170, trip_distance=6.54),
+        record(PULocationID=999, DOLocationID=1),
+    ]
+    expected = [float(value) for value in pyfunc.predict(pd.DataFrame(trips))]
+    columns = ["PULocationID", "DOLocationID", "trip_distance"]
+    bodies = {
+        "dataframe_records": {"dataframe_records": trips},
+        "dataframe_split": {"dataframe_split": {"columns": columns, "data": [[t[c] for c in columns] for t in trips]}},
+        "dataframe_split with index": {
+            "dataframe_split": {
+                "index": [0, 1, 2],
+                "columns": columns,
+                "data": [[t[c] for c in columns] for t in trips],
+            }
+        },
+        "inputs as records": {"inputs": trips},
+        "inputs as columns": {"inputs": {c: [t[c] for t in trips] for c in columns}},
+        "the course's strings": {
+            "dataframe_records": [
+                {**t, "PULocationID": str(t["PULocationID"]), "DOLocationID": str(t["DOLocationID"])} for t in trips
+            ]
+        },
+    }
+    for name, body in bodies.items():
+        status, answer = Client(server["port"]).request("POST", "/invocations", body)
+        assert status == 200, (name, answer)
+        assert answer == {"predictions": expected}, name  # identical floats, as MLflow answers
+    client = Client(server["port"])
+    client.connection.request("GET", "/ping")
+    ping = client.connection.getresponse()
+    assert ping.status == 200 and ping.read() == b"\n"
+    client.connection.request("GET", "/version")
+    version = client.connection.getresponse()
+    assert version.status == 200 and version.read().decode() == __import__("importlib.metadata").metadata.version(
+        "taxi_assets"
+    )
+
+
+@pytest.mark.parametrize(
+    ("body", "raw", "status", "fragment"),
+    [
+        (
+            {"dataframe_records": [record(PULocationID=0)]},
+            None,
+            422,
+            "dataframe_records[0].PULocationID: must be a location id",
+        ),
+        (
+            {"dataframe_split": {"columns": ["PULocationID", "DOLocationID", "trip_distance"], "data": [[1, 2]]}},
+            None,
+            422,
+            "one value per column",
+        ),
+        (
+            {"inputs": {"PULocationID": [1, 2], "DOLocationID": [3], "trip_distance": [1, 2]}},
+            None,
+            422,
+            "different lengths",
+        ),
+        ({"dataframe_records": [record()], "inputs": [record()]}, None, 422, "got dataframe_records, inputs"),
+        ({"instances": [record()]}, None, 422, "instances: unknown field"),
+        ({}, None, 422, 'one of "dataframe_records"'),
+        ({"dataframe_records": []}, None, 422, "is empty"),
+        ({"dataframe_records": [record()] * 50_001}, None, 413, "at most 50000"),
+        (None, b'{"dataframe_records": ' + b"[" * 10_000, 400, "nested too deeply"),
+        (None, b"not json", 400, "invalid JSON"),
+    ],
+    ids=[
+        "bad id",
+        "short row",
+        "ragged columns",
+        "two formats",
+        "unknown format",
+        "no format",
+        "empty",
+        "too many",
+        "deep",
+        "not JSON",
+    ],
+)
+def test_invocations_refuse_bad_bodies_in_mlflows_error_shape(server, body, raw, status, fragment):
+    got, answer = Client(server["port"]).request("POST", "/invocations", body, raw=raw)
+    assert got == status and answer["error_code"] in ("BAD_REQUEST", "REQUEST_LIMIT_EXCEEDED"), answer
+    assert fragment in answer["message"], answer
+
+
+def test_invocations_need_the_token_and_json(server):
+    status, answer = Client(server["port"]).request("POST", "/invocations", {"inputs": [record()]}, token=None)
+    assert status == 401 and answer["error_code"] == "UNAUTHENTICATED"
+    status, answer = Client(server["port"]).request(
+        "POST", "/invocations", raw=b"a,b\n1,2", headers={"Content-Type": "text/csv"}
+    )
+    assert status == 415 and "application/json" in answer["message"]
+
+
+def test_without_a_model_the_server_says_how_to_make_one(instance, tmp_path):
+    port = free_port()
+    home = Path(instance.storage_directory()).resolve().parent
+    process = subprocess.Popen(
+        [Path(sys.executable).parent / "taxi-assets", "serve", "--port", str(port), "--reload-interval", "0"],
+        env={**os.environ, "DAGSTER_HOME": str(home), "TAXI_API_TOKEN": TOKEN}, cwd=tmp_path,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        from taxi_assets_tests.stack import wait_for
+
+        def answer():
+            try:
+                return Client(port).request("POST", "/predict", GOOD)
+            except OSError:
+                return None
+
+        status, body = wait_for(answer, 60, "the server")
+        assert status == 503 and "taxi-assets materialize --partition" in body["error"]
+        status, body = Client(port).request("POST", "/invocations", {"inputs": GOOD["inputs"]})
+        assert (
+            status == 503 and body["error_code"] == "TEMPORARILY_UNAVAILABLE" and "retrain a month" in body["message"]
+        )
+    finally:
+        process.terminate()
+        process.wait(timeout=20)

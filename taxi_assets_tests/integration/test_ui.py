@@ -10,10 +10,13 @@ import subprocess
 import sys
 import time
 import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
 
+import dagster as dg
 import pytest
 
+from taxi_assets.definitions import build_defs
 from taxi_assets_tests.helpers import DATA_DIR, REPO_ROOT
 from taxi_assets_tests.servers import free_port
 
@@ -37,10 +40,9 @@ def pytest_configure_chromium():
         raise pytest.UsageError(f"Chromium not found at {CHROMIUM}: install Debian's chromium (.ci/run does)")
 
 
-@pytest.fixture(scope="module")
-def webserver(trained_instance):
-    pytest_configure_chromium()
-    home = Path(trained_instance.storage_directory()).parent
+@contextmanager
+def running_webserver(home: Path):
+    """dagster-webserver on the instance in ``home``; yields its URL."""
     port = free_port()
     log = open(home / "webserver.log", "wb")
     process = subprocess.Popen(
@@ -73,6 +75,21 @@ def webserver(trained_instance):
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
         log.close()
+
+
+@pytest.fixture(scope="module")
+def webserver(trained_instance):
+    pytest_configure_chromium()
+    production = (
+        build_defs()
+        .resolve_implicit_global_asset_job_def()
+        .execute_in_process(
+            instance=trained_instance, partition_key="2024-02", asset_selection=[dg.AssetKey("production_model")]
+        )
+    )
+    assert production.success
+    with running_webserver(Path(trained_instance.storage_directory()).parent) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -154,13 +171,22 @@ def test_lineage_is_drawn(webserver, page):
     page.wait_for_timeout(1500)  # edges are laid out after the nodes
     graph = page.evaluate(GRAPH_JS)
     names = {node["name"] for node in graph["nodes"]}
-    assert {"raw_trips", "cleaned_trips", "training_set", "sklearn_models", "xgboost_model"} <= names
+    assert {
+        "raw_trips",
+        "cleaned_trips",
+        "training_set",
+        "sklearn_models",
+        "xgboost_model",
+        "production_model",
+    } <= names
     edges = drawn_edges(graph)
     assert {
         ("raw_trips", "cleaned_trips"),
         ("cleaned_trips", "training_set"),
         ("training_set", "sklearn_models"),
         ("training_set", "xgboost_model"),
+        ("sklearn_models", "production_model"),
+        ("xgboost_model", "production_model"),
     } <= edges, edges
     # Nothing upstream of raw_trips, and training_set does not feed raw data back.
     assert not any(target == "raw_trips" for _, target in edges)
@@ -168,21 +194,49 @@ def test_lineage_is_drawn(webserver, page):
 
 
 @pytest.mark.parametrize(
-    ("asset", "entry", "width"),
-    [("raw_trips", "pickups_per_day", 512), ("xgboost_model", "feature_contributions_chart", 512)],
+    ("asset", "names"),
+    [
+        ("raw_trips", ["pickups per day", "missing values"]),
+        ("xgboost_model", ["predicted vs actual", "residuals", "feature contributions", "rmse over months"]),
+        ("production_model", ["rmse by model", "rmse over months", "predicted vs actual", "residuals"]),
+    ],
 )
-def test_asset_page_shows_its_chart(webserver, page, asset, entry, width):
+def test_one_click_shows_all_of_an_assets_charts(webserver, page, asset, names):
+    """Markdown metadata sits behind "[Show Markdown]": one value, "charts", holds every chart of
+    the materialization, 800 px wide, so one click shows them all."""
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    page.goto(f"{webserver}/assets/{asset}?view=events&partition=2024-02")
-    page.get_by_text(entry, exact=True).wait_for(timeout=60_000)
+    page.goto(f"{webserver}/assets/{asset}?partition=2024-02")
+    page.get_by_text("charts", exact=True).first.wait_for(timeout=60_000)
     dismiss_welcome(page)
-    row = page.locator("tr", has=page.get_by_text(entry, exact=True))
-    row.get_by_text("[Show Markdown]").click()
-    image = page.get_by_role("dialog").locator('img[src^="data:image/png;base64,"]')
-    image.wait_for(timeout=10_000)
+    row = page.locator("tr", has=page.get_by_text("charts", exact=True))
+    row.get_by_text("[Show Markdown]").first.click()
+    dialog = page.get_by_role("dialog")
+    images = dialog.locator('img[src^="data:image/png;base64,"]')
+    images.first.wait_for(timeout=10_000)
+    page.wait_for_timeout(500)
     # Decoded and laid out by the browser, not just present in the DOM.
-    natural_width, natural_height, shown_width = image.evaluate(
-        "i => [i.naturalWidth, i.naturalHeight, i.getBoundingClientRect().width]"
+    shown = images.evaluate_all(
+        "all => all.map(i => [i.alt, i.naturalWidth, i.naturalHeight, i.getBoundingClientRect().width])"
     )
-    assert natural_width == width and natural_height >= 200 and shown_width > 100
-    page.screenshot(path=str(SCREENSHOTS / f"{asset}-{entry}.png"))
+    assert [alt for alt, *_ in shown] == names
+    assert all(width == 800 and height >= 400 and on_screen > 300 for _, width, height, on_screen in shown), shown
+    page.screenshot(path=str(SCREENSHOTS / f"{asset}-charts.png"))
+
+
+def test_the_projects_instance_shows_no_welcome_and_writes_no_nux(tmp_path, browser):
+    """The project's dagster.yaml turns the "join the community" dialog off: nothing asks, and
+    nothing is written into DAGSTER_HOME (a .nux/ folder in the project, before)."""
+    pytest_configure_chromium()
+    import shutil
+
+    shutil.copy(REPO_ROOT / "dagster.yaml", tmp_path / "dagster.yaml")
+    with running_webserver(tmp_path) as url:
+        context = browser.new_context(viewport={"width": 1400, "height": 900})
+        page = context.new_page()
+        page.goto(f"{url}/assets")
+        page.get_by_text("raw_trips").first.wait_for(timeout=60_000)
+        page.wait_for_timeout(4_000)
+        assert page.get_by_role("button", name="Skip").count() == 0
+        context.close()
+    assert not (tmp_path / ".nux").exists()
+    assert sorted(path.name for path in tmp_path.iterdir()) == [".dagster_home", "dagster.yaml", "webserver.log"]

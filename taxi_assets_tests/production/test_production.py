@@ -38,9 +38,7 @@ TRIPS_BUCKET, ASSETS_BUCKET = "taxi-trips", "taxi-assets"
 # Small search budgets: the point here is the deployment, not the models.
 SMALL_BUDGET = {
     "ops": {
-        "sklearn_models": {
-            "ops": {"load_models": {"config": {"models": ["linear_model.LinearRegression"], "max_evaluations": 1}}}
-        },
+        "sklearn_models": {"ops": {"load_models": {"config": {"models": ["LinearRegression"], "max_evaluations": 1}}}},
         "xgboost_model": {"config": {"max_evaluations": 1, "fixed_params": {"max_depth": 6}, "timeout_seconds": 15}},
     }
 }

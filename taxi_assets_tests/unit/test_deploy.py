@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 
 import dagster as dg
@@ -131,3 +132,23 @@ def test_experiment_created_concurrently_is_not_an_error(tmp_path, monkeypatch):
         resources.mlflow._activate()
     monkeypatch.undo()
     assert len(mlflow.MlflowClient(uri).search_experiments(filter_string="name = 'taxi-duration'")) == 1
+
+
+def test_each_instance_tracks_in_its_own_store_within_one_process(tmp_path, monkeypatch):
+    # MLflow's set_tracking_uri writes MLFLOW_TRACKING_URI into the environment; the resource
+    # reads that variable as the user's choice. Two instances used one after the other in one
+    # process (a notebook, a test session) must each get their own default store.
+    import mlflow
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
+    stores = []
+    for name in ("first", "second"):
+        (tmp_path / name).mkdir()
+        with dg.instance_for_test(temp_dir=str(tmp_path / name)) as instance:
+            with dg.build_resources({"mlflow": MlflowTracking()}, instance=instance) as resources:
+                resources.mlflow._activate()
+                stores.append(resources.mlflow.uri)
+                assert mlflow.get_registry_uri() == resources.mlflow.uri
+    assert stores[0] != stores[1] and "first" in stores[0] and "second" in stores[1]
+    assert "MLFLOW_TRACKING_URI" not in os.environ and "MLFLOW_REGISTRY_URI" not in os.environ

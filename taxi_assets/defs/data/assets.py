@@ -9,7 +9,8 @@ import dagster as dg
 import pandas as pd
 
 from taxi_assets.lib import charts
-from taxi_assets.lib.metadata import chart, column_schema, null_counts, summary_table, table
+from taxi_assets.lib.metadata import charts as charts_metadata
+from taxi_assets.lib.metadata import column_schema, null_counts, summary_table, table
 from taxi_assets.lib.months import (
     month_start,
     monthly_partitions,
@@ -65,9 +66,21 @@ def raw_trips(context: dg.AssetExecutionContext, trip_source: TripSource) -> dg.
 
     pickups = trips[PICKUP]
     nulls = null_counts(trips)
+    month_charts = {
+        "pickups_per_day": charts.pickups_per_day(
+            pickups, f"Pickups per day, {month}", month_start(month), month_start(next_month(month))
+        ),
+        "missing_values": charts.bars(
+            {column: count for column, count in nulls.items() if count},
+            f"Missing values per column, {month} "
+            f"({sum(1 for c in nulls.values() if not c)} of {len(nulls)} columns complete)",
+            "missing cells",
+        ),
+    }
     return dg.Output(
         trips,
         metadata={
+            "charts": charts_metadata(month_charts),
             "dagster/row_count": len(trips),
             "dagster/column_schema": column_schema(trips),
             "source": location,
@@ -78,21 +91,6 @@ def raw_trips(context: dg.AssetExecutionContext, trip_source: TripSource) -> dg.
             "null_cells": sum(nulls.values()),
             "null_counts": dg.MetadataValue.json({k: v for k, v in nulls.items() if v}),
             "feature_profile": table(profile(trips, list(REQUIRED_COLUMNS))),
-            "pickups_per_day": chart(
-                charts.pickups_per_day(
-                    pickups, f"Pickups per day, {month}", month_start(month), month_start(next_month(month))
-                ),
-                "pickups per day",
-            ),
-            "missing_values": chart(
-                charts.bars(
-                    {column: count for column, count in nulls.items() if count},
-                    f"Missing values per column, {month} "
-                    f"({sum(1 for c in nulls.values() if not c)} of {len(nulls)} columns complete)",
-                    "missing cells",
-                ),
-                "missing values per column",
-            ),
         },
     )
 
@@ -122,6 +120,14 @@ def cleaned_trips(context: dg.AssetExecutionContext, raw_trips: pd.DataFrame) ->
     return dg.Output(
         cleaned,
         metadata={
+            "charts": charts_metadata(
+                {
+                    "duration": charts.histogram(
+                        cleaned[TARGET], f"Trip duration, {month}", "minutes", bins=59, clip_quantile=None
+                    ),
+                    "trip_distance": charts.histogram(cleaned["trip_distance"], f"Trip distance, {month}", "miles"),
+                }
+            ),
             "dagster/row_count": len(cleaned),
             "rows_in": len(raw_trips),
             "rows_dropped": dropped,
@@ -129,14 +135,6 @@ def cleaned_trips(context: dg.AssetExecutionContext, raw_trips: pd.DataFrame) ->
             "duration_mean_minutes": float(cleaned[TARGET].mean()) if len(cleaned) else float("nan"),
             "trip_distance_mean_miles": float(cleaned["trip_distance"].mean()) if len(cleaned) else float("nan"),
             "duration_summary": summary_table(cleaned[TARGET], "minutes"),
-            "duration_chart": chart(
-                charts.histogram(cleaned[TARGET], f"Trip duration, {month}", "minutes", bins=59, clip_quantile=None),
-                "duration histogram",
-            ),
-            "trip_distance_chart": chart(
-                charts.histogram(cleaned["trip_distance"], f"Trip distance, {month}", "miles"),
-                "trip distance histogram",
-            ),
             **drift_histograms,
         },
     )

@@ -8,7 +8,8 @@ from pydantic import Field
 
 from taxi_assets.lib import charts
 from taxi_assets.lib.history import recorded_rmse
-from taxi_assets.lib.metadata import chart, table
+from taxi_assets.lib.metadata import charts as charts_metadata
+from taxi_assets.lib.metadata import table
 
 FINISHED = {dg.DagsterRunStatus.SUCCESS: "SUCCESS", dg.DagsterRunStatus.FAILURE: "FAILURE"}
 
@@ -62,21 +63,22 @@ def pipeline_health(context: dg.AssetExecutionContext, config: PipelineHealthCon
     per_job = per_job.astype({"SUCCESS": int, "FAILURE": int}) if len(per_job) else per_job
     return dg.MaterializeResult(
         metadata={
+            "charts": charts_metadata(
+                {
+                    "runs_per_day": charts.runs_per_day(
+                        runs,
+                        f"Finished runs per day (UTC), last {config.days} days",
+                        pd.Timestamp(since).tz_convert("UTC").tz_localize(None).floor("D"),
+                        pd.Timestamp.now("UTC").tz_localize(None).floor("D") + pd.Timedelta(days=1),
+                    ),
+                    "trainings_by_model": charts.pie(by_model, "Training runs by model"),
+                }
+            ),
             "days": config.days,
             "runs_succeeded": succeeded,
             "runs_failed": failed,
             "failure_rate": round(failed / (succeeded + failed), 4) if succeeded + failed else 0.0,
             "runs_per_job": table(per_job),
-            "runs_per_day_chart": chart(
-                charts.runs_per_day(
-                    runs,
-                    f"Finished runs per day (UTC), last {config.days} days",
-                    pd.Timestamp(since).tz_convert("UTC").tz_localize(None).floor("D"),
-                    pd.Timestamp.now("UTC").tz_localize(None).floor("D") + pd.Timedelta(days=1),
-                ),
-                "runs per day",
-            ),
             "trainings_by_model": dg.MetadataValue.json(by_model),
-            "trainings_by_model_chart": chart(charts.pie(by_model, "Training runs by model"), "runs by model"),
         }
     )

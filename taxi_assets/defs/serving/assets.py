@@ -11,18 +11,18 @@ from taxi_assets.lib import charts
 from taxi_assets.lib.evaluation import evaluation_charts
 from taxi_assets.lib.history import rmse_history
 from taxi_assets.lib.lifecycle import Stopwatch, step_budget
-from taxi_assets.lib.metadata import chart
+from taxi_assets.lib.metadata import charts as charts_metadata
 from taxi_assets.lib.months import (
     month_start,
     monthly_partitions,
     previous_and_current,
     previous_and_current_month,
-    previous_month_input,
+    previous_month,
 )
 from taxi_assets.lib.tracking import MlflowTracking
 from taxi_assets.ml.budget import Budget
 from taxi_assets.ml.champion import ChampionDecision, ProductionModel, decide
-from taxi_assets.model_store import newest_decision
+from taxi_assets.model_store import newest_decision, read_value
 
 # What production_model keeps back from compiling for writing its value and its metadata.
 OUTPUT_RESERVE_SECONDS = 5.0
@@ -55,6 +55,15 @@ def _validation_rows(cleaned_trips, month: str, materialized: set[str]) -> tuple
     trips = pd.concat(months, ignore_index=True)
     _, validation = split_on_value(trips[FEATURES + [PICKUP, TARGET]], PICKUP, month_start(month))
     return validation[FEATURES], validation[TARGET]
+
+
+def _previous_decision(context, month: str) -> ProductionModel | None:
+    """M-1's decision (the champion), read through the one read path to models, if there is one."""
+    previous = previous_month(month)
+    if previous not in context.instance.get_materialized_partitions(dg.AssetKey("production_model")):
+        return None
+    value = read_value(context.instance, "production_model", previous)
+    return value if isinstance(value, ProductionModel) else None
 
 
 def _predictions(model, features: pd.DataFrame, rows: int) -> np.ndarray:
@@ -109,6 +118,7 @@ def _decision_charts(
             f"RMSE on {month} validation trips",
             "RMSE (minutes)",
             highlight=challenger.name if decision.promote else champion_label,
+            highlight_label="serving (the decision)",
             fmt="{:.3f}",
         ),
         "rmse_over_months": charts.series_over_months(
@@ -137,11 +147,12 @@ def _compiled_for_serving(serving: ProductionModel, features, expected, budget: 
 
 @dg.asset(
     partitions_def=monthly_partitions,
-    ins={
-        "cleaned_trips": previous_and_current_month(),
-        # The previous month's decision holds the champion (a self-dependency).
-        "previous": previous_month_input("production_model"),
-    },
+    ins={"cleaned_trips": previous_and_current_month()},
+    # The previous month's decision holds the champion: a self-dependency, read in the asset only
+    # when it exists (no champion yet is the normal start, not a warning).
+    deps=[
+        dg.AssetDep("production_model", partition_mapping=dg.TimeWindowPartitionMapping(start_offset=-1, end_offset=-1))
+    ],
     group_name="serving",
     kinds={"mlflow"},
     owners=["team:ml-platform"],
@@ -153,7 +164,6 @@ def production_model(
     sklearn_models,
     xgboost_model,
     cleaned_trips,
-    previous,
     mlflow: MlflowTracking,
 ) -> dg.Output:
     """The model that serves: the new month's best model if its RMSE on the newest validation
@@ -172,7 +182,7 @@ def production_model(
         predicted = {model.name: _predictions(model, features, len(actual)) for model in candidates}
         scores = {name: regression_metrics(actual, values)["rmse"] for name, values in predicted.items()}
         challenger = min(candidates, key=lambda model: scores[model.name])
-        champion = previous if isinstance(previous, ProductionModel) else None
+        champion = _previous_decision(context, month)
         champion_predicted = _predictions(champion, features, -1) if champion is not None else None
         champion_rmse = (
             regression_metrics(actual, champion_predicted)["rmse"] if champion_predicted is not None else None
@@ -222,6 +232,7 @@ def production_model(
     return dg.Output(
         serving,
         metadata={
+            "charts": charts_metadata(decision_charts),
             "decision": "promoted" if decision.promote else "kept champion",
             "reason": decision.reason,
             "challenger": f"{challenger.name} ({month})",
@@ -238,6 +249,5 @@ def production_model(
             "serving_lookup_table": compiled,
             "budget_seconds": config.timeout_seconds,
             "step_seconds": clock.seconds(),
-            **{f"{name}_chart": chart(png, name.replace("_", " ")) for name, png in decision_charts.items()},
         },
     )

@@ -11,21 +11,27 @@ import dagster as dg
 from pydantic import Field
 
 from taxi_assets.lib import charts
-from taxi_assets.lib.evaluation import contributions_chart, evaluation_charts, model_charts_metadata, model_metadata
+from taxi_assets.lib.evaluation import contributions_chart, evaluation_charts, model_metadata
 from taxi_assets.lib.history import rmse_history
 from taxi_assets.lib.lifecycle import Stopwatch, step_budget
-from taxi_assets.lib.metadata import chart
+from taxi_assets.lib.metadata import charts as charts_metadata
 from taxi_assets.lib.months import monthly_partitions
 from taxi_assets.lib.tracking import REGISTERED_MODEL_PREFIX, MlflowTracking
-from taxi_assets.ml.hyperparameters import DEFAULT_SKLEARN_MODELS, XGBOOST_SPACE, short_name, valid_model_names
+from taxi_assets.ml.hyperparameters import (
+    DEFAULT_SKLEARN_MODELS,
+    SKLEARN_MODELS,
+    XGBOOST_SPACE,
+    SklearnModel,
+    valid_model_names,
+)
 
 
 class SklearnModelsConfig(dg.Config):
     """Which scikit-learn models to tune and train, and how hard to search."""
 
-    models: list[str] = Field(
-        default_factory=lambda: list(DEFAULT_SKLEARN_MODELS),
-        description="Models as module.Class; one of: " + ", ".join(valid_model_names()),
+    models: list[SklearnModel] = Field(  # type: ignore[valid-type]  # a functional Enum
+        default=list(DEFAULT_SKLEARN_MODELS),
+        description="The scikit-learn models to train, one step each: any of " + ", ".join(SKLEARN_MODELS),
     )
     max_evaluations: int = Field(default=10, ge=1, description="hyperopt (TPE) trials per model.")
     random_state: int = Field(default=7, description="Seed for hyperopt and the models.")
@@ -45,7 +51,7 @@ class XGBoostConfig(dg.Config):
         default=10, ge=1, description="Rounds without validation improvement before a trial stops."
     )
     fixed_params: dict[str, float] = Field(
-        default_factory=dict,
+        default={},
         description="Hyperparameters to fix instead of searching, e.g. {max_depth: 10}; names from the course's space: "
         + ", ".join(XGBOOST_SPACE),
     )
@@ -79,7 +85,27 @@ def post_search_reserve(kind: str, seconds: float) -> float:
     return min(15.0, max(5.0, 0.1 * seconds))
 
 
-def _train_tracked(context, mlflow: MlflowTracking, asset: str, name: str, kind: str, dataset, tune, seconds: float):
+def _progress(context, name: str, trials: int, search):
+    """Logs each trial as it ends (INFO: the UI's run view and the CLI show it): trial i of N,
+    its RMSE, the best so far, and the search time left."""
+    best = {"rmse": float("inf")}
+
+    def on_trial(number, params, metrics, seconds):
+        best["rmse"] = min(best["rmse"], metrics["rmse"])
+        left = search.remaining()
+        context.log.info(
+            f"{name} {context.partition_key}: trial {number} of {trials}: "
+            f"RMSE {metrics['rmse']:.4f} in {seconds:.1f} s "
+            f"(best {best['rmse']:.4f}); "
+            + (f"{left:.0f} s of the search left" if left != float("inf") else "no time limit")
+        )
+
+    return on_trial
+
+
+def _train_tracked(
+    context, mlflow: MlflowTracking, asset: str, name: str, kind: str, dataset, tune, seconds: float, trials: int
+):
     """Tune with every trial tracked, then score, chart, log and register the best model, all
     within ``seconds``.
 
@@ -98,8 +124,13 @@ def _train_tracked(context, mlflow: MlflowTracking, asset: str, name: str, kind:
         step_budget(context, seconds) as budget,
         mlflow.step_run(context, asset, run_name=f"{name}-{month}", extra_tags={"model": name}) as run,
     ):
+        search = budget.until(post_search_reserve(kind, seconds))
+        context.log.info(
+            f"{name} {month}: up to {trials} trials in {search.remaining():.0f} s, then scoring and logging"
+        )
         result = tune(
-            mlflow.trial_runner(context, asset, {"model": name}), budget.until(post_search_reserve(kind, seconds))
+            mlflow.trial_runner(context, asset, {"model": name}, on_trial=_progress(context, name, trials, search)),
+            search,
         )
         search_seconds = clock.seconds()
         predictor = TripDurationPredictor(
@@ -143,12 +174,7 @@ def _train_tracked(context, mlflow: MlflowTracking, asset: str, name: str, kind:
 
 @dg.op(out=dg.DynamicOut(ModelSpec), description="One dynamic output per configured model (Mage's load_models).")
 def load_models(config: SklearnModelsConfig):
-    names = []
-    for requested in config.models:
-        try:
-            names.append(short_name(requested))
-        except ValueError as error:
-            raise dg.Failure(description=f"sklearn_models: {error}", allow_retries=False) from None
+    names = [getattr(model, "name", model) for model in config.models]
     if not names:
         raise dg.Failure(
             description=f"sklearn_models: no models configured; valid models: {', '.join(valid_model_names())}"
@@ -178,7 +204,15 @@ def tune_and_train(context: dg.OpExecutionContext, spec: ModelSpec, training_set
         )
 
     trained = _train_tracked(
-        context, mlflow, "sklearn_models", spec.name, "sklearn", training_set, tune, spec.timeout_seconds
+        context,
+        mlflow,
+        "sklearn_models",
+        spec.name,
+        "sklearn",
+        training_set,
+        tune,
+        spec.timeout_seconds,
+        spec.max_evaluations,
     )
     context.log.info(f"{spec.name}: validation RMSE {trained.rmse:.3f} after {trained.n_trials} trials")
     return trained
@@ -193,18 +227,22 @@ def collect_models(context: dg.OpExecutionContext, trained: list):
     for model in models.values():
         metadata.update(model_metadata(model, prefix=f"{model.name}_"))
     current = {name: model.rmse for name, model in models.items()}
-    metadata["rmse_by_model"] = chart(
-        charts.bars(current, f"Validation RMSE by model, {month}", "RMSE (minutes)", highlight=best.name, fmt="{:.3f}"),
-        "validation RMSE by model",
-    )
     history = {
         name: points for name, points in rmse_history(context.instance, month, current).items() if name in current
     }
-    metadata["rmse_over_months"] = chart(
-        charts.series_over_months(history, "Validation RMSE across months", "RMSE (minutes)"), "RMSE across months"
-    )
-    metadata.update(model_charts_metadata(best, prefix="best_model_"))
-    context.add_output_metadata(metadata)
+    model_charts = {
+        "rmse_by_model": charts.bars(
+            current,
+            f"Validation RMSE by model, {month}",
+            "RMSE (minutes)",
+            highlight=best.name,
+            fmt="{:.3f}",
+            highlight_label="best model",
+        ),
+        "rmse_over_months": charts.series_over_months(history, "Validation RMSE across months", "RMSE (minutes)"),
+        **{f"best_model_{name}": png for name, png in best.charts.items()},
+    }
+    context.add_output_metadata({"charts": charts_metadata(model_charts), **metadata})
     return models
 
 
@@ -258,20 +296,29 @@ def xgboost_model(
         )
 
     trained = _train_tracked(
-        context, mlflow, "xgboost_model", "xgboost", "xgboost", training_set, tune, config.timeout_seconds
+        context,
+        mlflow,
+        "xgboost_model",
+        "xgboost",
+        "xgboost",
+        training_set,
+        tune,
+        config.timeout_seconds,
+        config.max_evaluations,
     )
     history = rmse_history(context.instance, context.partition_key, {"xgboost": trained.rmse})
     return dg.Output(
         trained,
-        metadata=model_metadata(trained)
-        | {"best_iteration": trained.predictor.best_iteration}
-        | model_charts_metadata(trained)
-        | {
-            "rmse_over_months": chart(
-                charts.series_over_months(
-                    {"xgboost": history["xgboost"]}, "XGBoost validation RMSE across months", "RMSE (minutes)"
-                ),
-                "RMSE across months",
+        metadata={
+            "charts": charts_metadata(
+                {
+                    **trained.charts,
+                    "rmse_over_months": charts.series_over_months(
+                        {"xgboost": history["xgboost"]}, "XGBoost validation RMSE across months", "RMSE (minutes)"
+                    ),
+                }
             )
-        },
+        }
+        | model_metadata(trained)
+        | {"best_iteration": trained.predictor.best_iteration},
     )
