@@ -1,17 +1,24 @@
 # One image for the code location (gRPC server), the webserver, the daemon, run workers and the
 # inference server; the command picks the role. Nothing secret is built in: connection settings
 # and credentials arrive as environment variables (ECS injects them from Secrets Manager).
+FROM ghcr.io/astral-sh/uv:0.13.9 AS uv
+
 FROM python:3.11.10-slim-bookworm AS build
 
-ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+# Exactly the versions in uv.lock (hashes checked); --locked fails the build if pyproject.toml
+# and the lock disagree. A virtual environment that the runtime stage copies whole: no
+# compilers, caches or uv ship. The project is installed editable from /opt/dagster/app, as
+# Dagster projects are: definitions.py finds its defs/ folder through pyproject.toml's [tool.dg]
+# section, so pyproject.toml ships too. (taxi_assets_tests/production/test_install_path.py runs
+# these two commands as a non-root user and starts the servers from the result.)
+ENV UV_PROJECT_ENVIRONMENT=/opt/venv UV_COMPILE_BYTECODE=1 UV_LINK_MODE=copy UV_PYTHON_DOWNLOADS=never UV_NO_CACHE=1
+COPY --from=uv /uv /usr/local/bin/uv
 WORKDIR /opt/dagster/app
-COPY pyproject.toml README.md ./
+COPY pyproject.toml uv.lock README.md ./
+# Dependencies first, in their own layer: it is rebuilt only when the lock changes.
+RUN uv sync --locked --no-install-project --extra deploy
 COPY taxi_assets ./taxi_assets
-# A virtual environment that the runtime stage copies whole: no compilers or caches ship. The
-# project is installed editable from /opt/dagster/app, as Dagster projects are: definitions.py
-# finds its defs/ folder through pyproject.toml's [tool.dg] section, so pyproject.toml ships too.
-RUN python -m venv /opt/venv \
-    && /opt/venv/bin/pip install -e ".[deploy]"
+RUN uv sync --locked --extra deploy
 
 FROM python:3.11.10-slim-bookworm AS runtime
 

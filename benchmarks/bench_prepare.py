@@ -32,6 +32,7 @@ from taxi_assets.ml import course_reference  # noqa: E402
 from taxi_assets.ml.cleaning import clean  # noqa: E402
 from taxi_assets.ml.dataset import build_training_set  # noqa: E402
 from taxi_assets.ml.features import combine_features  # noqa: E402
+from taxi_assets.ml.schema import validate_trips  # noqa: E402
 
 TRIVIAL_MODULE = """
 import dagster as dg
@@ -45,7 +46,8 @@ defs = dg.Definitions(assets=[trivial])
 
 
 def ours(raw_months):
-    return build_training_set([combine_features(clean(month)) for month in raw_months], "2024-02-01")
+    months = [combine_features(clean(validate_trips(month, "file"))) for month in raw_months]
+    return build_training_set(months, "2024-02-01")
 
 
 def identical(a, b) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import dagster as dg
@@ -26,6 +27,14 @@ def build_defs(**resources) -> dg.Definitions:
     return dg.Definitions.merge(loaded, dg.Definitions(executor=dg.in_process_executor))
 
 
+@functools.cache
+def _project_defs() -> dg.Definitions:
+    return build_defs()
+
+
 @dg.definitions
 def defs() -> dg.Definitions:
-    return build_defs()
+    # Dagster calls this entry point each time it reconstructs the repository: six times in one
+    # `dagster asset materialize` (CLI, job reconstruction, each step's context), each a full walk
+    # of defs/ (about 0.3 s). One build per process; a reload starts a new process anyway.
+    return _project_defs()

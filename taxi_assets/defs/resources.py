@@ -3,7 +3,7 @@
 ``TAXI_ENV=production`` selects the shared ones: asset values in S3, trip files from S3, MLflow
 at ``MLFLOW_TRACKING_URI`` (its server keeps runs in PostgreSQL and artifacts in S3); missing
 settings stop the code location from loading with a message that lists them. Without it: local
-pickles under the instance, the local (or HTTP) trip source, a local MLflow store.
+value archives under the instance, the local (or HTTP) trip source, a local MLflow store.
 """
 
 import dagster as dg

@@ -6,6 +6,9 @@ Read when the code location loads (or a client starts), never at import.
 from __future__ import annotations
 
 import os
+from typing import cast
+
+from taxi_assets.ml.schema import DEFAULT_TRIP_TYPE, TRIP_TYPES, TripType
 
 # Production: TAXI_ENV=production switches every resource to its shared, multi-machine form.
 PRODUCTION_VARIABLES = {
@@ -27,6 +30,14 @@ def check_production_environment() -> None:
     missing = [f"{name} ({meaning})" for name, meaning in PRODUCTION_VARIABLES.items() if not os.getenv(name)]
     if missing:
         raise ProductionConfigError("TAXI_ENV=production needs: " + "; ".join(missing))
+
+
+def trip_type() -> TripType:
+    """Which TLC trip files the sources read (TAXI_TRIP_TYPE: green, the default, or yellow)."""
+    value = os.getenv("TAXI_TRIP_TYPE", DEFAULT_TRIP_TYPE).strip().lower()
+    if value not in TRIP_TYPES:
+        raise ValueError(f"TAXI_TRIP_TYPE must be one of {', '.join(TRIP_TYPES)}, got {value!r}")
+    return cast(TripType, value)
 
 
 def sensor_interval_seconds() -> int:

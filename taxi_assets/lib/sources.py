@@ -20,8 +20,10 @@ from typing import TYPE_CHECKING
 import dagster as dg
 from pydantic import Field
 
+from taxi_assets.ml.schema import DEFAULT_TRIP_TYPE, TripType
 from taxi_assets.ml.trip_files import (
     LOCAL_LAYOUTS,
+    TLC_FILE_TEMPLATE,
     MonthNotAvailableError,
     format_template,
     parse_month,
@@ -33,7 +35,6 @@ if TYPE_CHECKING:
     import pandas as pd
 
 TLC_BASE_URL = "https://d37ci6vzurychx.cloudfront.net/trip-data"
-TLC_FILE_TEMPLATE = "green_tripdata_{year}-{month:02d}.parquet"
 
 
 class TransientSourceError(RuntimeError):
@@ -41,7 +42,13 @@ class TransientSourceError(RuntimeError):
 
 
 class TripSource(dg.ConfigurableResource):
-    """Where the monthly green-taxi trip files come from."""
+    """Where the monthly trip files come from, and which kind of trips they hold."""
+
+    trip_type: TripType = Field(
+        default=DEFAULT_TRIP_TYPE,
+        description="The TLC's trip type: green (lpep_* columns, green_tripdata_* files) or yellow "
+        "(tpep_* columns, yellow_tripdata_* files). Environment: TAXI_TRIP_TYPE.",
+    )
 
     def describe(self, month: str) -> str:
         """Where the file for ``month`` is (for messages and metadata)."""
@@ -63,15 +70,15 @@ class TripSource(dg.ConfigurableResource):
 
 
 class LocalTripSource(TripSource):
-    """A local folder with YYYY/MM.parquet or green_tripdata_YYYY-MM.parquet files."""
+    """A local folder with YYYY/MM.parquet or <trip type>_tripdata_YYYY-MM.parquet files."""
 
     directory: str = Field(
         description="Folder holding the monthly files, in either the course's layout "
-        "(2024/02.parquet) or the TLC's (green_tripdata_2024-02.parquet)."
+        "(2024/02.parquet) or the TLC's (green_tripdata_2024-02.parquet, yellow_tripdata_...)."
     )
 
     def _candidates(self, month: str) -> list[Path]:
-        return [Path(self.directory) / format_template(layout, month) for layout in LOCAL_LAYOUTS]
+        return [Path(self.directory) / format_template(layout, month, self.trip_type) for layout in LOCAL_LAYOUTS]
 
     def describe(self, month: str) -> str:
         existing = [path for path in self._candidates(month) if path.is_file()]
@@ -80,10 +87,10 @@ class LocalTripSource(TripSource):
     def read_month(self, month: str) -> pd.DataFrame:
         for path in self._candidates(month):
             if path.is_file():
-                return read_trip_file(path, str(path))
+                return read_trip_file(path, str(path), self.trip_type)
         if not Path(self.directory).is_dir():
             raise MonthNotAvailableError(f"trip folder {self.directory} does not exist")
-        looked_for = " or ".join(format_template(layout, month) for layout in LOCAL_LAYOUTS)
+        looked_for = " or ".join(format_template(layout, month, self.trip_type) for layout in LOCAL_LAYOUTS)
         raise MonthNotAvailableError(f"no trip file for {month} in {self.directory} (looked for {looked_for})")
 
     def fingerprint(self, month: str) -> str | None:
@@ -98,8 +105,9 @@ class LocalTripSource(TripSource):
         months = set()
         for path in root.glob("[0-9][0-9][0-9][0-9]/[0-9][0-9].parquet"):
             months.add(f"{path.parent.name}-{path.stem}")
-        for path in root.glob("green_tripdata_[0-9][0-9][0-9][0-9]-[0-9][0-9].parquet"):
-            months.add(path.stem.removeprefix("green_tripdata_"))
+        prefix = f"{self.trip_type}_tripdata_"
+        for path in root.glob(f"{prefix}[0-9][0-9][0-9][0-9]-[0-9][0-9].parquet"):
+            months.add(path.stem.removeprefix(prefix))
         found = {month: self.fingerprint(month) for month in sorted(months) if _is_month(month)}
         return {month: value for month, value in found.items() if value}
 
@@ -110,13 +118,13 @@ class HttpTripSource(TripSource):
     base_url: str = Field(default=TLC_BASE_URL, description="URL of the folder with the files.")
     file_template: str = Field(
         default=TLC_FILE_TEMPLATE,
-        description="File path under base_url; {year} and {month} (an int) are filled in, "
-        "e.g. '{year}/{month:02d}.parquet' for the course's mirror.",
+        description="File path under base_url; {trip_type}, {year} and {month} (an int) are filled "
+        "in, e.g. '{year}/{month:02d}.parquet' for the course's mirror.",
     )
     timeout_seconds: float = Field(default=60.0, description="Timeout of one download.")
 
     def describe(self, month: str) -> str:
-        return f"{self.base_url.rstrip('/')}/{format_template(self.file_template, month)}"
+        return f"{self.base_url.rstrip('/')}/{format_template(self.file_template, month, self.trip_type)}"
 
     def read_month(self, month: str) -> pd.DataFrame:
         url = self.describe(month)
@@ -133,7 +141,7 @@ class HttpTripSource(TripSource):
             raise MonthNotAvailableError(f"HTTP {error.code} from {url}") from error
         except (urllib.error.URLError, TimeoutError, ConnectionError) as error:
             raise TransientSourceError(f"could not download {url}: {error}") from error
-        return read_trip_file(data, url)
+        return read_trip_file(data, url, self.trip_type)
 
     def fingerprint(self, month: str) -> str | None:
         url = self.describe(month)
@@ -157,7 +165,9 @@ class S3TripSource(TripSource):
     """Files in an S3 bucket (or any S3-compatible store), read through dagster-aws."""
 
     bucket: str = Field(description="Bucket name.")
-    prefix: str = Field(default="taxi/green", description="Key prefix of the monthly files.")
+    prefix: str = Field(
+        default="taxi/{trip_type}", description="Key prefix of the monthly files; {trip_type} is filled in."
+    )
     key_template: str = Field(
         default="{year}/{month:02d}.parquet",
         description="Key under the prefix; {year} and {month} (an int) are filled in.",
@@ -166,7 +176,11 @@ class S3TripSource(TripSource):
     region_name: str | None = Field(default=None, description="AWS region.")
 
     def _key(self, month: str) -> str:
-        return "/".join(part for part in (self.prefix.strip("/"), format_template(self.key_template, month)) if part)
+        parts = (self._prefix(), format_template(self.key_template, month, self.trip_type))
+        return "/".join(part for part in parts if part)
+
+    def _prefix(self) -> str:
+        return self.prefix.replace("{trip_type}", self.trip_type).strip("/")
 
     def describe(self, month: str) -> str:
         return f"s3://{self.bucket}/{self._key(month)}"
@@ -186,7 +200,7 @@ class S3TripSource(TripSource):
             raise TransientSourceError(f"could not read {url}: {error}") from error
         except BotoCoreError as error:
             raise TransientSourceError(f"could not read {url}: {error}") from error
-        return read_trip_file(data, url)
+        return read_trip_file(data, url, self.trip_type)
 
     def _client(self):
         from dagster_aws.s3 import S3Resource
@@ -205,8 +219,8 @@ class S3TripSource(TripSource):
         return f"{head['ContentLength']}-{head['ETag'].strip(chr(34))}"
 
     def available_months(self) -> dict[str, str]:
-        prefix = self.prefix.strip("/")
-        pattern = template_pattern(f"{prefix}/{self.key_template}" if prefix else self.key_template)
+        prefix = self._prefix()
+        pattern = template_pattern(f"{prefix}/{self.key_template}" if prefix else self.key_template, self.trip_type)
         found = {}
         for page in self._client().get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix):
             for item in page.get("Contents", []):
@@ -232,15 +246,18 @@ def trip_source_from_env() -> TripSource:
     ``TAXI_DATA_DIR`` -> that local folder; else ``TAXI_DATA_S3_BUCKET`` (with optional
     ``TAXI_DATA_S3_PREFIX``, ``AWS_ENDPOINT_URL``) -> S3; else the TLC's public download.
     Values stay ``EnvVar``s, so the UI shows where they come from.
+    ``TAXI_TRIP_TYPE`` (green, the default, or yellow) says which TLC files they are.
     """
-    from taxi_assets.lib.settings import is_production
+    from taxi_assets.lib.settings import is_production, trip_type
 
+    kind = trip_type()
     if os.getenv("TAXI_DATA_DIR") and not is_production():
-        return LocalTripSource(directory=dg.EnvVar("TAXI_DATA_DIR"))
+        return LocalTripSource(directory=dg.EnvVar("TAXI_DATA_DIR"), trip_type=kind)
     if os.getenv("TAXI_DATA_S3_BUCKET"):
         return S3TripSource(
             bucket=dg.EnvVar("TAXI_DATA_S3_BUCKET"),
-            prefix=os.getenv("TAXI_DATA_S3_PREFIX", "taxi/green"),
+            prefix=os.getenv("TAXI_DATA_S3_PREFIX", "taxi/{trip_type}"),
             endpoint_url=os.getenv("AWS_ENDPOINT_URL"),
+            trip_type=kind,
         )
-    return HttpTripSource()
+    return HttpTripSource(trip_type=kind)

@@ -15,7 +15,9 @@ schema, which refuses any type outside the allowlist.
 
 from __future__ import annotations
 
+import io
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +38,10 @@ REFERENCE_TRIPS = [
 ]
 
 
+# How far a loaded model's minutes for the reference trips may be from the recorded ones.
+REFERENCE_TOLERANCE_MINUTES = 1e-6
+
+
 class ModelFormatError(ValueError):
     """A folder that is not a predictor this version can read; the message says what to do."""
 
@@ -47,23 +53,21 @@ def library_versions() -> dict[str, str]:
     return {"xgboost": xgboost.__version__, "scikit-learn": sklearn.__version__, "numpy": np.__version__}
 
 
-def save_predictor(predictor: TripDurationPredictor, folder: Path) -> None:
-    """Write ``predictor`` into ``folder`` (which must exist and be empty)."""
-    folder = Path(folder)
-    names = list(predictor.vectorizer.feature_names_)
-    (folder / "vocabulary.json").write_text(json.dumps(names))
+def predictor_files(predictor: TripDurationPredictor) -> dict[str, bytes]:
+    """``predictor`` as named files (see the module's docstring)."""
+    files = {"vocabulary.json": json.dumps(list(predictor.vectorizer.feature_names_)).encode()}
     if predictor.kind == "xgboost":
-        predictor.model.save_model(str(folder / "booster.ubj"))
+        files["booster.ubj"] = bytes(predictor.model.save_raw("ubj"))
     else:
         import skops.io
 
-        skops.io.dump(predictor.model, folder / "model.skops")
-    lookup = getattr(predictor, "lookup", None)
+        files["model.skops"] = skops.io.dumps(predictor.model)
+    lookup = predictor.lookup
     if lookup is not None:
         pairs = sorted(lookup.rows, key=lookup.rows.__getitem__)
-        np.savez(
-            folder / "lookup.npz", pairs=np.array(pairs, dtype=str), thresholds=lookup.thresholds, table=lookup.table
-        )
+        buffer = io.BytesIO()
+        np.savez(buffer, pairs=np.array(pairs, dtype=str), thresholds=lookup.thresholds, table=lookup.table)
+        files["lookup.npz"] = buffer.getvalue()
     manifest = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -75,51 +79,62 @@ def save_predictor(predictor: TripDurationPredictor, folder: Path) -> None:
         "reference_trips": REFERENCE_TRIPS,
         "reference_minutes": [float(value) for value in predictor.predict(REFERENCE_TRIPS)],
     }
-    (folder / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    files["manifest.json"] = json.dumps(manifest, indent=1).encode()
+    return files
 
 
-def read_manifest(folder: Path) -> dict[str, Any]:
-    path = Path(folder) / "manifest.json"
+def save_predictor(predictor: TripDurationPredictor, folder: Path) -> None:
+    """Write ``predictor`` into ``folder`` (which must exist and be empty)."""
+    for name, data in predictor_files(predictor).items():
+        (Path(folder) / name).write_bytes(data)
+
+
+def read_manifest(files: Mapping[str, bytes], where: str) -> dict[str, Any]:
     try:
-        manifest = json.loads(path.read_text())
-    except (OSError, ValueError) as error:
-        raise ModelFormatError(f"{folder} holds no readable predictor manifest ({error}); rematerialize it") from None
+        manifest = json.loads(files["manifest.json"])
+    except (KeyError, ValueError) as error:
+        raise ModelFormatError(f"{where} holds no readable predictor manifest ({error!r}); rematerialize it") from None
     if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
         raise ModelFormatError(
-            f"{folder} holds predictor format {manifest.get('format')} v{manifest.get('format_version')}; this version "
+            f"{where} holds predictor format {manifest.get('format')} v{manifest.get('format_version')}; this version "
             f"reads {FORMAT} v{FORMAT_VERSION}: rematerialize it"
         )
     return manifest
 
 
-def load_predictor(folder: Path, check: bool = True) -> TripDurationPredictor:
-    """The predictor saved in ``folder``. With ``check``, its minutes for the reference trips
-    must equal the ones recorded when it was saved (a library that reads the file differently is
-    refused, not served)."""
+def vectorizer_from_names(names: list[str]):
+    """A fitted ``DictVectorizer`` with these feature names, in this column order."""
     from sklearn.feature_extraction import DictVectorizer
 
-    folder = Path(folder)
-    manifest = read_manifest(folder)
-    names = json.loads((folder / "vocabulary.json").read_text())
     vectorizer = DictVectorizer()
-    vectorizer.feature_names_ = names
+    vectorizer.feature_names_ = list(names)
     vectorizer.vocabulary_ = {name: position for position, name in enumerate(names)}
+    return vectorizer
+
+
+def predictor_from_files(files: Mapping[str, bytes], where: str, check: bool = True) -> TripDurationPredictor:
+    """The predictor in ``files`` (named as :func:`predictor_files` names them). With ``check``,
+    its minutes for the reference trips must equal the ones recorded when it was saved (a
+    library that reads the file differently is refused, not served)."""
+    manifest = read_manifest(files, where)
+    vectorizer = vectorizer_from_names(json.loads(files["vocabulary.json"]))
     if manifest["kind"] == "xgboost":
         import xgboost as xgb
 
         model: Any = xgb.Booster()
-        model.load_model(str(folder / "booster.ubj"))
+        model.load_model(bytearray(files["booster.ubj"]))
     else:
         import skops.io
 
-        path = folder / "model.skops"
-        untrusted = [name for name in skops.io.get_untrusted_types(file=path) if name not in TRUSTED_SKOPS_TYPES]
+        data = files["model.skops"]
+        untrusted = [name for name in skops.io.get_untrusted_types(data=data) if name not in TRUSTED_SKOPS_TYPES]
         if untrusted:
-            raise ModelFormatError(f"{path} holds types this project does not trust: {', '.join(untrusted)}")
-        model = skops.io.load(path, trusted=TRUSTED_SKOPS_TYPES)
+            names = ", ".join(untrusted)
+            raise ModelFormatError(f"{where}: the model holds types this project does not trust: {names}")
+        model = skops.io.loads(data, trusted=TRUSTED_SKOPS_TYPES)
     lookup = None
-    if (folder / "lookup.npz").is_file():
-        with np.load(folder / "lookup.npz", allow_pickle=False) as arrays:
+    if "lookup.npz" in files:
+        with np.load(io.BytesIO(files["lookup.npz"]), allow_pickle=False) as arrays:
             pairs = [str(pair) for pair in arrays["pairs"]]
             lookup = DistanceLookup(
                 rows={pair: row for row, pair in enumerate(pairs)},
@@ -132,10 +147,19 @@ def load_predictor(folder: Path, check: bool = True) -> TripDurationPredictor:
     )  # fmt: skip
     if check:
         got = [float(value) for value in predictor.predict(manifest["reference_trips"])]
-        if got != manifest["reference_minutes"]:
+        # Not bit-for-bit: a forest's parallel predict sums its trees in any order (last-digit
+        # differences); a library that reads the file differently is off by far more.
+        if not np.allclose(got, manifest["reference_minutes"], rtol=0, atol=REFERENCE_TOLERANCE_MINUTES):
             raise ModelFormatError(
-                f"{folder}: {manifest['name']} predicts {got} for its reference trips, but recorded "
+                f"{where}: {manifest['name']} predicts {got} for its reference trips, but recorded "
                 f"{manifest['reference_minutes']} when saved with {manifest['libraries']}; now "
                 f"{library_versions()}. Rematerialize it with these versions."
             )
     return predictor
+
+
+def load_predictor(folder: Path, check: bool = True) -> TripDurationPredictor:
+    """The predictor saved in ``folder`` by :func:`save_predictor` (see :func:`predictor_from_files`)."""
+    folder = Path(folder)
+    files = {path.name: path.read_bytes() for path in folder.iterdir() if path.is_file()}
+    return predictor_from_files(files, str(folder), check)

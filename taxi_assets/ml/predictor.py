@@ -82,7 +82,7 @@ class TripDurationPredictor:
 
     def predict_pairs(self, pu_do: list[str], distance: np.ndarray) -> np.ndarray:
         """Minutes for validated features: ``PU_DO`` strings and distances."""
-        lookup = getattr(self, "lookup", None)  # older pickles have no lookup attribute
+        lookup = self.lookup
         if lookup is not None:
             return lookup.predict(pu_do, distance)
         import pandas as pd

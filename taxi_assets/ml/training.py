@@ -26,6 +26,16 @@ from taxi_assets.ml.budget import UNLIMITED, Budget
 TrialRunner = Callable[[dict[str, Any], Callable[[], dict[str, float]]], dict[str, float]]
 
 
+@dataclass(frozen=True)
+class ModelSpec:
+    """One model of the scikit-learn fan-out and its search settings (one dynamic output)."""
+
+    name: str
+    max_evaluations: int
+    random_state: int
+    timeout_seconds: float
+
+
 def _run_directly(params: dict[str, Any], evaluate: Callable[[], dict[str, float]]) -> dict[str, float]:
     return evaluate()
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from taxi_assets.ml.schema import TripDataError, validate_trips
+from taxi_assets.ml.schema import DEFAULT_TRIP_TYPE, TripDataError, validate_trips
 
 
 class MonthNotAvailableError(TripDataError):
@@ -27,17 +27,18 @@ def parse_month(month: str) -> tuple[int, int]:
     return year, month_number
 
 
-def format_template(template: str, month: str) -> str:
-    """Fill ``{year}`` and ``{month}`` (an int, so ``{month:02d}`` works) in a file template."""
+def format_template(template: str, month: str, trip_type: str = DEFAULT_TRIP_TYPE) -> str:
+    """Fill ``{year}``, ``{month}`` (an int, so ``{month:02d}`` works) and ``{trip_type}``
+    (``green``, ``yellow``) in a file template."""
     year, month_number = parse_month(month)
-    return template.format(year=year, month=month_number)
+    return template.format(year=year, month=month_number, trip_type=trip_type)
 
 
-def template_pattern(template: str):
+def template_pattern(template: str, trip_type: str = DEFAULT_TRIP_TYPE):
     """A regex matching the names a file template produces, with groups ``year`` and ``month``."""
     import re
 
-    parts = re.split(r"(\{year\}|\{month(?::02d)?\})", template)
+    parts = re.split(r"(\{year\}|\{month(?::02d)?\})", template.replace("{trip_type}", trip_type))
     pattern = "".join(
         "(?P<year>[0-9]{4})"
         if part == "{year}"
@@ -50,11 +51,13 @@ def template_pattern(template: str):
 
 
 # The two layouts a local folder may use: the course's mirror and the TLC's own file names.
-LOCAL_LAYOUTS = ("{year}/{month:02d}.parquet", "green_tripdata_{year}-{month:02d}.parquet")
+LOCAL_LAYOUTS = ("{year}/{month:02d}.parquet", "{trip_type}_tripdata_{year}-{month:02d}.parquet")
+# The TLC's own name of a month's file (its download site and its bucket).
+TLC_FILE_TEMPLATE = "{trip_type}_tripdata_{year}-{month:02d}.parquet"
 
 
-def read_trip_file(data: bytes | Path, source: str) -> pd.DataFrame:
-    """Read one Parquet trip file and validate the columns the pipeline needs.
+def read_trip_file(data: bytes | Path, source: str, trip_type: str = DEFAULT_TRIP_TYPE) -> pd.DataFrame:
+    """Read one Parquet trip file of ``trip_type`` and validate the columns the pipeline needs.
 
     ``source`` names the file or URL in errors. A corrupt or truncated file, a missing column, a
     wrong dtype or an empty file raises :class:`TripDataError`.
@@ -72,4 +75,4 @@ def read_trip_file(data: bytes | Path, source: str) -> pd.DataFrame:
     # Arrow's pool keeps its arenas after a one-off read (~30 MB for a 10 MB file, most of a
     # data-preparation step's headroom); ask it to hand back what it no longer uses.
     pa.default_memory_pool().release_unused()
-    return validate_trips(frame, source)
+    return validate_trips(frame, source, trip_type)

@@ -6,10 +6,11 @@ import pandas as pd
 import pytest
 
 from taxi_assets.definitions import build_defs
-from taxi_assets.lib.io_managers import LocalPickleIOManager
+from taxi_assets.lib.io_managers import LocalValueIOManager
 from taxi_assets.lib.sources import LocalTripSource
 from taxi_assets.ml import course_reference
 from taxi_assets.ml.cleaning import clean
+from taxi_assets.ml.schema import PICKUP, validate_trips
 from taxi_assets.model_store import read_value
 from taxi_assets_tests.helpers import COURSE_SHAPES, DATA_DIR, failure_messages, run_months
 
@@ -97,7 +98,7 @@ def test_other_partitions_build_with_the_same_construction(instance):
     cleaned = [load(instance, "cleaned_trips", month) for month in ("2023-05", "2023-06")]
     both = pd.concat(cleaned)
     assert dataset.X.shape[0] == len(both)
-    assert dataset.X_train.shape[0] == int((both.lpep_pickup_datetime < "2023-06-01").sum())
+    assert dataset.X_train.shape[0] == int((both[PICKUP] < "2023-06-01").sum())
     evaluation = next(
         e for e in results[-1].get_asset_check_evaluations() if e.check_name == "rows_match_cleaned_months"
     )
@@ -132,7 +133,9 @@ def test_failing_blocking_check_stops_downstream_partition_only(instance, data_c
     [result] = run_months(instance, ["2024-02"], trip_source=source)
     assert not result.success
     failed = [e for e in result.get_asset_check_evaluations() if not e.passed]
-    expected_nulls = int(clean(february)["trip_distance"].isna().sum())  # some of the 10 are dropped
+    expected_nulls = int(
+        clean(validate_trips(february, "02.parquet"))["trip_distance"].isna().sum()
+    )  # some of the 10 are dropped
     assert expected_nulls > 0
     assert [(e.check_name, e.metadata["null_counts"].value["trip_distance"]) for e in failed] == [
         ("features_not_null", expected_nulls)
@@ -146,7 +149,7 @@ def test_io_manager_never_leaves_a_partial_value(tmp_path):
         def __reduce__(self):
             raise TypeError("cannot pickle this")
 
-    manager = LocalPickleIOManager(base_dir=str(tmp_path)).create_io_manager(dg.build_init_resource_context())
+    manager = LocalValueIOManager(base_dir=str(tmp_path)).create_io_manager(dg.build_init_resource_context())
     context = dg.build_output_context(asset_key=dg.AssetKey("training_set"), partition_key="2024-02")
     manager.handle_output(context, {"good": 1})
     with pytest.raises(TypeError):

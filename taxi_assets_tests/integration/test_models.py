@@ -5,6 +5,7 @@ import math
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import dagster as dg
 import pytest
@@ -12,8 +13,11 @@ import pytest
 import taxi_assets
 from taxi_assets.definitions import build_defs
 from taxi_assets.ml.hyperparameters import SKLEARN_MODELS, short_name
+from taxi_assets.ml.schema import PICKUP
 from taxi_assets.model_store import ModelNotFoundError
 from taxi_assets_tests.helpers import (
+    COURSE_SHAPES,
+    REPO_ROOT,
     SAMPLES,
     failure_messages,
     mlflow_client,
@@ -243,7 +247,7 @@ def test_compiled_lookup_returns_exactly_the_boosters_predictions(trained_instan
 
     predictor = read_value(trained_instance, "xgboost_model", "2024-02").predictor
     cleaned = read_value(trained_instance, "cleaned_trips", "2024-02")
-    check = cleaned.loc[cleaned.lpep_pickup_datetime >= "2024-02-01", ["PU_DO", "trip_distance"]]
+    check = cleaned.loc[cleaned[PICKUP] >= "2024-02-01", ["PU_DO", "trip_distance"]]
     lookup, message = compile_lookup(predictor, check)
     assert lookup is not None, message
     assert "identical on" in message
@@ -376,3 +380,55 @@ def test_fixed_params_outside_the_space_are_refused(prepared_instance):
     result = train(prepared_instance, run_config=config, assets=("xgboost_model",))
     assert not result.success
     assert "max_depth = 500 is outside the course's space [4, 100]" in failure_messages(result)
+
+
+MODEL_FILE_SCRIPT = """
+import json, sys
+from importlib.metadata import version
+import numpy as np
+import dagster as dg
+from taxi_assets.model_store import read_value
+
+home = sys.argv[1]
+out = {"versions": {name: version(name) for name in ("xgboost", "scikit-learn", "numpy", "skops")}, "models": {}}
+with dg.DagsterInstance.from_config(home) as instance:
+    X_val = read_value(instance, "training_set", "2024-02").X_val
+    trained = {"xgboost": read_value(instance, "xgboost_model", "2024-02")}
+    trained |= read_value(instance, "sklearn_models", "2024-02")
+    for name, model in trained.items():
+        now = model.predictor.predict_matrix(X_val).astype(np.float32)
+        recorded = model.validation_predictions
+        out["models"][name] = {
+            "rows": int(recorded.size),
+            "max_difference": float(np.max(np.abs(now - recorded))),
+        }
+print(json.dumps(out))
+"""
+
+
+def test_stored_models_load_under_the_locked_versions_and_predict_as_recorded(trained_instance):
+    """Every stored model, loaded in a fresh process from its own format, predicts the
+    validation month as it did when it was trained; the libraries are the locked ones."""
+    import tomllib
+    import zipfile
+
+    storage = Path(trained_instance.storage_directory())
+    for asset in ("xgboost_model", "sklearn_models", "training_set", "cleaned_trips"):
+        path = storage / asset / "2024-02"
+        with zipfile.ZipFile(path) as archive:  # an archive of plain files, no pickle anywhere
+            suffixes = {Path(name).suffix for name in archive.namelist()}
+        assert suffixes <= {".json", ".parquet", ".npz", ".npy", ".ubj", ".skops", ".png"}, (asset, suffixes)
+    home = str(storage.parent)
+    completed = subprocess.run(
+        [sys.executable, "-c", MODEL_FILE_SCRIPT, home], capture_output=True, text=True, timeout=300, cwd=storage
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    found = json.loads(completed.stdout.strip().splitlines()[-1])
+    locked = {
+        package["name"]: package["version"] for package in tomllib.loads((REPO_ROOT / "uv.lock").read_text())["package"]
+    }
+    assert found["versions"] == {name: locked[name] for name in found["versions"]}
+    assert set(found["models"]) == {"xgboost", "LinearRegression", "Lasso"}
+    for name, model in found["models"].items():
+        assert model["rows"] == COURSE_SHAPES["X_val"][0], name
+        assert model["max_difference"] <= 1e-4, (name, model)

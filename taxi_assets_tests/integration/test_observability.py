@@ -17,6 +17,7 @@ from taxi_assets.lib.alerts import AlertDeliveryError, EmailAlerts, alerts_from_
 from taxi_assets.lib.sources import LocalTripSource
 from taxi_assets.ml import quality
 from taxi_assets.ml.cleaning import clean
+from taxi_assets.ml.schema import PICKUP, validate_trips
 from taxi_assets.model_store import read_value
 from taxi_assets_tests.helpers import DATA_DIR, failure_messages, mlflow_client, run_months, runs_of
 from taxi_assets_tests.servers import SmtpServer
@@ -65,7 +66,7 @@ def test_data_assets_carry_charts_and_profile(prepared_instance):
     assert_charts(raw, ["pickups_per_day", "missing_values"])
     # Dagster's table metadata (the UI renders a table): 53,577 trips in the real file.
     profile = {record.data["column"]: record.data for record in raw["feature_profile"].records}
-    assert (profile["lpep_pickup_datetime"]["count"], profile["lpep_pickup_datetime"]["nulls"]) == (53_577, 0)
+    assert (profile[PICKUP]["count"], profile[PICKUP]["nulls"]) == (53_577, 0)
     assert (profile["trip_distance"]["min"], profile["trip_distance"]["max"]) == ("0.000", "134,625.460")
     cleaned = latest_metadata(prepared_instance, "cleaned_trips", "2024-02")
     assert_charts(cleaned, ["duration", "trip_distance"])
@@ -166,7 +167,7 @@ def test_drift_and_dropped_share_warn_and_error(instance, data_copy):
         trips.loc[rows, "lpep_dropoff_datetime"] = trips.loc[rows, "lpep_pickup_datetime"]
         return trips
 
-    expected_share = 1 - len(clean(zero_durations(0.04))) / len(original)
+    expected_share = 1 - len(clean(validate_trips(zero_durations(0.04), "02.parquet"))) / len(original)
     checks = materialize(zero_durations(0.04))
     dropped = checks["dropped_share_stable"]
     assert not dropped.passed and dropped.severity == dg.AssetCheckSeverity.WARN, dropped.description

@@ -14,6 +14,7 @@ from taxi_assets.lib.sources import (
     TransientSourceError,
     trip_source_from_env,
 )
+from taxi_assets.ml.schema import validate_trips
 from taxi_assets.ml.trip_files import MonthNotAvailableError
 from taxi_assets.model_store import read_value
 from taxi_assets_tests.helpers import DATA_DIR, failure_messages, run_months
@@ -23,7 +24,8 @@ COURSE_LAYOUT = "{year}/{month:02d}.parquet"
 
 
 def reference_month():
-    return pd.read_parquet(DATA_DIR / "2024" / "02.parquet")
+    """The real file as validation hands it on: the one schema's datetime names."""
+    return validate_trips(pd.read_parquet(DATA_DIR / "2024" / "02.parquet"), "02.parquet")
 
 
 def test_local_source_reads_both_layouts(tmp_path):

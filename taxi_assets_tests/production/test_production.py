@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
 import pwd
 import shutil
 import subprocess
@@ -27,6 +26,7 @@ from pathlib import Path
 
 import pytest
 
+from taxi_assets.ml.value_files import load_value
 from taxi_assets_tests.helpers import COURSE_SHAPES, DATA_DIR, REPO_ROOT
 from taxi_assets_tests.servers import free_port, moto_s3_server
 from taxi_assets_tests.stack import GraphQL, Processes, wait_for
@@ -339,7 +339,7 @@ def test_production_like_stack(tmp_path):
                 "taxi_assets/assets/production_model/2024-02",
             } == keys, keys  # pipeline_health stores no value, only metadata
             body = s3.get_object(Bucket=ASSETS_BUCKET, Key="taxi_assets/assets/training_set/2024-02")["Body"].read()
-            shapes = pickle.loads(body).shapes()
+            shapes = load_value(body, "training_set").shapes()
             assert {name: shapes[name] for name in COURSE_SHAPES} == COURSE_SHAPES
             # MLflow: the run's models in the server's registry (PostgreSQL), their artifacts in S3.
             import mlflow
@@ -360,7 +360,7 @@ def test_production_like_stack(tmp_path):
             ]
             assert all(run.info.status == "FINISHED" for run in parents)
             version = client.get_model_version_by_alias(
-                f"taxi-duration-{pickle.loads(s3.get_object(Bucket=ASSETS_BUCKET, Key='taxi_assets/assets/production_model/2024-02')['Body'].read()).name}",
+                f"taxi-duration-{load_value(s3.get_object(Bucket=ASSETS_BUCKET, Key='taxi_assets/assets/production_model/2024-02')['Body'].read(), 'production_model').name}",
                 "champion",
             )
             assert version.tags["dagster.run_id"] == launched

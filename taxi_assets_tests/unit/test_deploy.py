@@ -54,13 +54,13 @@ def test_production_needs_its_settings(production):
 
 
 def test_one_variable_switches_every_resource(production, tmp_path):
-    from dagster_aws.s3 import S3PickleIOManager
+    from taxi_assets.lib.io_managers import S3ValueIOManager
 
     for name, value in PRODUCTION_ENV.items():
         production.setenv(name, value)
     production.setenv("TAXI_DATA_DIR", str(tmp_path))  # ignored in production: trips come from S3
     resources = build_defs().resources
-    assert isinstance(resources["io_manager"], S3PickleIOManager)
+    assert isinstance(resources["io_manager"], S3ValueIOManager)
     assert isinstance(resources["trip_source"], S3TripSource)
     assert isinstance(resources["mlflow"], MlflowTracking)
     with dg.build_resources({key: resources[key] for key in ("io_manager", "trip_source", "mlflow")}) as built:
@@ -68,7 +68,7 @@ def test_one_variable_switches_every_resource(production, tmp_path):
         assert built.trip_source.bucket == "trips"
     # Locally, the same call gives the local resources.
     production.setenv("TAXI_ENV", "local")
-    assert type(build_defs().resources["io_manager"]).__name__ == "LocalPickleIOManager"
+    assert type(build_defs().resources["io_manager"]).__name__ == "LocalValueIOManager"
 
 
 @pytest.mark.parametrize("name", ["dagster.yaml", "dagster-ecs.yaml"])
@@ -114,9 +114,32 @@ def test_compose_stack_is_complete_and_keeps_secrets_out():
 def test_dockerfile_basics():
     text = (REPO_ROOT / "Dockerfile").read_text()
     bases = re.findall(r"^FROM (\S+)", text, re.M)
-    assert bases and all(re.fullmatch(r"python:3\.11\.\d+-slim-bookworm", base) for base in bases)
+    pythons = [base for base in bases if not base.startswith("ghcr.io/astral-sh/uv:")]
+    assert pythons and all(re.fullmatch(r"python:3\.11\.\d+-slim-bookworm", base) for base in pythons)
     assert re.search(r"^USER 10001:10001$", text, re.M) and "HEALTHCHECK" in text
     assert not re.search(r"(?i)(password|secret|token)\s*=", text)
+
+
+def test_every_install_path_uses_the_lock_and_one_uv():
+    """The README's commands, .ci/run and the Dockerfile install from uv.lock, with one uv version."""
+    dockerfile = (REPO_ROOT / "Dockerfile").read_text()
+    readme = (REPO_ROOT / "README.md").read_text()
+    ci = (REPO_ROOT / ".ci" / "run").read_text()
+    [image_uv] = re.findall(r"^FROM ghcr\.io/astral-sh/uv:(\S+) AS uv$", dockerfile, re.M)
+    pinned = set(re.findall(r"pip install (?:--quiet )?uv==(\S+)", readme + ci))
+    assert pinned == {image_uv}, (pinned, image_uv)
+    assert "COPY pyproject.toml uv.lock" in dockerfile
+    assert re.findall(r"RUN uv sync (--locked [^\n]*)", dockerfile) == [
+        "--locked --no-install-project --extra deploy",
+        "--locked --extra deploy",
+    ]
+    assert "pip install -e" not in readme + ci + dockerfile
+    setup = readme.split("## Set-up: two commands", 1)[1].split("\n## ", 1)[0]
+    commands = [line for line in setup.splitlines() if "python3 -m venv .venv" in line]
+    assert len(commands) == 2 and all("uv sync --locked" in line for line in commands)
+    assert commands[1].split("&& ", 1)[1] in ci  # the test command, word for word
+    assert "uv lock --check" in ci
+    assert (REPO_ROOT / "uv.lock").is_file()
 
 
 def test_experiment_created_concurrently_is_not_an_error(tmp_path, monkeypatch):

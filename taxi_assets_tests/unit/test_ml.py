@@ -10,7 +10,7 @@ from taxi_assets.ml import course_reference, vectorizing
 from taxi_assets.ml.cleaning import clean, trip_duration_minutes
 from taxi_assets.ml.dataset import build_training_set
 from taxi_assets.ml.features import combine_features
-from taxi_assets.ml.schema import TripDataError, validate_trips
+from taxi_assets.ml.schema import TripDataError, in_schema, validate_trips
 from taxi_assets.ml.splitting import split_on_value
 from taxi_assets.ml.trip_files import format_template, parse_month
 
@@ -29,7 +29,8 @@ def trips(rows):
     )
 
 
-SMALL = trips(
+# As in a green file (the course's code reads these), and as validation hands them on.
+SMALL_FILE = trips(
     [
         ("2024-01-31 23:50", 12.5, 236, 239, 1.98),
         ("2024-01-15 08:00", 0.5, 65, 170, 6.54),  # too short: dropped
@@ -39,11 +40,14 @@ SMALL = trips(
         ("2024-01-03 11:00", 1.0, 7, 8, 2.5),
     ]
 )
+SMALL = validate_trips(SMALL_FILE, "small.parquet")
 
 
 def test_duration_is_minutes_and_matches_course_apply():
     duration = trip_duration_minutes(SMALL)
-    expected = (SMALL.lpep_dropoff_datetime - SMALL.lpep_pickup_datetime).apply(lambda td: td.total_seconds() / 60)
+    expected = (SMALL_FILE.lpep_dropoff_datetime - SMALL_FILE.lpep_pickup_datetime).apply(
+        lambda td: td.total_seconds() / 60
+    )
     assert duration.tolist() == expected.tolist() == [12.5, 0.5, 20.0, 61.0, 60.0, 1.0]
 
 
@@ -92,7 +96,7 @@ def test_vectorizer_equals_dictvectorizer(with_unknown):
 def test_build_training_set_matches_course_reference_on_small_frames():
     january, february = SMALL.iloc[:2], SMALL.iloc[2:]
     ours = build_training_set([combine_features(clean(january)), combine_features(clean(february))], "2024-02-01")
-    theirs = course_reference.prepare_and_build([january, february], "2024-02-01")
+    theirs = course_reference.prepare_and_build([SMALL_FILE.iloc[:2], SMALL_FILE.iloc[2:]], "2024-02-01")
     for mine, reference in zip((ours.X, ours.X_train, ours.X_val), theirs[:3]):
         assert mine.shape == reference.shape and (mine != reference).nnz == 0
     for mine, reference in zip((ours.y, ours.y_train, ours.y_val), theirs[3:6]):
@@ -102,18 +106,37 @@ def test_build_training_set_matches_course_reference_on_small_frames():
 
 
 def test_validate_trips_names_the_problem():
+    raw = SMALL_FILE
     with pytest.raises(TripDataError, match=r"f\.parquet: missing required column\(s\) trip_distance"):
-        validate_trips(SMALL.drop(columns=["trip_distance"]), "f.parquet")
+        validate_trips(raw.drop(columns=["trip_distance"]), "f.parquet")
     with pytest.raises(TripDataError, match="column lpep_pickup_datetime has dtype object, expected a datetime"):
-        validate_trips(SMALL.assign(lpep_pickup_datetime=SMALL.lpep_pickup_datetime.astype(str)), "f.parquet")
+        validate_trips(raw.assign(lpep_pickup_datetime=raw.lpep_pickup_datetime.astype(str)), "f.parquet")
     with pytest.raises(TripDataError, match="column trip_distance has dtype object, expected numbers"):
-        validate_trips(SMALL.assign(trip_distance="far"), "f.parquet")
+        validate_trips(raw.assign(trip_distance="far"), "f.parquet")
     with pytest.raises(TripDataError, match="column PULocationID .* expected integer location ids"):
-        validate_trips(SMALL.assign(PULocationID=1.5), "f.parquet")
+        validate_trips(raw.assign(PULocationID=1.5), "f.parquet")
     with pytest.raises(TripDataError, match="no rows"):
-        validate_trips(SMALL.iloc[:0], "f.parquet")
+        validate_trips(raw.iloc[:0], "f.parquet")
     # Whole floats (older files) are accepted and made integers.
-    assert validate_trips(SMALL.assign(PULocationID=7.0), "f")["PULocationID"].dtype == "int64"
+    assert validate_trips(raw.assign(PULocationID=7.0), "f")["PULocationID"].dtype == "int64"
+
+
+def test_one_schema_for_green_and_yellow_files():
+    yellow_file = SMALL_FILE.rename(columns=lambda name: name.replace("lpep_", "tpep_")).assign(Airport_fee=0.0)
+    yellow = validate_trips(yellow_file, "yellow_tripdata_2024-02.parquet", "yellow")
+    pd.testing.assert_frame_equal(yellow.drop(columns=["Airport_fee"]), SMALL)
+    assert {"pickup_datetime", "dropoff_datetime"} <= set(SMALL.columns)
+    assert not any(name.startswith(("lpep_", "tpep_")) for name in SMALL.columns)
+    # A file of the other type says what it is and which setting to change.
+    with pytest.raises(TripDataError, match=r"g\.parquet: missing .*tpep_pickup_datetime.* this is a green file.*"
+                       r"TAXI_TRIP_TYPE=green"):  # fmt: skip
+        validate_trips(SMALL_FILE, "g.parquet", "yellow")
+    with pytest.raises(TripDataError, match=r"y\.parquet: .* this is a yellow file.*TAXI_TRIP_TYPE=yellow"):
+        validate_trips(yellow_file, "y.parquet")
+    # Frames stored by earlier versions (the file's names) read in today's.
+    pd.testing.assert_frame_equal(in_schema(SMALL_FILE), SMALL)
+    with pytest.raises(ValueError, match="trip type must be one of green, yellow, got 'blue'"):
+        validate_trips(SMALL_FILE, "g.parquet", "blue")
 
 
 def test_month_helpers():

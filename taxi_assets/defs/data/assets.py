@@ -23,7 +23,7 @@ from taxi_assets.lib.sources import TransientSourceError, TripSource
 from taxi_assets.ml.cleaning import clean
 from taxi_assets.ml.features import TARGET, combine_features
 from taxi_assets.ml.quality import DRIFT_EDGES, histogram, profile
-from taxi_assets.ml.schema import PICKUP, REQUIRED_COLUMNS, TripDataError
+from taxi_assets.ml.schema import PICKUP, REQUIRED_COLUMNS, TripDataError, in_schema
 
 # Transient download failures (HTTP 5xx/429, timeouts) are retried: 2 s, 4 s, 8 s (+- jitter).
 # Everything else (bad data, a missing month, a bug) becomes Failure(allow_retries=False):
@@ -42,9 +42,12 @@ SOURCE_RETRY_POLICY = dg.RetryPolicy(
     tags={"stage": "ingest"},
 )
 def raw_trips(context: dg.AssetExecutionContext, trip_source: TripSource) -> dg.Output[pd.DataFrame]:
-    """The month's green-taxi trip file from the configured trip source, schema-checked.
+    """The month's trip file from the configured trip source, schema-checked.
 
-    Needs pickup/dropoff datetimes, integer PULocationID/DOLocationID and numeric trip_distance.
+    Green (the default) or yellow, as the trip source's ``trip_type`` says. Needs the pickup and
+    dropoff datetimes (``lpep_*`` or ``tpep_*``, named ``pickup_datetime`` and
+    ``dropoff_datetime`` from here on), integer PULocationID/DOLocationID and numeric
+    trip_distance.
     """
     month = context.partition_key
     location = trip_source.describe(month)
@@ -84,6 +87,7 @@ def raw_trips(context: dg.AssetExecutionContext, trip_source: TripSource) -> dg.
             "dagster/row_count": len(trips),
             "dagster/column_schema": column_schema(trips),
             "source": location,
+            "trip_type": trip_source.trip_type,
             "source_fingerprint": fingerprint,
             "columns": len(trips.columns),
             "pickup_min": str(pickups.min()),
@@ -161,7 +165,7 @@ def training_set(context: dg.AssetExecutionContext, cleaned_trips) -> dg.Output[
     month = context.partition_key
     materialized = context.instance.get_materialized_partitions(dg.AssetKey("cleaned_trips"))
     months = previous_and_current("training_set", "cleaned_trips", cleaned_trips, month, materialized)
-    dataset = build_training_set(months, split_at=month_start(month))
+    dataset = build_training_set([in_schema(frame) for frame in months], split_at=month_start(month))
     shapes = dataset.shapes()
     return dg.Output(
         dataset,

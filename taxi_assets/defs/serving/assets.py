@@ -48,11 +48,11 @@ class ProductionModelConfig(dg.Config):
 def _validation_rows(cleaned_trips, month: str, materialized: set[str]) -> tuple[pd.DataFrame, pd.Series]:
     """The month's validation trips (features, minutes): the rows of training_set's X_val."""
     from taxi_assets.ml.features import FEATURES, TARGET
-    from taxi_assets.ml.schema import PICKUP
+    from taxi_assets.ml.schema import PICKUP, in_schema
     from taxi_assets.ml.splitting import split_on_value
 
     months = previous_and_current("production_model", "cleaned_trips", cleaned_trips, month, materialized)
-    trips = pd.concat(months, ignore_index=True)
+    trips = pd.concat([in_schema(frame) for frame in months], ignore_index=True)
     _, validation = split_on_value(trips[FEATURES + [PICKUP, TARGET]], PICKUP, month_start(month))
     return validation[FEATURES], validation[TARGET]
 

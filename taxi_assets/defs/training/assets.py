@@ -5,8 +5,6 @@ final training) and "xgboost_training" pipelines. Each produces self-contained p
 (vectorizer + model) that ``taxi_assets.load_model`` and the MLflow registry can serve.
 """
 
-from dataclasses import dataclass
-
 import dagster as dg
 from pydantic import Field
 
@@ -24,6 +22,7 @@ from taxi_assets.ml.hyperparameters import (
     SklearnModel,
     valid_model_names,
 )
+from taxi_assets.ml.training import ModelSpec
 
 
 class SklearnModelsConfig(dg.Config):
@@ -66,14 +65,6 @@ class XGBoostConfig(dg.Config):
         default=True,
         description="Evaluate a known-good configuration (max_depth 30, learning_rate 0.1) as the first trial.",
     )
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    name: str
-    max_evaluations: int
-    random_state: int
-    timeout_seconds: float
 
 
 def post_search_reserve(kind: str, seconds: float) -> float:
