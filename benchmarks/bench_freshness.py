@@ -37,6 +37,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import dagster as dg  # noqa: E402
 from common import DATA_DIR, REPO_ROOT, append_results, table  # noqa: E402
+from dagster._core.scheduler.instigation import InstigatorType  # noqa: E402
 
 BIN = Path(sys.executable).parent
 MONTH, PREVIOUS = "2024-02", "2024-01"
@@ -139,6 +140,8 @@ def one_run(index: int, log_dir: Path) -> dict:
         "TAXI_DATA_DIR": str(data),
         "TAXI_API_TOKEN": token,
     }
+    # This process reads the instance too; dagster.yaml's paths are relative to DAGSTER_HOME.
+    os.environ["DAGSTER_HOME"] = str(home)
     processes: list[subprocess.Popen] = []
     try:
         # The state a user is in: last month trained with the default budgets, a champion serving.
@@ -166,7 +169,7 @@ def one_run(index: int, log_dir: Path) -> dict:
 
         def first_tick_recorded():
             with dg.DagsterInstance.from_config(str(home)) as instance:
-                states = instance.all_instigator_state(instigator_type=dg.InstigatorType.SENSOR)
+                states = instance.all_instigator_state(instigator_type=InstigatorType.SENSOR)
                 return any(state.instigator_data and state.instigator_data.cursor for state in states)
 
         wait(first_tick_recorded, 180, "the sensor's first tick", interval=1)
@@ -220,7 +223,7 @@ def one_run(index: int, log_dir: Path) -> dict:
         "total": served_at - dropped_at,
         "stages": stages,
         "xgboost_rmse": float(xgb["rmse"]),
-        "decision": f"{production.get('serves', served['name'])} ({production.get('decision', '')})",
+        "decision": f"{served['name']} ({production.get('decision', '')})",
         "served": served,
         "run_seconds": (record.end_time or served_at) - run_start,
     }

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
+from typing import TYPE_CHECKING
 
 import pandas as pd
 import scipy.sparse as sp
-from sklearn.feature_extraction import DictVectorizer
+
+if TYPE_CHECKING:
+    from sklearn.feature_extraction import DictVectorizer
 
 from taxi_assets.ml import vectorizing
 from taxi_assets.ml.features import TARGET, select_features
@@ -26,7 +30,8 @@ class TrainingSet:
 
     ``X``/``y``: every cleaned trip of both months, ``X`` with a vectorizer of its own.
     ``X_train``/``X_val``: the rows picked up before / from the split instant, both vectorized
-    with ``dv``, which was fitted on the training rows only.
+    with ``dv``, which was fitted on the training rows only. ``feature_names`` are ``dv``'s
+    columns; ``dv`` itself (a scikit-learn ``DictVectorizer``) is built when first asked for.
     """
 
     X: sp.csr_matrix
@@ -35,7 +40,12 @@ class TrainingSet:
     y: pd.Series
     y_train: pd.Series
     y_val: pd.Series
-    dv: DictVectorizer
+    feature_names: tuple[str, ...]
+
+    @cached_property
+    def dv(self) -> DictVectorizer:
+        """The course's fitted ``DictVectorizer``: ``dv.transform(records)`` gives X_val's columns."""
+        return vectorizing.dict_vectorizer(self.feature_names)
 
     @property
     def n_features(self) -> int:
@@ -57,9 +67,9 @@ def build_training_set(cleaned_months: Sequence[pd.DataFrame], split_at: pd.Time
     trips = select_features(trips, extra=[PICKUP, TARGET])
     train, validation = split_on_value(trips, PICKUP, pd.Timestamp(split_at))
 
-    X, _ = vectorizing.fit_transform(select_features(trips))
-    X_train, dv = vectorizing.fit_transform(select_features(train))
-    X_val = vectorizing.transform(select_features(validation), dv)
+    X, _ = vectorizing.fit(select_features(trips))
+    X_train, names = vectorizing.fit(select_features(train))
+    X_val = vectorizing.transform(select_features(validation), names)
     return TrainingSet(
         X=X,
         X_train=X_train,
@@ -67,5 +77,5 @@ def build_training_set(cleaned_months: Sequence[pd.DataFrame], split_at: pd.Time
         y=trips[TARGET],
         y_train=train[TARGET],
         y_val=validation[TARGET],
-        dv=dv,
+        feature_names=tuple(names),
     )

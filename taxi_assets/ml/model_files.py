@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from taxi_assets.ml.predictor import DistanceLookup, TripDurationPredictor
+from taxi_assets.ml.vectorizing import dict_vectorizer
 
 FORMAT = "taxi-assets-predictor"
 FORMAT_VERSION = 1
@@ -102,22 +103,12 @@ def read_manifest(files: Mapping[str, bytes], where: str) -> dict[str, Any]:
     return manifest
 
 
-def vectorizer_from_names(names: list[str]):
-    """A fitted ``DictVectorizer`` with these feature names, in this column order."""
-    from sklearn.feature_extraction import DictVectorizer
-
-    vectorizer = DictVectorizer()
-    vectorizer.feature_names_ = list(names)
-    vectorizer.vocabulary_ = {name: position for position, name in enumerate(names)}
-    return vectorizer
-
-
 def predictor_from_files(files: Mapping[str, bytes], where: str, check: bool = True) -> TripDurationPredictor:
     """The predictor in ``files`` (named as :func:`predictor_files` names them). With ``check``,
     its minutes for the reference trips must equal the ones recorded when it was saved (a
     library that reads the file differently is refused, not served)."""
     manifest = read_manifest(files, where)
-    vectorizer = vectorizer_from_names(json.loads(files["vocabulary.json"]))
+    vectorizer = dict_vectorizer(json.loads(files["vocabulary.json"]))
     if manifest["kind"] == "xgboost":
         import xgboost as xgb
 

@@ -67,7 +67,9 @@ def read_trip_file(data: bytes | Path, source: str, trip_type: str = DEFAULT_TRI
 
     try:
         handle = io.BytesIO(data) if isinstance(data, bytes) else data
-        table = pq.read_table(handle)
+        # ParquetFile, not read_table: read_table goes through pyarrow.dataset, whose import
+        # alone costs more than reading a month.
+        table = pq.ParquetFile(handle).read()
     except (pa.ArrowException, OSError) as error:
         raise TripDataError(f"{source} is not a readable Parquet file (corrupt or truncated?): {error}") from error
     frame = table.to_pandas()

@@ -5,14 +5,22 @@ The course turns every row into a Python dict (``to_dict('records')``) and feeds
 with NumPy. The result is the same matrix (same feature names and order, same stored entries in the
 same order, same values), and the returned vectorizer is a fitted ``DictVectorizer``, so
 ``dv.transform(records)`` still works on inference records.
+
+Building needs only the feature names (:func:`fit`); scikit-learn is imported when a
+``DictVectorizer`` is asked for, so data preparation never pays for importing it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
-from sklearn.feature_extraction import DictVectorizer
+
+if TYPE_CHECKING:
+    from sklearn.feature_extraction import DictVectorizer
 
 SEPARATOR = "="  # DictVectorizer's default separator between a column and its category
 
@@ -54,8 +62,8 @@ def assemble_csr(indices: list[np.ndarray], values: list[np.ndarray], n_rows: in
     )
 
 
-def fit_transform(features: pd.DataFrame) -> tuple[sp.csr_matrix, DictVectorizer]:
-    """Fit a vectorizer on ``features`` and return (matrix, fitted ``DictVectorizer``)."""
+def fit(features: pd.DataFrame) -> tuple[sp.csr_matrix, list[str]]:
+    """Fit on ``features``: (matrix, the feature names in column order)."""
     per_column = [_column_entries(features[column], None) for column in features.columns]
     names = sorted({name for _, _, column_names in per_column for name in column_names})
     vocabulary = {name: position for position, name in enumerate(names)}
@@ -64,23 +72,36 @@ def fit_transform(features: pd.DataFrame) -> tuple[sp.csr_matrix, DictVectorizer
         lookup = np.fromiter((vocabulary[name] for name in column_names), np.int64, len(column_names))
         indices.append(np.where(codes >= 0, lookup[np.maximum(codes, 0)], -1))
     matrix = assemble_csr(indices, [entry[1] for entry in per_column], len(features), len(names))
+    return matrix, names
+
+
+def dict_vectorizer(names: Sequence[str]) -> DictVectorizer:
+    """A fitted ``DictVectorizer`` with these feature names, in this column order."""
+    from sklearn.feature_extraction import DictVectorizer
 
     vectorizer = DictVectorizer()
-    vectorizer.feature_names_ = names
-    vectorizer.vocabulary_ = vocabulary
-    return matrix, vectorizer
+    vectorizer.feature_names_ = list(names)
+    vectorizer.vocabulary_ = {name: position for position, name in enumerate(names)}
+    return vectorizer
 
 
-def transform(features: pd.DataFrame, vectorizer: DictVectorizer) -> sp.csr_matrix:
+def fit_transform(features: pd.DataFrame) -> tuple[sp.csr_matrix, DictVectorizer]:
+    """Fit a vectorizer on ``features`` and return (matrix, fitted ``DictVectorizer``)."""
+    matrix, names = fit(features)
+    return matrix, dict_vectorizer(names)
+
+
+def transform(features: pd.DataFrame, vectorizer: Any) -> sp.csr_matrix:
     """``vectorizer.transform(features.to_dict('records'))`` without the dicts.
 
+    ``vectorizer``: a fitted ``DictVectorizer``, or its feature names in column order.
     Categories the vectorizer has not seen are left out of the row, as DictVectorizer does.
     """
-    vocabulary = vectorizer.vocabulary_
+    if isinstance(vectorizer, (list, tuple)):
+        names, vocabulary = vectorizer, {name: position for position, name in enumerate(vectorizer)}
+    else:
+        names, vocabulary = vectorizer.feature_names_, vectorizer.vocabulary_
     per_column = [_column_entries(features[column], vocabulary) for column in features.columns]
     return assemble_csr(
-        [entry[0] for entry in per_column],
-        [entry[1] for entry in per_column],
-        len(features),
-        len(vectorizer.feature_names_),
+        [entry[0] for entry in per_column], [entry[1] for entry in per_column], len(features), len(names)
     )

@@ -33,22 +33,17 @@ def _partitioned(make):
         return make()
 
 
-def partitioned_check(**kwargs):
-    def decorate(function):
-        return _partitioned(lambda: dg.asset_check(partitions_def=monthly_partitions, **kwargs)(function))
+def _spec(name: str, asset: str, description: str, blocking: bool = True) -> dg.AssetCheckSpec:
+    return dg.AssetCheckSpec(
+        name, asset=asset, partitions_def=monthly_partitions, blocking=blocking, description=description
+    )
 
-    return decorate
 
-
-@partitioned_check(
-    asset="cleaned_trips",
-    blocking=True,
-    description=f"Every kept duration lies within [{MIN_DURATION_MINUTES:g}, {MAX_DURATION_MINUTES:g}] minutes.",
-)
 def durations_within_bounds(cleaned_trips: pd.DataFrame) -> dg.AssetCheckResult:
     duration = cleaned_trips[TARGET]
     outside = int((~duration.between(MIN_DURATION_MINUTES, MAX_DURATION_MINUTES)).sum())
     return dg.AssetCheckResult(
+        check_name="durations_within_bounds",
         passed=outside == 0,
         metadata={
             "rows_outside_bounds": outside,
@@ -58,21 +53,13 @@ def durations_within_bounds(cleaned_trips: pd.DataFrame) -> dg.AssetCheckResult:
     )
 
 
-@partitioned_check(
-    asset="cleaned_trips",
-    blocking=True,
-    description="No missing values in the model's features (" + ", ".join(FEATURES) + f") or the target ({TARGET}).",
-)
 def features_not_null(cleaned_trips: pd.DataFrame) -> dg.AssetCheckResult:
     nulls = {column: int(cleaned_trips[column].isna().sum()) for column in FEATURES + [TARGET]}
-    return dg.AssetCheckResult(passed=not any(nulls.values()), metadata={"null_counts": nulls})
+    return dg.AssetCheckResult(
+        check_name="features_not_null", passed=not any(nulls.values()), metadata={"null_counts": nulls}
+    )
 
 
-@partitioned_check(
-    asset="training_set",
-    blocking=True,
-    description="X rows == len(y) for all three pairs, the same features in X_train and X_val, none empty.",
-)
 def matrices_consistent(training_set) -> dg.AssetCheckResult:
     pairs = {
         "X": (training_set.X, training_set.y),
@@ -88,19 +75,14 @@ def matrices_consistent(training_set) -> dg.AssetCheckResult:
     if training_set.X_train.shape[1] != training_set.X_val.shape[1]:
         problems.append(f"X_train has {training_set.X_train.shape[1]} features, X_val {training_set.X_val.shape[1]}")
     return dg.AssetCheckResult(
+        check_name="matrices_consistent",
         passed=not problems,
         description="; ".join(problems) or None,
         metadata={f"{name}_shape": str(matrix.shape) for name, (matrix, _) in pairs.items()},
     )
 
 
-@partitioned_check(
-    asset="training_set",
-    blocking=True,
-    description="The course's row tests, for every month: X holds every cleaned trip of M-1 and M (as "
-    "cleaned_trips recorded them), and X_train and X_val split exactly those rows.",
-)
-def rows_match_cleaned_months(context: dg.AssetCheckExecutionContext, training_set) -> dg.AssetCheckResult:
+def rows_match_cleaned_months(context, training_set) -> dg.AssetCheckResult:
     month = context.partition_key
     expected = {}
     for key in (previous_month(month), month):
@@ -122,11 +104,65 @@ def rows_match_cleaned_months(context: dg.AssetCheckExecutionContext, training_s
     if rows["X_train"] + rows["X_val"] != rows["X"]:
         problems.append(f"X_train ({rows['X_train']:,}) + X_val ({rows['X_val']:,}) != X ({rows['X']:,})")
     return dg.AssetCheckResult(
+        check_name="rows_match_cleaned_months",
         passed=not problems,
         description="; ".join(problems) or f"{rows['X']:,} rows from {' and '.join(expected)}",
         metadata={f"{name}_rows": count for name, count in rows.items()}
         | {f"cleaned_rows_{key}": count or 0 for key, count in expected.items()},
     )
+
+
+# The build checks run as one step per asset, each loading its asset once: a step per check
+# would cost more (a step's events, a load of the month) than the checks themselves.
+def _cleaned_trips_checks(cleaned_trips: pd.DataFrame):
+    yield durations_within_bounds(cleaned_trips)
+    yield features_not_null(cleaned_trips)
+
+
+cleaned_trips_invariants = _partitioned(
+    lambda: dg.multi_asset_check(
+        name="cleaned_trips_invariants",
+        ins={"cleaned_trips": dg.AssetIn("cleaned_trips")},
+        specs=[
+            _spec(
+                "durations_within_bounds",
+                "cleaned_trips",
+                f"Every kept duration lies within [{MIN_DURATION_MINUTES:g}, {MAX_DURATION_MINUTES:g}] minutes.",
+            ),
+            _spec(
+                "features_not_null",
+                "cleaned_trips",
+                "No missing values in the model's features (" + ", ".join(FEATURES) + f") or the target ({TARGET}).",
+            ),
+        ],
+    )(_cleaned_trips_checks)
+)
+
+
+def _training_set_checks(context: dg.AssetCheckExecutionContext, training_set):
+    yield matrices_consistent(training_set)
+    yield rows_match_cleaned_months(context, training_set)
+
+
+training_set_build_checks = _partitioned(
+    lambda: dg.multi_asset_check(
+        name="training_set_build_checks",
+        ins={"training_set": dg.AssetIn("training_set")},
+        specs=[
+            _spec(
+                "matrices_consistent",
+                "training_set",
+                "X rows == len(y) for all three pairs, the same features in X_train and X_val, none empty.",
+            ),
+            _spec(
+                "rows_match_cleaned_months",
+                "training_set",
+                "The course's row tests, for every month: X holds every cleaned trip of M-1 and M (as "
+                "cleaned_trips recorded them), and X_train and X_val split exactly those rows.",
+            ),
+        ],
+    )(_training_set_checks)
+)
 
 
 # Month-over-month data-quality checks on cleaned_trips. They read both months' metadata from the
