@@ -17,6 +17,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import tempfile
 import tomllib
 import urllib.error
 import urllib.request
@@ -59,7 +60,17 @@ def install_user() -> tuple[int, int] | None:
     return entry.pw_uid, entry.pw_gid
 
 
-def test_the_images_install_path_from_the_lock_as_a_non_root_user(tmp_path):
+@pytest.fixture
+def scratch():
+    """A folder the install user can reach (pytest's own temporary folders are private to root)."""
+    folder = Path(tempfile.mkdtemp(prefix="taxi-install-", dir="/var/tmp"))
+    folder.chmod(0o755)
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_the_images_install_path_from_the_lock_as_a_non_root_user(scratch):
+    tmp_path = scratch
     uv = shutil.which("uv", path=str(Path(sys.executable).parent)) or shutil.which("uv")
     assert uv, "uv is installed by the README's set-up commands"
     env_from_dockerfile, syncs, copied = dockerfile_build()
@@ -84,7 +95,14 @@ def test_the_images_install_path_from_the_lock_as_a_non_root_user(tmp_path):
         for path in [tmp_path, CACHE, *tmp_path.rglob("*"), *CACHE.iterdir()]:
             os.chown(path, *user)
         tmp_path.chmod(0o755)
+    # The network settings of this machine (proxies, a corporate CA), nothing else of root's.
+    network = {
+        key: value
+        for key, value in os.environ.items()
+        if key in ("SSL_CERT_FILE", "SSL_CERT_DIR") or key.lower().endswith("_proxy") or key.startswith("UV_INDEX")
+    }
     env = {
+        **network,
         "PATH": f"{venv / 'bin'}:/usr/local/bin:/usr/bin:/bin",
         "HOME": str(tmp_path),
         **env_from_dockerfile,
