@@ -158,6 +158,10 @@ def test_the_images_install_path_from_the_lock_as_a_non_root_user(scratch):
         )
         for name, command in commands.items()
     }
+
+    def logs() -> str:
+        return "\n".join(f"--- {path.name}\n{path.read_text()[-3000:]}" for path in tmp_path.glob("*.log"))
+
     try:
 
         def grpc_healthy():
@@ -183,7 +187,10 @@ def test_the_images_install_path_from_the_lock_as_a_non_root_user(scratch):
                 return None
             return {"/".join(node["assetKey"]["path"]) for node in nodes} or None
 
-        assets = wait_for(graphql_sees_the_assets, 180, "the webserver's asset graph")
+        try:
+            assets = wait_for(graphql_sees_the_assets, 180, "the webserver's asset graph")
+        except TimeoutError as error:
+            raise AssertionError(f"{error}\n{logs()}") from None
         assert {"raw_trips", "cleaned_trips", "training_set", "xgboost_model", "production_model"} <= assets
 
         def answers(path: str):
@@ -211,5 +218,4 @@ def test_the_images_install_path_from_the_lock_as_a_non_root_user(scratch):
                 process.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, 9)
-    logs = {path.name: path.read_text()[-2000:] for path in tmp_path.glob("*.log")}
-    assert all(process.returncode is not None for process in processes.values()), logs
+    assert all(process.returncode is not None for process in processes.values()), logs()
