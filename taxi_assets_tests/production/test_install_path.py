@@ -137,6 +137,13 @@ def test_the_images_install_path_from_the_lock_as_a_non_root_user(scratch):
 
     # The servers the image runs, from that environment.
     serving_env = {**env, "DAGSTER_HOME": str(home), "TAXI_DATA_DIR": str(DATA_DIR), "TAXI_API_TOKEN": "t" * 32}
+    # Create the fresh SQLite instance once: three processes creating its tables at the same
+    # moment race in Dagster's schema set-up ("table alembic_version already exists").
+    made = subprocess.run(
+        [str(venv / "bin" / "dagster"), "instance", "migrate"],
+        cwd=app, env=serving_env, capture_output=True, text=True, timeout=120, **as_user,
+    )  # fmt: skip
+    assert made.returncode == 0, made.stdout[-2000:] + made.stderr[-2000:]
     grpc_port, web_port, api_port = free_port(), free_port(), free_port()
     bin_dir = venv / "bin"
     commands = {
