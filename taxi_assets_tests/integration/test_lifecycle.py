@@ -195,7 +195,15 @@ def test_terminate_from_the_ui_cancels_training_within_seconds(stack):
     )
     forest_step = "sklearn_models.tune_and_train[RandomForestRegressor]"
     xgb_pid, _ = wait_for(lambda: step_started(instance, run_id, "xgboost_model", 8), 120, "XGBoost to be boosting")
-    forest_pid, _ = wait_for(lambda: step_started(instance, run_id, forest_step, 3), 60, "the forest to be growing")
+
+    def forest_growing():
+        # Its MLflow parent run exists once the step has loaded its inputs and started its search.
+        started = step_started(instance, run_id, forest_step, 0)
+        names = {run.info.run_name for run in mlflow_runs(client, run_id)} if started else set()
+        return started if "RandomForestRegressor-2024-02" in names else None
+
+    forest_pid, _ = wait_for(forest_growing, 120, "the forest to be growing")
+    time.sleep(2)  # inside a fit
     asked = time.time()
     # What the UI's Terminate button sends.
     assert stack["graphql"].terminate(run_id) == "TerminateRunSuccess"
