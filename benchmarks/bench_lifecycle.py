@@ -24,7 +24,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import dagster as dg  # noqa: E402
-from common import DATA_DIR, REPO_ROOT, append_results, table  # noqa: E402
+from common import DATA_DIR, REPO_ROOT, append_results, step_seconds, table  # noqa: E402
 
 from taxi_assets.ml.hyperparameters import DEEPEST_XGBOOST  # noqa: E402
 
@@ -51,19 +51,6 @@ def budgets(config: dict) -> dict[str, float]:
     for model in sklearn.models:
         found[f"sklearn_models.tune_and_train[{short_name(model)}]"] = sklearn.timeout_seconds
     return found
-
-
-def step_seconds(instance: dg.DagsterInstance, run_id: str) -> dict[str, float]:
-    started, seconds = {}, {}
-    for record in instance.all_logs(run_id):
-        event = record.dagster_event
-        if event is None or event.step_key is None:
-            continue
-        if event.event_type == dg.DagsterEventType.STEP_START:
-            started[event.step_key] = record.timestamp
-        elif event.event_type in (dg.DagsterEventType.STEP_SUCCESS, dg.DagsterEventType.STEP_FAILURE):
-            seconds[event.step_key] = record.timestamp - started[event.step_key]
-    return seconds
 
 
 def main() -> int:

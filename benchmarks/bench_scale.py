@@ -38,7 +38,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import dagster as dg  # noqa: E402
-from common import DATA_DIR, REPO_ROOT, append_results, table  # noqa: E402
+from common import DATA_DIR, REPO_ROOT, append_results, step_seconds, table  # noqa: E402
 
 BIN = Path(sys.executable).parent
 SLACK_SECONDS = 20
@@ -113,19 +113,6 @@ def run_measured(command: list[str], env: dict[str, str], cwd: Path) -> tuple[fl
     if process.returncode != 0:
         raise RuntimeError(f"{' '.join(map(str, command))} failed:\n{output[-4000:]}")
     return wall, peak[0] / 1e9, output
-
-
-def step_seconds(instance: dg.DagsterInstance, run_id: str) -> dict[str, float]:
-    started, seconds = {}, {}
-    for record in instance.all_logs(run_id):
-        event = record.dagster_event
-        if event is None or event.step_key is None:
-            continue
-        if event.event_type == dg.DagsterEventType.STEP_START:
-            started[event.step_key] = record.timestamp
-        elif event.event_type in (dg.DagsterEventType.STEP_SUCCESS, dg.DagsterEventType.STEP_FAILURE):
-            seconds[event.step_key] = record.timestamp - started[event.step_key]
-    return seconds
 
 
 def latest_metadata(instance: dg.DagsterInstance, asset: str, month: str) -> dict:

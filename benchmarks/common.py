@@ -78,3 +78,19 @@ def write_scratch_instance(home: Path) -> None:
         "run_coordinator:\n  module: dagster._core.run_coordinator\n  class: DefaultRunCoordinator\n"
         "telemetry:\n  enabled: false\n"
     )
+
+
+def step_seconds(instance, run_id: str) -> dict[str, float]:
+    """Each step's wall time in a run, STEP_START to STEP_SUCCESS (or STEP_FAILURE), from the event log."""
+    import dagster as dg
+
+    started, seconds = {}, {}
+    for record in instance.all_logs(run_id):
+        event = record.dagster_event
+        if event is None or event.step_key is None:
+            continue
+        if event.event_type == dg.DagsterEventType.STEP_START:
+            started[event.step_key] = record.timestamp
+        elif event.event_type in (dg.DagsterEventType.STEP_SUCCESS, dg.DagsterEventType.STEP_FAILURE):
+            seconds[event.step_key] = record.timestamp - started[event.step_key]
+    return seconds

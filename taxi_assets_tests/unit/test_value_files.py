@@ -75,6 +75,17 @@ def roundtrip(value):
     return load_value(data, "test value")
 
 
+def doctored(data: bytes, replacements: dict[str, bytes]) -> bytes:
+    """The archive ``data`` with some of its files replaced."""
+    archive = zipfile.ZipFile(io.BytesIO(data))
+    files = {name: archive.read(name) for name in archive.namelist()} | replacements
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as rewritten:
+        for name, content in files.items():
+            rewritten.writestr(name, content)
+    return out.getvalue()
+
+
 def same_predictions(a, b, training_set):
     np.testing.assert_array_equal(a.predict(TRIPS), b.predict(TRIPS))
     np.testing.assert_array_equal(a.predict_matrix(training_set.X_val), b.predict_matrix(training_set.X_val))
@@ -146,30 +157,18 @@ def test_a_model_file_with_untrusted_types_is_not_loaded(models):
     """skops refuses any type outside the allowlist: a doctored model cannot name a function to run."""
     import skops.io
 
-    data = dump_value(models["Lasso"])
-    archive = zipfile.ZipFile(io.BytesIO(data))
-    files = {name: archive.read(name) for name in archive.namelist()}
-    files["predictor/model.skops"] = skops.io.dumps({"model": pd.Timestamp("2024-01-01")})
-    doctored = io.BytesIO()
-    with zipfile.ZipFile(doctored, "w") as out:
-        for name, content in files.items():
-            out.writestr(name, content)
+    untrusted = skops.io.dumps({"model": pd.Timestamp("2024-01-01")})
+    data = doctored(dump_value(models["Lasso"]), {"predictor/model.skops": untrusted})
     with pytest.raises(ModelFormatError, match="types this project does not trust: pandas"):
-        load_value(doctored.getvalue(), "sklearn_models partition 2024-02")
+        load_value(data, "sklearn_models partition 2024-02")
 
 
 def test_a_model_that_predicts_differently_than_recorded_is_refused(models):
     import json
 
     data = dump_value(models["xgboost"])
-    archive = zipfile.ZipFile(io.BytesIO(data))
-    files = {name: archive.read(name) for name in archive.namelist()}
-    manifest = json.loads(files["predictor/manifest.json"])
+    manifest = json.loads(zipfile.ZipFile(io.BytesIO(data)).read("predictor/manifest.json"))
     manifest["reference_minutes"][0] += 1.0
-    files["predictor/manifest.json"] = json.dumps(manifest).encode()
-    doctored = io.BytesIO()
-    with zipfile.ZipFile(doctored, "w") as out:
-        for name, content in files.items():
-            out.writestr(name, content)
+    data = doctored(data, {"predictor/manifest.json": json.dumps(manifest).encode()})
     with pytest.raises(ModelFormatError, match="predicts .* for its reference trips, but recorded .* Rematerialize"):
-        load_value(doctored.getvalue(), "xgboost_model partition 2024-02")
+        load_value(data, "xgboost_model partition 2024-02")
