@@ -145,11 +145,12 @@ def bench_process(repeat: int) -> tuple[list, str]:
             f"{our_rss:.0f} MiB",
             f"{ratio:.2f}x",
         ],
-        ["Mage original `mage run data_preparation` (issue's figure)", "6.7 s", "510 MiB", "-"],
     ]
     summary = (
         f"Wall {ratio:.2f}x the floor (target <= 1.25x): {'PASS' if ratio <= 1.25 else 'FAIL'}; "
-        f"peak RSS {our_rss * 1.048576:.0f} MB (target <= 400 MB): {'PASS' if our_rss * 1.048576 <= 400 else 'FAIL'}."
+        f"peak RSS {our_rss * 1.048576:.0f} MB (target <= 400 MB): {'PASS' if our_rss * 1.048576 <= 400 else 'FAIL'}. "
+        "Quoted, not measured here: the course's Mage `mage run data_preparation` took 6.7 s and 510 MiB (the "
+        "issue's figure)."
     )
     return rows, summary
 

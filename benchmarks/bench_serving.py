@@ -333,7 +333,8 @@ def main() -> None:
         [
             table(["measurement", "throughput", "latency", "errors", "target"], rows),
             " ".join(notes),
-            "Reference (issue): the Mage original's API trigger answered in 63 ms median, about 16 requests/s.",
+            "Quoted, not measured here (the issue's figure): the Mage original's API trigger answered in 63 ms median, "
+            "about 16 requests/s.",
             "Command: `python benchmarks/bench_serving.py`",
         ]
     )

@@ -165,7 +165,7 @@ def main() -> None:
             f"XGBoost default: RMSE {default_model.rmse:.3f} (target <= 5.15): {'PASS' if ok_rmse else 'FAIL'}; "
             f"step {default_step:.1f} s (target <= 120 s): {'PASS' if ok_time else 'FAIL'}. "
             f"Course settings: RMSE {course_model.rmse:.3f} in {course_step:.1f} s "
-            f"(issue's reference: Mage original 5.17-5.30 in 80-130 s; LinearRegression about 6.0).",
+            f"(quoted, not measured here, the issue's figures: Mage original 5.17-5.30 in 80-130 s; LinearRegression about 6.0).",
             "(c) the scikit-learn fan-out, whole run, in-process executor against the multiprocess executor (2 at a time):",
             table(["models", "in-process", "multiprocess", "in-process / multiprocess"], fan_rows),
             "Command: `python benchmarks/bench_training.py" + (" --skip-six" if args.skip_six else "") + "`",

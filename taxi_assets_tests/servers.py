@@ -1,6 +1,12 @@
 """Real servers on 127.0.0.1 for tests: a static file server with scripted failures, moto's S3 (in
 this process, or every AWS service moto has as its own ``moto_server`` process), an ECS agent's
-task metadata endpoint."""
+task metadata endpoint, an SMTP server, and the inference server as its own process.
+
+No port is guessed and then handed to a server: between the guess and the server's bind, any other
+process (an outgoing connection's ephemeral port, another test) can take it. Servers in this
+process and the ones we start ourselves bind port 0 and report what they got; servers that cannot
+(Dagster's, MLflow's, PostgreSQL) are started by ``stack.Processes.start_on_a_free_port``,
+which retries on another port when the server says its port was taken."""
 
 from __future__ import annotations
 
@@ -20,10 +26,41 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+def _ephemeral_ports() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+def unused_port() -> int:
+    """A port nobody listens on now, below the kernel's ephemeral range: outgoing connections
+    never take it, so only a process that binds it on purpose can. For servers that cannot bind
+    port 0 and report theirs; always started through ``Processes.start_on_a_free_port``, which
+    retries if the port was taken all the same."""
+    import random
+
+    low = max(1024, min(_ephemeral_ports()[0], 32768) - 12000)
+    high = min(_ephemeral_ports()[0], 32768) - 1
+    for _ in range(200):
+        port = random.randint(low, high)
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port between {low} and {high}")
+
+
+PORT_TAKEN = ("address already in use", "errno 98", "eaddrinuse", "could not bind", "port is already in use")
+
+
+def port_was_taken(log: str) -> bool:
+    """Whether a server's output says it could not bind its port."""
+    text = log.lower()
+    return any(phrase in text for phrase in PORT_TAKEN)
 
 
 class FileServer:
@@ -81,14 +118,13 @@ class FileServer:
 
 @contextmanager
 def moto_s3_server():
-    """moto's standalone S3 on a free port of 127.0.0.1; yields the endpoint URL."""
+    """moto's standalone S3 on 127.0.0.1 (port 0: the system picks it); yields the endpoint URL."""
     from moto.server import ThreadedMotoServer
 
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     try:
-        yield f"http://127.0.0.1:{port}"
+        yield f"http://127.0.0.1:{server.get_host_and_port()[1]}"
     finally:
         server.stop()
 
@@ -115,44 +151,101 @@ def fargate_aware(task_definition):
 
 
 Backend._calculate_task_resource_requirements = staticmethod(fargate_aware)
-from moto.server import main
 
-main(sys.argv[1:])
+# moto's own server (moto.server.main), bound to port 0 first; the port goes to the file in argv[1].
+import os
+from werkzeug.serving import make_server
+from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
+
+app = DomainDispatcherApplication(create_backend_app)
+server = make_server("127.0.0.1", 0, app, threaded=True, request_handler=MotoRequestHandler)
+os.environ["MOTO_PORT"] = str(server.port)  # moto builds some URLs with it
+with open(sys.argv[1] + ".tmp", "w") as file:
+    file.write(str(server.port))
+os.replace(sys.argv[1] + ".tmp", sys.argv[1])
+server.serve_forever()
 """
 
 
 @contextmanager
 def moto_server_process(log_directory: Path, settings: dict[str, str] | None = None):
-    """moto's standalone server, ``moto_server`` (every service it emulates: ECS, IAM, STS, EC2, S3, Secrets Manager,
-    CloudWatch Logs, ...) as its own process on a free port of 127.0.0.1; yields the endpoint URL.
-    ``settings``: moto's environment variables (``MOTO_IAM_LOAD_MANAGED_POLICIES``, ...). Its
-    output goes to ``moto.log`` in ``log_directory``; the process group is killed at exit."""
-    port = free_port()
+    """moto's standalone server (every service it emulates: ECS, IAM, STS, EC2, S3, Secrets Manager,
+    CloudWatch Logs, ...) as its own process on 127.0.0.1, on a port it binds itself; yields the
+    endpoint URL. ``settings``: moto's environment variables (``MOTO_IAM_LOAD_MANAGED_POLICIES``,
+    ...). Its output goes to ``moto.log`` in ``log_directory``; the process group is killed at exit."""
+    port_file = log_directory / f"moto-{os.getpid()}-{time.monotonic_ns()}.port"
     with open(log_directory / "moto.log", "ab") as log:
         process = subprocess.Popen(
-            [sys.executable, "-c", _MOTO_SERVER, "-H", "127.0.0.1", "-p", str(port)],
+            [sys.executable, "-c", _MOTO_SERVER, str(port_file)],
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
             env=os.environ | (settings or {}),
         )
-    url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
+        port = wait_for_port_file(port_file, process, lambda: (log_directory / "moto.log").read_text(), "moto_server")
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 120
         while True:
             try:
-                with urllib.request.urlopen(f"{url}/moto-api/data.json", timeout=2):
+                with urllib.request.urlopen(f"{url}/moto-api/data.json", timeout=10):
                     break
             except OSError:
                 if process.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError(
-                        f"moto_server did not start: {(log_directory / 'moto.log').read_text()}"
+                        f"moto_server did not answer: {(log_directory / 'moto.log').read_text()}"
                     ) from None
-                time.sleep(0.1)
+                time.sleep(0.2)
         yield url
     finally:
         os.killpg(process.pid, signal.SIGKILL)
         process.wait(timeout=30)
+
+
+def wait_for_port_file(path: Path, process: subprocess.Popen, log: Callable[[], str], what: str, timeout=180) -> int:
+    """The port a server wrote to ``path`` once it was bound; fails with its log if it exits first."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if path.exists():
+            text = path.read_text().strip()
+            if text:
+                return int(text)
+        if process.poll() is not None:
+            raise RuntimeError(f"{what} exited with {process.returncode} before listening:\n{log()[-4000:]}")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} did not report a port within {timeout} s:\n{log()[-4000:]}")
+        time.sleep(0.1)
+
+
+@contextmanager
+def inference_server(env: dict[str, str], cwd: Path, *args: str, log: Path | None = None):
+    """``taxi-assets serve`` as its own process on a port it binds itself (``--port 0``);
+    yields ``(process, port)`` once it listens, and stops it at exit. Its output goes to ``log``
+    (or nowhere)."""
+    import shutil
+    import tempfile
+
+    scratch = Path(tempfile.mkdtemp(prefix="taxi-serve-"))  # not in cwd: tests check nothing lands there
+    port_file = scratch / "port"
+    output = open(log, "ab") if log else subprocess.DEVNULL
+    command = [str(Path(sys.executable).parent / "taxi-assets"), "serve", "--port", "0", "--port-file", str(port_file)]
+    process = subprocess.Popen([*command, *args], env=env, cwd=cwd, stdout=output, stderr=subprocess.STDOUT)
+    try:
+        port = wait_for_port_file(
+            port_file, process, lambda: log.read_text(errors="replace") if log else "(no log)", "taxi-assets serve"
+        )
+        yield process, port
+    finally:
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=30)
+        shutil.rmtree(scratch, ignore_errors=True)
+        if log:
+            output.close()  # type: ignore[union-attr]
 
 
 def moto_api(endpoint: str, path: str, body: dict | str) -> dict:
@@ -258,7 +351,10 @@ class SmtpServer:
 
         self.messages: list = []
         self.logins: list[tuple[str, bool]] = []
-        self.port = free_port()
+        # Bound here, on port 0, and handed to aiosmtpd: the port is ours before anyone learns it.
+        self.socket = socket.socket()
+        self.socket.bind(("127.0.0.1", 0))
+        self.port = self.socket.getsockname()[1]
         self.cert, key = self_signed_certificate(directory)
         server = self
 
@@ -283,12 +379,19 @@ class SmtpServer:
             context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             context.load_cert_chain(self.cert, key)
             options = {"tls_context": context, "require_starttls": True, "auth_require_tls": True}
-        self.controller = Controller(
+        bound = self.socket
+
+        class BoundController(Controller):
+            def _create_server(self):
+                return self.loop.create_server(self._factory_invoker, sock=bound, ssl=self.ssl_context)
+
+        self.controller = BoundController(
             Handler(),
             hostname="127.0.0.1",
             port=self.port,
             authenticator=authenticate,
             auth_required=tls,
+            ready_timeout=120,  # a busy machine may take seconds to start a thread and its loop
             **options,
         )
 
@@ -298,3 +401,4 @@ class SmtpServer:
 
     def __exit__(self, *exc):
         self.controller.stop()
+        self.socket.close()

@@ -197,7 +197,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "serve", help="serve the production model over HTTP (POST /invocations and /predict, GET /ping and /health)"
     )
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    serve.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000)")
+    serve.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000; 0: any free port)")
+    serve.add_argument(
+        "--port-file", metavar="FILE", help="write the port it listens on to FILE once bound (useful with --port 0)"
+    )
     serve.add_argument(
         "--reload-interval",
         type=float,
@@ -216,7 +219,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "serve":
         from taxi_assets.apps.server import serve as run_server
 
-        return run_server(args.host, args.port, args.reload_interval)
+        return run_server(args.host, args.port, args.reload_interval, args.port_file)
     if args.command == "materialize":
         months = _expand_partitions(args.partition, args.partition_range)
         if not months:

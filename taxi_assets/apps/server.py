@@ -304,7 +304,33 @@ def create_app(holder: ModelHolder, token: str, reload_interval: float = 5.0):
     return Starlette(routes=routes, lifespan=lifespan)
 
 
-def serve(host: str = "127.0.0.1", port: int = 8000, reload_interval: float = 5.0) -> int:
+def listening_socket(host: str, port: int):
+    """The server's socket, bound before the server starts. With port 0 the system picks a free
+    port: callers (tests, benchmarks, a supervisor) read it from the line this server prints or
+    from ``--port-file`` instead of guessing a free port and racing other processes for it."""
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as error:
+        sock.close()
+        raise SystemExit(f"cannot listen on {host}:{port}: {error.strerror}") from None
+    return sock
+
+
+def _write_port_file(path: str, port: int) -> None:
+    """The bound port, written whole (a reader never sees a partial number)."""
+    target = os.path.abspath(path)
+    temporary = f"{target}.{os.getpid()}.tmp"
+    with open(temporary, "w") as file:
+        file.write(f"{port}\n")
+    os.replace(temporary, target)
+
+
+def serve(host: str = "127.0.0.1", port: int = 8000, reload_interval: float = 5.0, port_file: str | None = None) -> int:
     import dagster as dg
     import uvicorn
 
@@ -324,5 +350,11 @@ def serve(host: str = "127.0.0.1", port: int = 8000, reload_interval: float = 5.
     holder.refresh()
     if holder.current is None:
         logger.warning(NO_MODEL)
-    uvicorn.run(create_app(holder, token, reload_interval), host=host, port=port, log_level="warning", access_log=False)
+    sock = listening_socket(host, port)
+    bound = sock.getsockname()[1]
+    if port_file:
+        _write_port_file(port_file, bound)
+    print(f"taxi-assets serve: listening on http://{host}:{bound}", flush=True)
+    config = uvicorn.Config(create_app(holder, token, reload_interval), log_level="warning", access_log=False)
+    uvicorn.Server(config).run(sockets=[sock])
     return 0

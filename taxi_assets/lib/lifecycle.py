@@ -11,7 +11,7 @@ run) outliving the Dagster run it belongs to.
 Dagster's own machinery does the rest: the code server fails runs whose worker died, run
 monitoring fails runs past their ``dagster/max_runtime``, and run retries re-execute failures.
 What it cannot do is reach into a Python process stuck in one C call, or end MLflow runs; that is
-this module and :mod:`taxi_assets.tracking`.
+this module and :mod:`taxi_assets.lib.tracking`.
 """
 
 from __future__ import annotations
@@ -29,22 +29,49 @@ RUNNING = {dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING, dg.Dag
 POLL_SECONDS = 2.0
 
 
-class RunWatch:
-    """Polls one run's status in a daemon thread; ``stop_reason()`` answers from a flag."""
+# While the run's status cannot be read, say so this often (and on the first failure).
+UNREADABLE_WARNING_SECONDS = 60.0
+UNREADABLE = object()
 
-    def __init__(self, instance: dg.DagsterInstance, run_id: str, poll_seconds: float = POLL_SECONDS):
+
+class RunWatch:
+    """Polls one run's status in a daemon thread; ``stop_reason()`` answers from a flag.
+
+    A storage error is not a reason to stop training, but while it lasts a terminate request
+    cannot be seen: ``warn`` (the step's log) is told on the first failure and every minute after."""
+
+    def __init__(
+        self, instance: dg.DagsterInstance, run_id: str, poll_seconds: float = POLL_SECONDS, warn=None
+    ) -> None:
         self.instance, self.run_id, self.poll_seconds = instance, run_id, poll_seconds
+        self.warn = warn or (lambda message: None)
+        self.failures = 0
         self._reason: str | None = None
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._poll, name=f"run-watch-{run_id[:8]}", daemon=True)
 
+    def _read_run(self):
+        """The run (None for an ephemeral instance's), or ``UNREADABLE`` after saying why."""
+        try:
+            run = self.instance.get_run_by_id(self.run_id)
+        except Exception as error:
+            self.failures += 1
+            every = max(1, int(UNREADABLE_WARNING_SECONDS / self.poll_seconds))
+            if self.failures == 1 or self.failures % every == 0:
+                self.warn(
+                    f"cannot read the status of run {self.run_id} ({type(error).__name__}: {error}); training "
+                    f"goes on, but a terminate request is not seen until it can ({self.failures} failed reads)"
+                )
+            return UNREADABLE
+        self.failures = 0
+        return run
+
     def _poll(self) -> None:
         while not self._done.wait(self.poll_seconds):
-            try:
-                run = self.instance.get_run_by_id(self.run_id)
-            except Exception:  # a storage hiccup is not a reason to stop training
+            run = self._read_run()
+            if run is UNREADABLE:
                 continue
-            if run is None:  # an ephemeral instance (tests): nothing to watch
+            if not isinstance(run, dg.DagsterRun):  # an ephemeral instance (tests): nothing to watch
                 return
             if run.status not in RUNNING:
                 self._reason = f"run {self.run_id} is {run.status.value}"
@@ -78,15 +105,18 @@ def canceled_on_interrupt(context) -> Iterator[None]:
                 context.instance.report_run_canceling(
                     run, message="Interrupted (SIGTERM/SIGINT) during a step: canceling."
                 )
-        except Exception:  # reporting must never hide the interrupt itself
-            pass
+        except Exception as error:  # reporting must never hide the interrupt itself
+            context.log.error(
+                f"run {context.run_id} was interrupted, but marking it CANCELING failed ({type(error).__name__}: "
+                f"{error}); it may end FAILED, and run retries may start again a run someone stopped"
+            )
         raise
 
 
 @contextmanager
 def step_budget(context, seconds: float | None) -> Iterator[Budget]:
     """The whole step's budget, from now, which stops when the run stops."""
-    with RunWatch(context.instance, context.run_id) as watch, canceled_on_interrupt(context):
+    with RunWatch(context.instance, context.run_id, warn=context.log.warning) as watch, canceled_on_interrupt(context):
         yield Budget.seconds(seconds, watch.stop_reason)
 
 

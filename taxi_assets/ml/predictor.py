@@ -158,6 +158,7 @@ def distance_thresholds(predictor: TripDurationPredictor) -> np.ndarray:
 
 
 LOOKUP_CHUNK_ROWS = 50_000
+LOOKUP_PROBE_ROWS = 2_000
 
 
 def compile_lookup(
@@ -198,7 +199,10 @@ def compile_lookup(
     chunk = max(1, LOOKUP_CHUNK_ROWS // len(points))
     cells = len(columns) * len(points)
     started = time.monotonic()
-    for start in range(0, len(columns), chunk):
+    # The first block is small: it measures what a cell costs before committing to a large block
+    # (a 100-deep booster takes seconds for one large block).
+    start, size = 0, max(1, LOOKUP_PROBE_ROWS // len(points))
+    while start < len(columns):
         budget.check()
         if start:
             # Filling takes the same time per cell throughout: stop early rather than at the end.
@@ -208,7 +212,7 @@ def compile_lookup(
                     f"not compiled: the {len(columns):,} x {len(points)} table would take about "
                     f"{time.monotonic() - started + projected:.0f} s, more than the budget left; the booster serves"
                 )
-        block = np.asarray(columns[start : start + chunk], dtype=np.int64)
+        block = np.asarray(columns[start : start + size], dtype=np.int64)
         n_rows = len(block) * len(points)
         # Rows laid out as the vectorizer lays them out: the pair's column, then the distance.
         matrix = vectorizing.assemble_csr(
@@ -218,6 +222,7 @@ def compile_lookup(
             len(vocabulary),
         )
         table[start : start + len(block)] = predictor.predict_matrix(matrix).reshape(len(block), len(points))
+        start, size = start + len(block), chunk
     lookup = DistanceLookup(rows={pair: row for row, (pair, _) in enumerate(pairs)}, thresholds=thresholds, table=table)
 
     if expected is None:

@@ -10,7 +10,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from taxi_assets_tests.helpers import DATA_DIR, failure_messages, run_months, train
+from taxi_assets_tests.helpers import DATA_DIR, decide, failure_messages, run_months, train
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -24,7 +24,8 @@ def trip_data_present():
 def prepared_instance(tmp_path_factory) -> Iterator[dg.DagsterInstance]:
     """An instance with 2024-01 (raw, cleaned) and 2024-02 (all three) materialized from the real files."""
     home = tmp_path_factory.mktemp("prepared_home")
-    with dg.instance_for_test(temp_dir=str(home)) as test_instance:
+    # No "join the community" dialog in the UI tests' browser (the project's dagster.yaml turns it off too).
+    with dg.instance_for_test(temp_dir=str(home), overrides={"nux": {"enabled": False}}) as test_instance:
         first = run_months(test_instance, ["2024-01"], ["raw_trips", "cleaned_trips"])
         second = run_months(test_instance, ["2024-02"])
         assert first[0].success and second[0].success, failure_messages(second[0])
@@ -47,3 +48,10 @@ def trained_instance(prepared_instance):
     assert result.success, failure_messages(result)
     prepared_instance.training_result = result
     return prepared_instance
+
+
+@pytest.fixture(scope="session")
+def served_instance(trained_instance):
+    """The trained instance with 2024-02's production decision made once (the model that serves)."""
+    trained_instance.decision_result = decide(trained_instance)
+    return trained_instance

@@ -201,18 +201,11 @@ def test_state_follows_dagster_home_from_any_folder(project_home):
     short = run([BIN / "taxi-assets", "serve", "--port", "1"], project_home, env={"TAXI_API_TOKEN": "x" * 15})
     assert short.returncode != 0 and "use at least 16" in short.stderr
     from taxi_assets_tests.integration.test_serving import TOKEN, Client
-    from taxi_assets_tests.servers import free_port
+    from taxi_assets_tests.servers import inference_server
     from taxi_assets_tests.stack import wait_for
 
-    port = free_port()
-    server = subprocess.Popen(
-        [BIN / "taxi-assets", "serve", "--port", str(port)],
-        cwd=project_home.parent / "elsewhere",
-        env={**os.environ, "DAGSTER_HOME": str(project_home), "TAXI_API_TOKEN": TOKEN},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
+    env = {**os.environ, "DAGSTER_HOME": str(project_home), "TAXI_API_TOKEN": TOKEN}
+    with inference_server(env, project_home.parent / "elsewhere") as (_, port):
 
         def health():
             try:
@@ -220,10 +213,7 @@ def test_state_follows_dagster_home_from_any_folder(project_home):
             except OSError:
                 return None
 
-        status, body = wait_for(health, 60, "the server")
-    finally:
-        server.terminate()
-        server.wait(timeout=20)
+        status, body = wait_for(health, 120, "the server")
     assert status == 200 and body["model"]["partition"] == "2024-02"
 
 
@@ -236,7 +226,7 @@ def test_help_is_plain_text_and_lists_the_assets(project_home):
     flat = " ".join(materialize.stdout.split())
     for asset in ("raw_trips", "cleaned_trips", "training_set", "sklearn_models", "xgboost_model", "production_model"):
         assert asset in flat
-    assert "--port PORT port to listen on (default 8000)" in " ".join(serve.stdout.split())
+    assert "--port PORT port to listen on (default 8000; 0: any free port)" in " ".join(serve.stdout.split())
     missing = run(
         [BIN / "taxi-assets", "materialize", "--partition", "2024-02", "--config", "nowhere.yaml"], project_home
     )

@@ -144,19 +144,39 @@ def test_failing_blocking_check_stops_downstream_partition_only(instance, data_c
     assert instance.get_materialized_partitions(dg.AssetKey("cleaned_trips")) == {"2024-01", "2024-02"}
 
 
-def test_io_manager_never_leaves_a_partial_value(tmp_path):
-    class Unpicklable:
-        def __reduce__(self):
-            raise TypeError("cannot pickle this")
+@pytest.mark.parametrize("fails", ["half-way through writing", "at the rename"])
+def test_io_manager_never_leaves_a_partial_value(tmp_path, monkeypatch, fails):
+    """The disk fills up (ENOSPC) half-way through writing the new value, or the rename fails:
+    the old value still loads and no temporary file is left. A plain write to the value's own
+    path would leave it truncated."""
+    import errno
+    import io
+    import os
+
+    from taxi_assets.lib import io_managers
 
     manager = LocalValueIOManager(base_dir=str(tmp_path)).create_io_manager(dg.build_init_resource_context())
     context = dg.build_output_context(asset_key=dg.AssetKey("training_set"), partition_key="2024-02")
     manager.handle_output(context, {"good": 1})
-    with pytest.raises(TypeError):
-        manager.handle_output(context, {"bad": Unpicklable()})
+    written: list[int] = []
+
+    class DiskFillsUp(io.FileIO):
+        def write(self, data):  # writes half of the value, then the disk is full
+            written.append(super().write(bytes(data)[: len(data) // 2]))
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    if fails == "half-way through writing":
+        monkeypatch.setattr(io_managers.os, "fdopen", lambda handle, mode: DiskFillsUp(handle, "wb"))
+    else:
+        monkeypatch.setattr(io_managers.os, "replace", lambda *args: (_ for _ in ()).throw(OSError(errno.EIO, "EIO")))
+    with pytest.raises(OSError):
+        manager.handle_output(context, {"new": list(range(1000))})
+    if fails == "half-way through writing":
+        assert written and written[0] > 0  # the failure came during the write, on disk
+    monkeypatch.undo()
     input_context = dg.build_input_context(asset_key=dg.AssetKey("training_set"), partition_key="2024-02")
     assert manager.load_input(input_context) == {"good": 1}
-    assert [path.name for path in (tmp_path / "training_set").iterdir()] == ["2024-02"]
+    assert sorted(os.listdir(tmp_path / "training_set")) == ["2024-02"]  # no temporary file left
 
 
 def test_defs_load_and_jobs():

@@ -20,7 +20,6 @@ import mlflow
 import pytest
 
 from taxi_assets_tests.helpers import DATA_DIR, REPO_ROOT
-from taxi_assets_tests.servers import free_port
 from taxi_assets_tests.stack import GraphQL, Processes, wait_for
 
 BIN = Path(sys.executable).parent
@@ -68,24 +67,36 @@ def stack(tmp_path_factory):
     )
     assert prepared.returncode == 0, prepared.stdout + prepared.stderr
     processes = Processes(root, env)
-    port = free_port()
-    processes.start(
-        "dg-dev",
-        [str(BIN / "dg"), "dev", "--target-path", str(REPO_ROOT), "-h", "127.0.0.1", "-p", str(port)],
-        cwd=elsewhere,
-    )
-    graphql = GraphQL(f"http://127.0.0.1:{port}")
 
-    def up():
+    def graphql_at(port: int) -> GraphQL:
+        return GraphQL(f"http://127.0.0.1:{port}")
+
+    def up(port: int) -> bool:
         try:
-            return graphql.location_loaded()
+            return graphql_at(port).location_loaded()
         except OSError:
             return False
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("DAGSTER_HOME", str(home))
         try:
-            wait_for(up, 180, "dagster dev")
+            port = processes.start_on_a_free_port(
+                "dg-dev",
+                lambda port: [
+                    str(BIN / "dg"),
+                    "dev",
+                    "--target-path",
+                    str(REPO_ROOT),
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    str(port),
+                ],
+                up,
+                timeout=240,
+                cwd=elsewhere,
+            )
+            graphql = graphql_at(port)
             with dg.DagsterInstance.get() as instance:
                 yield {
                     "graphql": graphql,
@@ -106,20 +117,35 @@ def events(instance, run_id, event_type: dg.DagsterEventType):
     return [(record.dagster_event, record.timestamp) for record in instance.all_logs(run_id, of_type=event_type)]
 
 
-def step_started(instance, run_id, step_key, for_seconds: float):
-    """(pid, start timestamp) once ``step_key`` has been running for ``for_seconds``."""
+def step_pid(instance, run_id, step_key) -> int | None:
+    """The process of ``step_key`` in ``run_id``, once the step has started."""
     started = [
-        (event.pid, at)
-        for event, at in events(instance, run_id, dg.DagsterEventType.STEP_START)
-        if event.step_key == step_key
+        event.pid for event, _ in events(instance, run_id, dg.DagsterEventType.STEP_START) if event.step_key == step_key
     ]
-    if started and time.time() - started[0][1] >= for_seconds:
-        return started[0]
-    return None
+    return started[0] if started else None
+
+
+def fitting(instance, client, run_id, step_key, mlflow_run_name):
+    """The step's pid once it is inside a fit: its MLflow parent run (``mlflow_run_name``) is
+    RUNNING with a trial run RUNNING under it. An event to wait for, not a number of seconds
+    after the step started that stands in for it."""
+    pid = step_pid(instance, run_id, step_key)
+    if pid is None:
+        return None
+    runs = mlflow_runs(client, run_id)
+    parents = [r.info.run_id for r in runs if r.info.run_name == mlflow_run_name and r.info.status == "RUNNING"]
+    trials = [
+        r
+        for r in runs
+        if "trial" in r.data.tags and r.info.status == "RUNNING" and r.data.tags.get("mlflow.parentRunId") in parents
+    ]
+    return pid if trials else None
 
 
 def mlflow_runs(client, run_id):
     experiment = client.get_experiment_by_name("taxi-duration")
+    if experiment is None:  # no step has opened the store yet
+        return []
     return client.search_runs([experiment.experiment_id], f"tags.`dagster.run_id` = '{run_id}'", max_results=500)
 
 
@@ -147,19 +173,22 @@ def test_killed_run_worker_is_failed_mlflow_runs_ended_and_month_retried(stack):
         run_config,
         assets=["sklearn_models", "xgboost_model", "production_model"],
     )
-    step_pid, _ = wait_for(lambda: step_started(instance, run_id, "xgboost_model", 6), 120, "XGBoost to be boosting")
+    xgboost_pid = wait_for(
+        lambda: fitting(instance, client, run_id, "xgboost_model", "xgboost-2024-02"), 300, "XGBoost to be boosting"
+    )
     [(run_start, _)] = events(instance, run_id, dg.DagsterEventType.RUN_START)
-    assert any(r.info.status == "RUNNING" for r in mlflow_runs(client, run_id))
     # The run worker and its XGBoost step process die at once (an OOM kill, a lost machine).
-    os.kill(step_pid, signal.SIGKILL)
+    os.kill(xgboost_pid, signal.SIGKILL)
     os.kill(run_start.pid, signal.SIGKILL)
 
     # The code server that launched the worker marks the run FAILED; run retries will re-run it.
-    failed = wait_for(lambda: finished(instance, run_id), 30, "the killed run to be marked finished")
+    failed = wait_for(lambda: finished(instance, run_id), 180, "the killed run to be marked finished")
     assert failed.status == dg.DagsterRunStatus.FAILURE
     assert failed.tags["dagster/will_retry"] == "true"
     # No MLflow run is left RUNNING: the failure sensor ended them.
-    wait_for(lambda: not any(r.info.status == "RUNNING" for r in mlflow_runs(client, run_id)), 60, "MLflow runs to end")
+    wait_for(
+        lambda: not any(r.info.status == "RUNNING" for r in mlflow_runs(client, run_id)), 180, "MLflow runs to end"
+    )
     statuses = {r.info.run_name: r.info.status for r in mlflow_runs(client, run_id) if "trial" not in r.data.tags}
     assert statuses["xgboost-2024-02"] == "FAILED", statuses
 
@@ -168,7 +197,7 @@ def test_killed_run_worker_is_failed_mlflow_runs_ended_and_month_retried(stack):
         runs = [run for run in instance.get_runs() if run.tags.get("dagster/parent_run_id") == run_id]
         return runs and finished(instance, runs[0].run_id)
 
-    retried = wait_for(retry, 300, "the retry of the killed run")
+    retried = wait_for(retry, 600, "the retry of the killed run")
     assert retried.status == dg.DagsterRunStatus.SUCCESS
     assert retried.tags["dagster/retry_number"] == "1"
     [record] = instance.fetch_materializations(
@@ -194,20 +223,19 @@ def test_terminate_from_the_ui_cancels_training_within_seconds(stack):
         assets=["sklearn_models", "xgboost_model"],
     )
     forest_step = "sklearn_models.tune_and_train[RandomForestRegressor]"
-    xgb_pid, _ = wait_for(lambda: step_started(instance, run_id, "xgboost_model", 8), 120, "XGBoost to be boosting")
-
-    def forest_growing():
-        # Its MLflow parent run exists once the step has loaded its inputs and started its search.
-        started = step_started(instance, run_id, forest_step, 0)
-        names = {run.info.run_name for run in mlflow_runs(client, run_id)} if started else set()
-        return started if "RandomForestRegressor-2024-02" in names else None
-
-    forest_pid, _ = wait_for(forest_growing, 120, "the forest to be growing")
-    time.sleep(2)  # inside a fit
+    # Both inside a fit: XGBoost boosting, the forest growing, each in a trial with its MLflow run open.
+    xgb_pid = wait_for(
+        lambda: fitting(instance, client, run_id, "xgboost_model", "xgboost-2024-02"), 300, "XGBoost to be boosting"
+    )
+    forest_pid = wait_for(
+        lambda: fitting(instance, client, run_id, forest_step, "RandomForestRegressor-2024-02"),
+        300,
+        "the forest to be growing",
+    )
     asked = time.time()
     # What the UI's Terminate button sends.
     assert stack["graphql"].terminate(run_id) == "TerminateRunSuccess"
-    run = wait_for(lambda: finished(instance, run_id), 60, "the terminated run to end")
+    run = wait_for(lambda: finished(instance, run_id), 180, "the terminated run to end")
     assert run.status == dg.DagsterRunStatus.CANCELED
     ended = {event.step_key: at for event, at in events(instance, run_id, dg.DagsterEventType.STEP_FAILURE)}
     assert set(ended) == {"xgboost_model", forest_step}
@@ -250,11 +278,16 @@ def test_sigterm_to_a_materialize_process_cancels_it(stack):
     )
     try:
 
-        def new_run():
-            runs = [run.run_id for run in instance.get_runs() if run.run_id not in before]
-            return runs and step_started(instance, runs[0], "xgboost_model", 8) and runs[0]
+        def boosting():
+            # This command's run (the daily schedule may add runs of its own), inside a fit.
+            runs = [
+                run.run_id
+                for run in instance.get_runs(filters=dg.RunsFilter(tags={"dagster/partition": "2024-02"}))
+                if run.run_id not in before and run.job_name == "__ASSET_JOB"
+            ]
+            return runs and fitting(instance, client, runs[0], "xgboost_model", "xgboost-2024-02") and runs[0]
 
-        run_id = wait_for(new_run, 120, "the materialization to be boosting")
+        run_id = wait_for(boosting, 300, "the materialization to be boosting")
         sent = time.monotonic()
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=30)

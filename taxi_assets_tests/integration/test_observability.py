@@ -209,13 +209,9 @@ def test_pipeline_health_and_model_freshness(instance, data_copy):
     assert "cleaned_trips has 2024-02" in freshness.description
 
 
-def test_freshness_passes_once_the_production_model_is_current(trained_instance):
+def test_freshness_passes_once_the_production_model_is_current(served_instance):
+    trained_instance = served_instance
     defs = build_defs(trip_source=LocalTripSource(directory=str(DATA_DIR)))
-    if "2024-02" not in trained_instance.get_materialized_partitions(dg.AssetKey("production_model")):
-        promoted = defs.resolve_implicit_global_asset_job_def().execute_in_process(
-            instance=trained_instance, partition_key="2024-02", asset_selection=[dg.AssetKey("production_model")]
-        )
-        assert promoted.success
     result = defs.resolve_job_def("observability").execute_in_process(instance=trained_instance)
     [freshness] = result.get_asset_check_evaluations()
     assert freshness.passed, freshness.description
@@ -226,13 +222,11 @@ def test_freshness_passes_once_the_production_model_is_current(trained_instance)
     production = latest_metadata(trained_instance, "production_model", "2024-02")
     assert_charts(production, ["rmse_by_model", "rmse_over_months", "predicted_vs_actual", "residuals"])
     client = mlflow_client(trained_instance)
-    [run] = [
-        r
-        for r in runs_of(client, production["dagster/run_id"].value if "dagster/run_id" in production else "")
-        or client.search_runs(
-            [client.get_experiment_by_name("taxi-duration").experiment_id], "tags.`dagster.asset` = 'production_model'"
-        )
-    ][:1]
+    # The Dagster run that made the newest decision, from its materialization record.
+    [record] = trained_instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=dg.AssetKey("production_model"), asset_partitions=["2024-02"]), limit=1
+    ).records
+    [run] = runs_of(client, record.run_id)
     assert {a.path for a in client.list_artifacts(run.info.run_id, "charts")} >= {
         "charts/rmse_by_model.png",
         "charts/rmse_over_months.png",

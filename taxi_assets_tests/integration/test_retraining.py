@@ -277,15 +277,9 @@ def test_champion_challenger(trained_instance, monkeypatch):
     assert metadata["decision"] == "promoted" and metadata["champion"] == "none"
 
 
-def test_predict_job_with_config(trained_instance):
+def test_predict_job_with_config(served_instance):
+    trained_instance = served_instance
     defs = build_defs()
-    promoted = defs.resolve_implicit_global_asset_job_def().execute_in_process(
-        instance=trained_instance,
-        partition_key="2024-02",
-        asset_selection=[dg.AssetKey("production_model")],
-        raise_on_error=False,
-    )
-    assert promoted.success, failure_messages(promoted)
     config = {
         "ops": {
             "predict_trip_durations": {
@@ -333,20 +327,12 @@ def test_predict_job_with_config(trained_instance):
     )
 
 
-def test_predict_job_from_the_cli(trained_instance, tmp_path):
+def test_predict_job_from_the_cli(served_instance, tmp_path):
     import subprocess
     import sys
     from pathlib import Path
 
-    defs = build_defs()
-    if not trained_instance.get_materialized_partitions(dg.AssetKey("production_model")):
-        assert (
-            defs.resolve_implicit_global_asset_job_def()
-            .execute_in_process(
-                instance=trained_instance, partition_key="2024-02", asset_selection=[dg.AssetKey("production_model")]
-            )
-            .success
-        )
+    trained_instance = served_instance
     config = tmp_path / "predict.yaml"
     config.write_text(
         "ops:\n  predict_trip_durations:\n    config: {trips: [{PULocationID: 65, DOLocationID: 170, trip_distance: 6.54}]}\n"
@@ -392,8 +378,6 @@ def test_automation_ships_as_documented(monkeypatch):
 def test_retraining_an_older_month_never_moves_what_serves(instance, tmp_path):
     """2024-02's decision, then a retraining of 2023-12: the MLflow champion alias, the server,
     load_model() and the predict job all still answer with 2024-02's decision."""
-    import subprocess
-    import sys
     from pathlib import Path
 
     import mlflow.pyfunc
@@ -402,7 +386,8 @@ def test_retraining_an_older_month_never_moves_what_serves(instance, tmp_path):
     import taxi_assets
     from taxi_assets_tests.helpers import SAMPLES, TINY_BUDGET, run_months
     from taxi_assets_tests.integration.test_serving import TOKEN, Client
-    from taxi_assets_tests.servers import free_port
+    from taxi_assets_tests.servers import inference_server
+    from taxi_assets_tests.stack import wait_for
 
     os.environ.pop("MLFLOW_TRACKING_URI", None)
     everything = ["raw_trips", "cleaned_trips", "training_set", "sklearn_models", "xgboost_model", "production_model"]
@@ -449,16 +434,8 @@ def test_retraining_an_older_month_never_moves_what_serves(instance, tmp_path):
     from_job = predicted.output_for_node("predict_trip_durations")
     # 4. The server.
     home = Path(instance.storage_directory()).resolve().parent
-    port = free_port()
-    server = subprocess.Popen(
-        [Path(sys.executable).parent / "taxi-assets", "serve", "--port", str(port), "--reload-interval", "0"],
-        env={**os.environ, "DAGSTER_HOME": str(home), "TAXI_API_TOKEN": TOKEN},
-        cwd=tmp_path,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        from taxi_assets_tests.stack import wait_for
+    env = {**os.environ, "DAGSTER_HOME": str(home), "TAXI_API_TOKEN": TOKEN}
+    with inference_server(env, tmp_path, "--reload-interval", "0") as (_, port):
 
         def answer():
             try:
@@ -466,10 +443,7 @@ def test_retraining_an_older_month_never_moves_what_serves(instance, tmp_path):
             except OSError:
                 return None
 
-        status, body = wait_for(answer, 60, "the server")
-    finally:
-        server.terminate()
-        server.wait(timeout=20)
+        status, body = wait_for(answer, 120, "the server")
     assert (
         status == 200
         and body["model"]["partition"] == "2024-02"

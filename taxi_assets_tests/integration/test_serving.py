@@ -7,15 +7,15 @@ import secrets
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import dagster as dg
 import pytest
 
 from taxi_assets.definitions import build_defs
-from taxi_assets_tests.helpers import failure_messages, use_mlflow_store_of
-from taxi_assets_tests.servers import free_port
+from taxi_assets_tests.helpers import decide, failure_messages, use_mlflow_store_of
+from taxi_assets_tests.servers import inference_server
+from taxi_assets_tests.stack import wait_for
 
 TOKEN = secrets.token_urlsafe(24)  # made per test session; no token lives in the repo
 GOOD = {
@@ -27,18 +27,7 @@ GOOD = {
 
 
 def materialize_production(instance):
-    result = (
-        build_defs()
-        .resolve_implicit_global_asset_job_def()
-        .execute_in_process(
-            instance=instance,
-            partition_key="2024-02",
-            asset_selection=[dg.AssetKey("production_model")],
-            raise_on_error=False,
-        )
-    )
-    assert result.success, failure_messages(result)
-    return result.run_id
+    return decide(instance).run_id
 
 
 class Client:
@@ -57,32 +46,26 @@ class Client:
 
 
 @pytest.fixture(scope="module")
-def server(trained_instance):
-    first_run = materialize_production(trained_instance)
+def server(served_instance, tmp_path_factory):
+    trained_instance = served_instance
+    first_run = served_instance.decision_result.run_id
     home = Path(trained_instance.storage_directory()).resolve().parent
-    port = free_port()
     env = {**os.environ, "DAGSTER_HOME": str(home), "TAXI_API_TOKEN": TOKEN}
-    process = subprocess.Popen(
-        [Path(sys.executable).parent / "taxi-assets", "serve", "--port", str(port), "--reload-interval", "0.5"],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
+    folder = tmp_path_factory.mktemp("serve")
+    log = folder / "serve.log"
+    with inference_server(env, folder, "--reload-interval", "0.5", log=log) as (process, port):
+
+        def healthy():
+            try:
+                return Client(port).request("GET", "/health")[0] == 200
+            except OSError:
+                return False
+
         try:
-            status, body = Client(port).request("GET", "/health")
-            if status == 200:
-                break
-        except OSError:
-            time.sleep(0.2)
-    else:
-        process.kill()
-        pytest.fail("server did not come up: " + process.stdout.read()[-3000:])
-    yield {"port": port, "instance": trained_instance, "first_run": first_run, "process": process}
-    process.terminate()
-    process.wait(timeout=20)
+            wait_for(healthy, 120, "the server's health")
+        except TimeoutError:
+            pytest.fail("server did not come up: " + log.read_text()[-3000:])
+        yield {"port": port, "instance": trained_instance, "first_run": first_run, "process": process}
 
 
 def test_predicts_the_course_samples(server):
@@ -214,30 +197,32 @@ def test_unknown_location_pair_still_predicts(server):
 
 
 def test_hot_reload_while_a_client_keeps_sending(server):
-    statuses, seen_runs, stop = [], set(), threading.Event()
+    answers: list[tuple[int, str | None]] = []  # (status, the run whose model answered)
+    stop = threading.Event()
 
     def keep_sending():
         client = Client(server["port"])
         while not stop.is_set():
             status, body = client.request("POST", "/predict", GOOD)
-            statuses.append(status)
-            if status == 200:
-                seen_runs.add(body["model"]["run_id"])
+            answers.append((status, body["model"]["run_id"] if status == 200 else None))
+
+    def answered_by(run_id):
+        return sum(1 for _, run in answers if run == run_id)
 
     sender = threading.Thread(target=keep_sending)
     sender.start()
     try:
-        time.sleep(1.0)
+        # Events, not seconds: answers from the old model, the switch, then answers from the new one.
+        wait_for(lambda: len(answers) >= 20, 120, "20 answers before the new model")
+        old_runs = {run for _, run in answers}
         new_run = materialize_production(server["instance"])
-        deadline = time.monotonic() + 30
-        while new_run not in seen_runs and time.monotonic() < deadline:
-            time.sleep(0.2)
-        time.sleep(0.5)
+        wait_for(lambda: answered_by(new_run) >= 20, 180, "20 answers from the new model")
     finally:
         stop.set()
-        sender.join(timeout=30)
-    assert new_run in seen_runs and len(seen_runs) == 2  # switched without a restart
-    assert len(statuses) > 50 and set(statuses) == {200}  # no request failed meanwhile
+        sender.join(timeout=60)
+    assert len(old_runs) == 1 and new_run not in old_runs  # one model before, the new one after
+    assert {run for _, run in answers} == old_runs | {new_run}  # switched without a restart
+    assert {status for status, _ in answers} == {200}  # no request failed meanwhile
     assert server["process"].poll() is None
 
 
@@ -246,7 +231,7 @@ def test_server_refuses_to_start_without_a_token(trained_instance):
     env = {key: value for key, value in os.environ.items() if key != "TAXI_API_TOKEN"}
     env["DAGSTER_HOME"] = str(home)
     result = subprocess.run(
-        [Path(sys.executable).parent / "taxi-assets", "serve", "--port", str(free_port())],
+        [Path(sys.executable).parent / "taxi-assets", "serve", "--port", "0"],
         env=env,
         capture_output=True,
         text=True,
@@ -264,7 +249,6 @@ def surfaces(server):
     import mlflow.pyfunc
 
     import taxi_assets
-    from taxi_assets.definitions import build_defs
     from taxi_assets.model_store import serving_model
 
     instance = server["instance"]
@@ -356,7 +340,6 @@ def test_server_starts_in_production_with_only_the_bucket_of_asset_values(server
         )
         s3.create_bucket(Bucket="assets")
         s3.put_object(Bucket="assets", Key=f"taxi_assets/assets/production_model/{month}", Body=local.read_bytes())
-        port = free_port()
         env = {key: value for key, value in os.environ.items() if not key.startswith(("TAXI_", "MLFLOW_", "AWS_"))} | {
             "TAXI_ENV": "production",
             "TAXI_S3_BUCKET": "assets",
@@ -367,16 +350,8 @@ def test_server_starts_in_production_with_only_the_bucket_of_asset_values(server
             "AWS_SECRET_ACCESS_KEY": "test",
             "DAGSTER_HOME": str(Path(instance.storage_directory()).resolve().parent),
         }
-        process = subprocess.Popen(
-            [Path(sys.executable).parent / "taxi-assets", "serve", "--port", str(port), "--reload-interval", "0"],
-            env=env,
-            cwd=tmp_path,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        try:
-            from taxi_assets_tests.stack import wait_for
+        log = tmp_path / "serve.log"
+        with inference_server(env, tmp_path, "--reload-interval", "0", log=log) as (_, port):
 
             def answer():
                 try:
@@ -384,10 +359,8 @@ def test_server_starts_in_production_with_only_the_bucket_of_asset_values(server
                 except OSError:
                     return None
 
-            status, body = wait_for(answer, 60, "the production server")
-        finally:
-            process.terminate()
-            output = process.communicate(timeout=20)[0]
+            status, body = wait_for(answer, 120, "the production server")
+        output = log.read_text(errors="replace")
     assert status == 200 and body["model"]["partition"] == month, output[-2000:]
     _, local_answer = Client(server["port"]).request("POST", "/predict", GOOD)
     assert body["predictions"] == local_answer["predictions"]
@@ -504,15 +477,9 @@ def test_invocations_need_the_token_and_json(server):
 
 
 def test_without_a_model_the_server_says_how_to_make_one(instance, tmp_path):
-    port = free_port()
     home = Path(instance.storage_directory()).resolve().parent
-    process = subprocess.Popen(
-        [Path(sys.executable).parent / "taxi-assets", "serve", "--port", str(port), "--reload-interval", "0"],
-        env={**os.environ, "DAGSTER_HOME": str(home), "TAXI_API_TOKEN": TOKEN}, cwd=tmp_path,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    try:
-        from taxi_assets_tests.stack import wait_for
+    env = {**os.environ, "DAGSTER_HOME": str(home), "TAXI_API_TOKEN": TOKEN}
+    with inference_server(env, tmp_path, "--reload-interval", "0") as (_, port):
 
         def answer():
             try:
@@ -520,12 +487,9 @@ def test_without_a_model_the_server_says_how_to_make_one(instance, tmp_path):
             except OSError:
                 return None
 
-        status, body = wait_for(answer, 60, "the server")
+        status, body = wait_for(answer, 120, "the server")
         assert status == 503 and "taxi-assets materialize --partition" in body["error"]
         status, body = Client(port).request("POST", "/invocations", {"inputs": GOOD["inputs"]})
         assert (
             status == 503 and body["error_code"] == "TEMPORARILY_UNAVAILABLE" and "retrain a month" in body["message"]
         )
-    finally:
-        process.terminate()
-        process.wait(timeout=20)

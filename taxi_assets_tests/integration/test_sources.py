@@ -44,7 +44,8 @@ def test_local_source_reads_both_layouts(tmp_path):
 def test_http_source_retries_503_with_backoff_then_succeeds(instance):
     with FileServer(DATA_DIR) as server:
         server.fail_first["2024/02.parquet"] = 2
-        source = HttpTripSource(base_url=server.url, file_template=COURSE_LAYOUT, timeout_seconds=10)
+        # A timeout no busy machine reaches: only the scripted 503s may cause retries here.
+        source = HttpTripSource(base_url=server.url, file_template=COURSE_LAYOUT, timeout_seconds=300)
         [result] = run_months(instance, ["2024-02"], ["raw_trips"], trip_source=source)
 
     assert result.success, failure_messages(result)
@@ -80,9 +81,15 @@ def test_http_source_classifies_errors():
         assert source.fingerprint("2024-01").endswith(str((DATA_DIR / "2024" / "01.parquet").stat().st_size))
         assert source.fingerprint("2024-03") is None
         assert source.available_months() is None  # HTTP cannot be listed: the schedule covers it
-    # Nothing listens there any more: a connection error is transient too.
-    with pytest.raises(TransientSourceError, match="could not download"):
-        HttpTripSource(base_url=server.url, file_template=COURSE_LAYOUT, timeout_seconds=2).read_month("2024-01")
+    # A port we hold bound without listening: connections are refused, and no other process can
+    # start listening there meanwhile. A refused connection is transient too.
+    import socket
+
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{held.getsockname()[1]}"
+        with pytest.raises(TransientSourceError, match="could not download"):
+            HttpTripSource(base_url=url, file_template=COURSE_LAYOUT, timeout_seconds=60).read_month("2024-01")
 
 
 def test_default_http_source_is_the_tlc_download():

@@ -5,20 +5,16 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
-import subprocess
 import sys
 import time
 import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 
-import dagster as dg
 import pytest
 
-from taxi_assets.definitions import build_defs
 from taxi_assets_tests.helpers import DATA_DIR, REPO_ROOT
-from taxi_assets_tests.servers import free_port
+from taxi_assets_tests.stack import Processes
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 # Without the background-networking flags Chromium keeps trying Google's hosts, which this
@@ -42,53 +38,33 @@ def pytest_configure_chromium():
 
 @contextmanager
 def running_webserver(home: Path):
-    """dagster-webserver on the instance in ``home``; yields its URL."""
-    port = free_port()
-    log = open(home / "webserver.log", "wb")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "dagster_webserver", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)],
-        cwd=REPO_ROOT,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-        env={**os.environ, "DAGSTER_HOME": str(home), "TAXI_DATA_DIR": str(DATA_DIR)},
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:
+    """dagster-webserver on the instance in ``home`` (its log: ``home/webserver.log``); yields its URL."""
+    processes = Processes(home, {**os.environ, "DAGSTER_HOME": str(home), "TAXI_DATA_DIR": str(DATA_DIR)})
+
+    def answers(port: int) -> bool:
         try:
-            with urllib.request.urlopen(f"{url}/server_info", timeout=2) as response:
-                if response.status == 200:
-                    break
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/server_info", timeout=10) as response:
+                return response.status == 200
         except OSError:
-            pass
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            raise RuntimeError(f"dagster-webserver did not start: {(home / 'webserver.log').read_text()[-3000:]}")
-        time.sleep(0.5)
+            return False
+
     try:
-        yield url
+        port = processes.start_on_a_free_port(
+            "webserver",
+            lambda port: [sys.executable, "-m", "dagster_webserver", "-w", "workspace.yaml", "-h", "127.0.0.1",
+                          "-p", str(port)],
+            answers,
+            timeout=240,
+        )  # fmt: skip
+        yield f"http://127.0.0.1:{port}"
     finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-        log.close()
+        processes.stop_all()
 
 
 @pytest.fixture(scope="module")
-def webserver(trained_instance):
+def webserver(served_instance):
     pytest_configure_chromium()
-    production = (
-        build_defs()
-        .resolve_implicit_global_asset_job_def()
-        .execute_in_process(
-            instance=trained_instance, partition_key="2024-02", asset_selection=[dg.AssetKey("production_model")]
-        )
-    )
-    assert production.success
-    with running_webserver(Path(trained_instance.storage_directory()).parent) as url:
+    with running_webserver(Path(served_instance.storage_directory()).parent) as url:
         yield url
 
 
@@ -107,19 +83,6 @@ def page(browser):
     context = browser.new_context(viewport={"width": 1600, "height": 1000})
     yield context.new_page()
     context.close()
-
-
-def dismiss_welcome(page):
-    """The first visit may show a "Join the Dagster community" dialog over the page."""
-    from playwright.sync_api import TimeoutError as PlaywrightTimeout
-
-    skip = page.get_by_role("button", name="Skip")
-    try:
-        skip.wait_for(state="visible", timeout=8_000)
-    except PlaywrightTimeout:
-        return
-    skip.click()
-    skip.wait_for(state="hidden", timeout=5_000)
 
 
 # Asset node boxes and edge end points, read from the graph's SVG: an edge starts at the right
@@ -166,10 +129,23 @@ def test_lineage_is_drawn(webserver, page):
     # training_set's neighbours two steps either way: the whole chain from raw_trips to the models.
     page.goto(f"{webserver}/assets/training_set?view=lineage&lineageScope=neighbors&lineageDepth=2")
     for name in ("raw_trips", "xgboost_model"):
-        page.locator(f'foreignObject [data-tooltip="{name}"]').first.wait_for(timeout=60_000)
-    dismiss_welcome(page)
-    page.wait_for_timeout(1500)  # edges are laid out after the nodes
-    graph = page.evaluate(GRAPH_JS)
+        page.locator(f'foreignObject [data-tooltip="{name}"]').first.wait_for(timeout=120_000)
+    expected = {
+        ("raw_trips", "cleaned_trips"),
+        ("cleaned_trips", "training_set"),
+        ("training_set", "sklearn_models"),
+        ("training_set", "xgboost_model"),
+        ("sklearn_models", "production_model"),
+        ("xgboost_model", "production_model"),
+    }
+    # Edges are laid out after the nodes: read the drawing until they are all there (or time out).
+    deadline = time.monotonic() + 120
+    while True:
+        graph = page.evaluate(GRAPH_JS)
+        edges = drawn_edges(graph)
+        if expected <= edges or time.monotonic() > deadline:
+            break
+        page.wait_for_timeout(250)
     names = {node["name"] for node in graph["nodes"]}
     assert {
         "raw_trips",
@@ -179,15 +155,7 @@ def test_lineage_is_drawn(webserver, page):
         "xgboost_model",
         "production_model",
     } <= names
-    edges = drawn_edges(graph)
-    assert {
-        ("raw_trips", "cleaned_trips"),
-        ("cleaned_trips", "training_set"),
-        ("training_set", "sklearn_models"),
-        ("training_set", "xgboost_model"),
-        ("sklearn_models", "production_model"),
-        ("xgboost_model", "production_model"),
-    } <= edges, edges
+    assert expected <= edges, edges
     # Nothing upstream of raw_trips, and training_set does not feed raw data back.
     assert not any(target == "raw_trips" for _, target in edges)
     page.screenshot(path=str(SCREENSHOTS / "lineage.png"))
@@ -206,15 +174,22 @@ def test_one_click_shows_all_of_an_assets_charts(webserver, page, asset, names):
     the materialization, 800 px wide, so one click shows them all."""
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     page.goto(f"{webserver}/assets/{asset}?partition=2024-02")
-    page.get_by_text("charts", exact=True).first.wait_for(timeout=60_000)
-    dismiss_welcome(page)
+    page.get_by_text("charts", exact=True).first.wait_for(timeout=120_000)
     row = page.locator("tr", has=page.get_by_text("charts", exact=True))
     row.get_by_text("[Show Markdown]").first.click()
     dialog = page.get_by_role("dialog")
     images = dialog.locator('img[src^="data:image/png;base64,"]')
-    images.first.wait_for(timeout=10_000)
-    page.wait_for_timeout(500)
-    # Decoded and laid out by the browser, not just present in the DOM.
+    images.first.wait_for(timeout=120_000)
+    # Decoded and laid out by the browser, not just present in the DOM: wait for that (an event).
+    page.wait_for_function(
+        """count => {
+             const all = [...document.querySelectorAll('[role="dialog"] img[src^="data:image/png;base64,"]')];
+             return all.length === count && all.every(i => i.complete && i.naturalWidth > 0
+                                                       && i.getBoundingClientRect().width > 0);
+           }""",
+        arg=len(names),
+        timeout=120_000,
+    )
     shown = images.evaluate_all(
         "all => all.map(i => [i.alt, i.naturalWidth, i.naturalHeight, i.getBoundingClientRect().width])"
     )
@@ -233,9 +208,17 @@ def test_the_projects_instance_shows_no_welcome_and_writes_no_nux(tmp_path, brow
     with running_webserver(tmp_path) as url:
         context = browser.new_context(viewport={"width": 1400, "height": 900})
         page = context.new_page()
-        page.goto(f"{url}/assets")
-        page.get_by_text("raw_trips").first.wait_for(timeout=60_000)
-        page.wait_for_timeout(4_000)
+
+        def asks_whether_to_show_the_dialog(response) -> bool:
+            return response.url.endswith("/graphql") and "shouldShowNux" in (response.request.post_data or "")
+
+        # The UI asks the server whether to show the dialog; its answer decides, so wait for it
+        # (an event), not for a number of seconds after which its absence would prove nothing.
+        with page.expect_response(asks_whether_to_show_the_dialog, timeout=120_000) as asked:
+            page.goto(f"{url}/assets")
+        answer = asked.value.json()
+        assert answer["data"]["shouldShowNux"] is False, answer
+        page.get_by_text("raw_trips").first.wait_for(timeout=120_000)
         assert page.get_by_role("button", name="Skip").count() == 0
         context.close()
     assert not (tmp_path / ".nux").exists()

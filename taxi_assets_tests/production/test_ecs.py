@@ -24,6 +24,7 @@ and each run tagged with its task. The runs never execute (moto starts no contai
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -39,8 +40,8 @@ import pytest
 import yaml
 
 from taxi_assets_tests.helpers import REPO_ROOT
-from taxi_assets_tests.production.test_production import postgres_cluster, sql
-from taxi_assets_tests.servers import EcsMetadataServer, free_port, moto_api, moto_server_process
+from taxi_assets_tests.production_stack import Postgres, sql
+from taxi_assets_tests.servers import EcsMetadataServer, moto_api, moto_server_process
 from taxi_assets_tests.stack import GraphQL, Processes, wait_for
 
 pytestmark = pytest.mark.production
@@ -633,10 +634,13 @@ def test_backfill_launches_one_ecs_task_per_month(tmp_path):
     launcher_config = yaml.safe_load((DEPLOY / "dagster-ecs.yaml").read_text())["run_launcher"]
     assert launcher_config["class"] == "EcsRunLauncher" and launcher_config["config"]["use_current_ecs_task_config"]
 
+    postgres = Postgres()
     with (
-        postgres_cluster() as pg,
+        contextlib.closing(postgres),
         moto_server_process(tmp_path, {"MOTO_IAM_LOAD_MANAGED_POLICIES": "true"}) as endpoint,
     ):
+        pg = postgres.start()
+        postgres.create_databases("dagster", "mlflow")
         # Until IAM is switched on (below), moto takes any credentials: Terraform's own.
         admin = {"aws_access_key_id": "terraform", "aws_secret_access_key": "terraform"}
 
@@ -693,11 +697,9 @@ def test_backfill_launches_one_ecs_task_per_month(tmp_path):
         home = tmp_path / "ecs-home"
         home.mkdir()
         shutil.copy(DEPLOY / "dagster-ecs.yaml", home / "dagster.yaml")
-        code_port, web_port = free_port(), free_port()
         workspace = yaml.safe_load((DEPLOY / "workspace.yaml").read_text())
         assert workspace["load_from"][0]["grpc_server"]["port"] == 4000
-        workspace["load_from"][0]["grpc_server"]["port"] = code_port
-        (tmp_path / "workspace.yaml").write_text(yaml.safe_dump(workspace))
+        ports = {"4000": "4000", "3000": "3000"}  # Terraform's ports -> the ones the servers got here
         local = {  # what differs on one machine: paths, addresses, and moto as the AWS endpoint
             "DAGSTER_HOME": str(home),
             "DAGSTER_CODE_LOCATION_HOST": "127.0.0.1",
@@ -708,7 +710,7 @@ def test_backfill_launches_one_ecs_task_per_month(tmp_path):
 
         def command(service: str) -> list[str]:
             [container] = definitions[service]["containerDefinitions"]
-            mapped = {"0.0.0.0": "127.0.0.1", "4000": str(code_port), "3000": str(web_port)}
+            mapped = {"0.0.0.0": "127.0.0.1", **ports}
             mapped["workspace.yaml"] = str(tmp_path / "workspace.yaml")
             return [str(BIN / container["command"][0]), *(mapped.get(arg, arg) for arg in container["command"][1:])]
 
@@ -722,24 +724,38 @@ def test_backfill_launches_one_ecs_task_per_month(tmp_path):
         with EcsMetadataServer(lambda: metadata()[0], lambda: metadata()[1]) as agent:
             processes["daemon"].env["ECS_CONTAINER_METADATA_URI_V4"] = agent.uri
             try:
-                processes["code-location"].start("code-location", command("code-location"))
-                processes["webserver"].start("webserver", command("webserver"))
-                graphql = GraphQL(f"http://127.0.0.1:{web_port}")
+                from dagster._grpc.client import DagsterGrpcClient
 
-                def webserver_up():
+                def code_loaded(port: int) -> bool:
                     try:
-                        return graphql.location_loaded()
+                        DagsterGrpcClient(port=port, host="127.0.0.1").list_repositories()
+                        return True
+                    except Exception:
+                        return False
+
+                def webserver_up(port: int) -> bool:
+                    try:
+                        return GraphQL(f"http://127.0.0.1:{port}").location_loaded()
                     except OSError:
                         return False
 
-                try:
-                    wait_for(webserver_up, 90, "the webserver and the code location")
-                except TimeoutError:
-                    pytest.fail(
-                        "stack did not come up:\n"
-                        + processes["code-location"].log("code-location")
-                        + processes["webserver"].log("webserver")
-                    )
+                def serve(service: str, terraform_port: str, ready) -> int:
+                    def on(port: int) -> list[str]:
+                        ports[terraform_port] = str(port)
+                        return command(service)
+
+                    try:
+                        return processes[service].start_on_a_free_port(service, on, ready, timeout=240)
+                    except (RuntimeError, TimeoutError) as error:
+                        pytest.fail(f"{service} did not come up: {error}")
+
+                code_port = serve("code-location", "4000", code_loaded)
+                workspace["load_from"][0]["grpc_server"]["port"] = code_port
+                (tmp_path / "workspace.yaml").write_text(yaml.safe_dump(workspace))
+                web_port = serve("webserver", "3000", webserver_up)
+                graphql = GraphQL(f"http://127.0.0.1:{web_port}")
+                # This test counts tasks and task definitions: the daily schedule launches none.
+                graphql.stop_schedule("daily_health_schedule")
 
                 # The backfill first, then the daemon: its backfill loop picks it up on its first
                 # iteration instead of 30 s later. The data_preparation job's partition set: one
@@ -781,7 +797,7 @@ def test_backfill_launches_one_ecs_task_per_month(tmp_path):
                     return runs if done else None
 
                 try:
-                    runs = wait_for(launched, 75, "three runs launched in ECS tasks")
+                    runs = wait_for(launched, 300, "three runs launched in ECS tasks")
                 except TimeoutError:
                     pytest.fail("runs not launched:\n" + processes["daemon"].log("daemon"))
             finally:

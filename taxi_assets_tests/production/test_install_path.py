@@ -26,8 +26,7 @@ from pathlib import Path
 import pytest
 
 from taxi_assets_tests.helpers import DATA_DIR, REPO_ROOT
-from taxi_assets_tests.servers import free_port
-from taxi_assets_tests.stack import wait_for
+from taxi_assets_tests.stack import Processes, wait_for
 
 pytestmark = pytest.mark.production
 
@@ -144,48 +143,44 @@ def test_the_images_install_path_from_the_lock_as_a_non_root_user(scratch):
         cwd=app, env=serving_env, capture_output=True, text=True, timeout=120, **as_user,
     )  # fmt: skip
     assert made.returncode == 0, made.stdout[-2000:] + made.stderr[-2000:]
-    grpc_port, web_port, api_port = free_port(), free_port(), free_port()
     bin_dir = venv / "bin"
-    commands = {
-        "code server": [bin_dir / "dagster", "code-server", "start", "-h", "127.0.0.1", "-p", str(grpc_port),
-                        "-m", "taxi_assets.definitions", "--location-name", "taxi_assets"],
-        "webserver": [bin_dir / "dagster-webserver", "-h", "127.0.0.1", "-p", str(web_port),
-                      "-m", "taxi_assets.definitions"],
-        "inference server": [bin_dir / "taxi-assets", "serve", "--port", str(api_port)],
-    }  # fmt: skip
-    processes = {
-        name: subprocess.Popen(
-            [str(part) for part in command],
-            cwd=app,
-            env=serving_env,
-            stdout=subprocess.DEVNULL,
-            stderr=(tmp_path / f"{name.replace(' ', '-')}.log").open("w"),
-            start_new_session=True,
-            **as_user,
-        )
-        for name, command in commands.items()
-    }
+    processes = Processes(tmp_path, serving_env, **as_user)
 
     def logs() -> str:
         return "\n".join(f"--- {path.name}\n{path.read_text()[-3000:]}" for path in tmp_path.glob("*.log"))
 
     try:
+        # The inference server binds port 0 and writes the port it got; Dagster's servers cannot, so
+        # they start on a free port and again on another if it was taken before they bound it.
+        port_file = tmp_path / "serve.port"
+        processes.start(
+            "inference-server",
+            [str(bin_dir / "taxi-assets"), "serve", "--port", "0", "--port-file", str(port_file)],
+            cwd=app,
+        )
 
-        def grpc_healthy():
+        def grpc_healthy(port: int) -> bool:
             done = subprocess.run(
-                [str(bin_dir / "dagster"), "api", "grpc-health-check", "-p", str(grpc_port)],
+                [str(bin_dir / "dagster"), "api", "grpc-health-check", "-p", str(port)],
                 env=serving_env,
                 capture_output=True,
                 **as_user,
             )
             return done.returncode == 0
 
-        wait_for(grpc_healthy, 180, "the code server's health check")
+        processes.start_on_a_free_port(
+            "code-server",
+            lambda port: [str(bin_dir / "dagster"), "code-server", "start", "-h", "127.0.0.1", "-p", str(port),
+                          "-m", "taxi_assets.definitions", "--location-name", "taxi_assets"],
+            grpc_healthy,
+            timeout=240,
+            cwd=app,
+        )  # fmt: skip
 
-        def graphql_sees_the_assets():
+        def graphql_sees_the_assets(port: int):
             query = json.dumps({"query": "{ assetNodes { assetKey { path } } }"}).encode()
             request = urllib.request.Request(
-                f"http://127.0.0.1:{web_port}/graphql", data=query, headers={"Content-Type": "application/json"}
+                f"http://127.0.0.1:{port}/graphql", data=query, headers={"Content-Type": "application/json"}
             )
             try:
                 with urllib.request.urlopen(request, timeout=10) as response:
@@ -195,14 +190,28 @@ def test_the_images_install_path_from_the_lock_as_a_non_root_user(scratch):
             return {"/".join(node["assetKey"]["path"]) for node in nodes} or None
 
         try:
-            assets = wait_for(graphql_sees_the_assets, 180, "the webserver's asset graph")
-        except TimeoutError as error:
+            web_port = processes.start_on_a_free_port(
+                "webserver",
+                lambda port: [str(bin_dir / "dagster-webserver"), "-h", "127.0.0.1", "-p", str(port),
+                              "-m", "taxi_assets.definitions"],
+                graphql_sees_the_assets,
+                timeout=240,
+                cwd=app,
+            )  # fmt: skip
+        except (RuntimeError, TimeoutError) as error:
             raise AssertionError(f"{error}\n{logs()}") from None
-        assert {"raw_trips", "cleaned_trips", "training_set", "xgboost_model", "production_model"} <= assets
+        assets = graphql_sees_the_assets(web_port)
+        assert assets and {"raw_trips", "cleaned_trips", "training_set", "xgboost_model", "production_model"} <= assets
+
+        api_port = wait_for(
+            lambda: port_file.exists() and port_file.read_text().strip() and int(port_file.read_text()),
+            180,
+            "the inference server's port",
+        )
 
         def answers(path: str):
             try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{api_port}{path}", timeout=5) as response:
+                with urllib.request.urlopen(f"http://127.0.0.1:{api_port}{path}", timeout=10) as response:
                     return response.status, response.read().decode()
             except urllib.error.HTTPError as error:
                 return error.code, error.read().decode()
@@ -215,14 +224,4 @@ def test_the_images_install_path_from_the_lock_as_a_non_root_user(scratch):
         status, body = answers("/health")
         assert status == 503 and "taxi-assets materialize" in body, body
     finally:
-        for process in processes.values():
-            try:
-                os.killpg(process.pid, 15)
-            except ProcessLookupError:
-                pass
-        for process in processes.values():
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, 9)
-    assert all(process.returncode is not None for process in processes.values()), logs()
+        processes.stop_all()

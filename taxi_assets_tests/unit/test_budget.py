@@ -35,10 +35,16 @@ def expired() -> Budget:
 
 def test_budget_arithmetic():
     assert Budget().remaining() == float("inf") and not Budget().expired()
+    # Deadlines, not time left: however long the machine stalls between two lines.
+    before = time.monotonic()
     budget = Budget.seconds(10)
-    assert 9 < budget.remaining() <= 10
-    assert 4 < budget.until(5).remaining() <= 5
-    assert budget.share(2).remaining() <= 2 and budget.share(100).remaining() <= 10
+    after = time.monotonic()
+    assert budget.deadline is not None and before + 10 <= budget.deadline <= after + 10
+    assert budget.until(5).deadline == budget.deadline - 5
+    assert budget.share(100).deadline == budget.deadline  # never past the budget's own end
+    share = budget.share(2)
+    assert share.deadline is not None and after + 2 <= share.deadline <= time.monotonic() + 2
+    assert 0 <= budget.remaining() <= 10
     assert expired().expired() and expired().remaining() == 0
     with pytest.raises(Stopped, match="run x is CANCELING"):
         Budget(stop_reason=lambda: "run x is CANCELING").check()
