@@ -57,6 +57,16 @@ def newest_decision(instance: dg.DagsterInstance) -> str | None:
     return max(instance.get_materialized_partitions(dg.AssetKey(PRODUCTION_ASSET)), default=None)
 
 
+def decision_before(instance: dg.DagsterInstance, month: str) -> tuple[str, Any] | None:
+    """The newest production decision for a month before ``month`` and its value: the model that
+    served when ``month``'s file arrived (it never saw ``month``)."""
+    earlier = [key for key in instance.get_materialized_partitions(dg.AssetKey(PRODUCTION_ASSET)) if key < month]
+    if not earlier:
+        return None
+    decided_for = max(earlier)
+    return decided_for, read_value(instance, PRODUCTION_ASSET, decided_for)
+
+
 def load_production_model(instance: dg.DagsterInstance, known_storage_id: int | None = None) -> LoadedModel | None:
     """The model that serves, or None if there is none yet or it is the one already loaded
     (``known_storage_id``, the materialization it came from)."""

@@ -149,3 +149,19 @@ def runs_of(client, dagster_run_id):
     return client.search_runs(
         [experiment.experiment_id], f"tags.`dagster.run_id` = '{dagster_run_id}'", max_results=1000
     )
+
+
+def sampled_months(folder: Path, months: Iterable[str], rows: int = 3_000, seed: int = 0) -> Path:
+    """Small trip files made from the real ones: ``rows`` trips of each month, chosen with a fixed
+    seed, in the course's layout under ``folder``. Real columns and values, a fraction of the size:
+    for tests about what happens between months (retraining, versions, monitoring), where a whole
+    month would only make them slow."""
+    import pandas as pd
+
+    for month in months:
+        year, number = month.split("-")
+        trips = pd.read_parquet(DATA_DIR / year / f"{number}.parquet")
+        target = folder / year / f"{number}.parquet"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        trips.sample(n=min(rows, len(trips)), random_state=seed).sort_index().to_parquet(target)
+    return folder

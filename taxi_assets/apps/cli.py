@@ -51,10 +51,12 @@ def _execute(instance, asset_names: list[str], month: str, run_config: dict | No
     """Run ``asset_names`` for ``month``; returns a context manager around the run's result."""
     import dagster as dg
 
-    from taxi_assets.lib.catalog import DATA_PREPARATION_ASSETS, RETRAINING_ASSETS
+    from taxi_assets.lib.catalog import DATA_PREPARATION_ASSETS, MONTH_TAG, RETRAINING_ASSETS, TRIP_FILES
 
-    keys = [dg.AssetKey(name) for name in asset_names]
-    tags = {"taxi_assets/launched_by": "taxi-assets materialize", "dagster/partition": month}
+    # Ingesting observes the trip file first, so raw_trips records the version it read.
+    keys = [dg.AssetKey(name) for name in ([TRIP_FILES] if "raw_trips" in asset_names else []) + asset_names]
+    # The month tag: the new-data sensor leaves a month alone while a run for it is in flight.
+    tags = {"taxi_assets/launched_by": "taxi-assets materialize", "dagster/partition": month, MONTH_TAG: month}
     # The console shows what the steps log at INFO (progress: trial i of N, best RMSE, time left);
     # Dagster's own events are DEBUG, shown with --verbose.
     logging = {"loggers": {"console": {"config": {"log_level": "DEBUG" if verbose else "INFO"}}}}

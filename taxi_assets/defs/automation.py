@@ -2,28 +2,30 @@
 course's "automatic_retraining" trigger, watching the trip data itself)."""
 
 import json
+from collections.abc import Mapping
 
 import dagster as dg
 
-from taxi_assets.lib.catalog import DATA_PREPARATION_ASSETS, MODEL_ASSETS, RETRAINING_ASSETS
-from taxi_assets.lib.history import latest_metadata
-from taxi_assets.lib.months import PREVIOUS_MONTH_ASSETS, has_previous_month, partition_keys, previous_month
+from taxi_assets.lib.catalog import (
+    CODE_VERSIONS,
+    DATA_PREPARATION_ASSETS,
+    MODEL_ASSETS,
+    RETRAINING_ASSETS,
+    TRIP_FILES,
+)
+from taxi_assets.lib.history import DATA_VERSION_TAG
+from taxi_assets.lib.month_states import month_states, run_request
+from taxi_assets.lib.months import FIRST_MONTH, partition_keys, previous_month
 from taxi_assets.lib.settings import sensor_interval_seconds
 from taxi_assets.lib.sources import TripSource
-
-MONTH_TAG = "taxi_assets/retrain_month"
-FINGERPRINT_TAG = "taxi_assets/source_fingerprint"
-ACTIVE = [
-    dg.DagsterRunStatus.QUEUED,
-    dg.DagsterRunStatus.NOT_STARTED,
-    dg.DagsterRunStatus.STARTING,
-    dg.DagsterRunStatus.STARTED,
-]
+from taxi_assets.ml.retraining import Plan, plan
 
 # Mage's "data_preparation" pipeline: ingest -> prepare -> build, with its checks.
+# Every job that ingests a month observes its trip file first (trip_files): raw_trips then records
+# the version of the file it read, and Dagster can tell when the file changes later.
 data_preparation_job = dg.define_asset_job(
     name="data_preparation",
-    selection=dg.AssetSelection.assets(*DATA_PREPARATION_ASSETS),
+    selection=dg.AssetSelection.assets(TRIP_FILES, *DATA_PREPARATION_ASSETS),
     description="Ingest, clean and build the training set for one month (with its checks).",
 )
 
@@ -52,7 +54,7 @@ model_training_job = dg.define_asset_job(
 # month. Launched by the new-data sensor and the hourly schedule.
 retraining_job = dg.define_asset_job(
     name="retraining",
-    selection=dg.AssetSelection.assets(*RETRAINING_ASSETS),
+    selection=dg.AssetSelection.assets(TRIP_FILES, *RETRAINING_ASSETS),
     description="Ingest, prepare, train and choose the production model for one month.",
     executor_def=dg.multiprocess_executor.configured({"max_concurrent": 2}),
     tags=RETRAINING_RUN_TAGS,
@@ -67,109 +69,51 @@ observability_job = dg.define_asset_job(
 )
 
 
-def run_key(month: str, fingerprint: str, kind: str = "retrain") -> str:
-    """One key per month and file version (and kind: a retraining, or preparing a previous month
-    for one): the same file is never retrained twice."""
-    return f"{kind}:{month}:{fingerprint}"
-
-
-def _ingested_fingerprint(instance, month: str) -> str | None:
-    """The source fingerprint recorded by raw_trips' latest materialization of ``month``."""
-    metadata = latest_metadata(instance, "raw_trips", month)
-    return None if metadata is None else metadata.get("source_fingerprint", "")
-
-
 def _already_requested(instance, key: str) -> bool:
     """Run keys shared by the sensor and the schedule (Dagster dedupes per instigator only)."""
     return bool(instance.get_run_ids(filters=dg.RunsFilter(tags={"dagster/run_key": key}), limit=1))
 
 
-def _running(instance, month: str) -> bool:
-    return bool(instance.get_run_ids(filters=dg.RunsFilter(statuses=ACTIVE, tags={MONTH_TAG: month}), limit=1))
+def observations(files: Mapping[str, str | None], states) -> list[dg.AssetObservation]:
+    """trip_files observations for months whose file Dagster has not seen in this version yet."""
+    return [
+        dg.AssetObservation(asset_key=TRIP_FILES, partition=month, tags={DATA_VERSION_TAG: version})
+        for month, version in sorted(files.items())
+        if version is not None and states[month].observed != version
+    ]
 
 
-def _prepare(month: str, fingerprint: str, key: str) -> dg.RunRequest:
-    selection = [dg.AssetKey(asset) for asset in PREVIOUS_MONTH_ASSETS]
-    tags = {MONTH_TAG: month, FINGERPRINT_TAG: fingerprint}
-    return dg.RunRequest(run_key=key, partition_key=month, asset_selection=selection, tags=tags)
-
-
-def retraining_requests(
-    instance, available: dict[str, str], valid_months: set[str], known: dict[str, str] | None = None
-) -> tuple[list[dg.RunRequest], list[str]]:
-    """Run requests for every month whose file is new or changed; and the months skipped (why).
-
-    ``known``: files already accounted for (month -> fingerprint), not retrained while unchanged.
-    A month whose previous month is not prepared gets that month prepared first (only its
-    raw_trips and cleaned_trips) and follows on a later tick; a month with no previous month
-    anywhere (the first one) is prepared only, for the month after it.
-    """
-    requests: list[dg.RunRequest] = []
-    skipped: list[str] = []
-    requested: set[str] = set()
-    prepared = instance.get_materialized_partitions(dg.AssetKey("cleaned_trips"))
-    for month in sorted(available):
-        fingerprint = available[month]
-        if month not in valid_months or (known or {}).get(month) == fingerprint:
-            continue
-        if _ingested_fingerprint(instance, month) == fingerprint:
-            continue  # ingested from this very file
-        key = run_key(month, fingerprint)
-        if _already_requested(instance, key):
-            continue
-        if _running(instance, month):
-            skipped.append(f"{month}: a retraining is running")
-            continue
-        previous = previous_month(month)
-        if not has_previous_month(month) or (previous not in prepared and previous not in available):
-            # No previous month anywhere: nothing to train on, so prepare this month for the next.
-            requests.append(_prepare(month, fingerprint, key))
-            requested.add(month)
-            continue
-        if previous not in prepared:
-            # This month follows on a later tick, once its previous month is prepared.
-            preparing = run_key(previous, available[previous], kind="prepare")
-            if (
-                previous not in requested
-                and not _already_requested(instance, preparing)
-                and not _running(instance, previous)
-            ):
-                requests.append(_prepare(previous, available[previous], preparing))
-                requested.add(previous)
-            skipped.append(f"{month}: waiting for cleaned_trips {previous}")
-            continue
-        requests.append(
-            dg.RunRequest(run_key=key, partition_key=month, tags={MONTH_TAG: month, FINGERPRINT_TAG: fingerprint})
-        )
-        requested.add(month)
-    return requests, skipped
+def _decide(context, files: Mapping[str, str | None], cursor: dict) -> tuple[Plan, list, dict]:
+    """Gather the months' states, plan, and keep what the next tick needs."""
+    valid = set(partition_keys())
+    files = {month: version for month, version in files.items() if month in valid}
+    states, known = month_states(context.instance, context.repository_def.asset_graph, files, cursor.get("known"))
+    ignored = cursor.get("ignored")
+    if cursor and "v" not in cursor:  # a cursor of an earlier version: its months were "known" files
+        ignored = {m: v for m in cursor if (v := files.get(m)) and states[m].decision is None}
+    decided = plan({m: states[m] for m in states if m in valid}, FIRST_MONTH, CODE_VERSIONS, ignored)
+    return decided, observations(files, states), {"v": 2, "ignored": decided.ignored, "known": known}
 
 
 def new_trip_data(context: dg.SensorEvaluationContext, trip_source: TripSource):
-    available = trip_source.available_months()
-    if available is None:
+    files = trip_source.data_versions()
+    if files is None:
         return dg.SkipReason(
             f"{type(trip_source).__name__} cannot list months cheaply; the hourly retraining schedule covers it"
         )
-    valid = set(partition_keys())
-    if context.cursor:
-        known = json.loads(context.cursor)
-    else:
-        # A calm first start: the files already there are the starting point. Only the newest
-        # month is prepared and trained; the others are recorded as known (a backfill, from the
-        # UI or `taxi-assets materialize --partition-range`, trains them when someone asks).
-        present = sorted(month for month in available if month in valid)
-        known = {month: available[month] for month in present[:-1]}
-        if present[:-1]:
-            context.log.info(
-                f"first tick: {len(present)} months present; retraining the newest, {present[-1]}, and recording "
-                f"{present[0]}..{present[-2]} as known (backfill them to train them)"
-            )
-    requests, skipped = retraining_requests(context.instance, available, valid, known)
-    cursor = {**known, **{request.partition_key: request.tags[FINGERPRINT_TAG] for request in requests}}
-    if skipped:
-        context.log.info("skipped: " + "; ".join(skipped))
-    return dg.SensorResult(run_requests=requests, cursor=json.dumps(cursor, sort_keys=True))
+    cursor = json.loads(context.cursor) if context.cursor else {}
+    decided, observed, new_cursor = _decide(context, files, cursor)
+    if not cursor and decided.ignored:
+        context.log.info(
+            f"first tick: leaving {len(decided.ignored)} untrained month(s) alone until their file changes "
+            f"({min(decided.ignored)}..{max(decided.ignored)}: backfill them to train them)"
+        )
+    requests = [run_request(r) for r in decided.requests if not _already_requested(context.instance, r.key)]
+    for request in decided.requests:
+        context.log.info(f"{request.kind} {request.month}: {request.reason}")
+    if decided.skipped:
+        context.log.info("skipped: " + "; ".join(decided.skipped))
+    return dg.SensorResult(run_requests=requests, asset_events=observed, cursor=json.dumps(new_cursor, sort_keys=True))
 
 
 def new_trip_data_sensor(interval_seconds: int) -> dg.SensorDefinition:
@@ -178,7 +122,9 @@ def new_trip_data_sensor(interval_seconds: int) -> dg.SensorDefinition:
         job=retraining_job,
         minimum_interval_seconds=interval_seconds,
         default_status=dg.DefaultSensorStatus.RUNNING,
-        description="Asks the trip source which months exist and retrains every month whose file is new or changed.",
+        description="Observes the trip files' versions and retrains every month whose file, code or inputs "
+        "changed (what Dagster marks missing or unsynced); a month whose inputs and code are unchanged is "
+        "never retrained again.",
     )(new_trip_data)
 
 
@@ -186,17 +132,18 @@ def new_trip_data_sensor(interval_seconds: int) -> dg.SensorDefinition:
     job=retraining_job,
     cron_schedule="0 * * * *",
     default_status=dg.DefaultScheduleStatus.STOPPED,
-    description="Hourly: retrain the newest month once the source has its file "
-    "(for sources that cannot be listed, e.g. HTTP).",
+    description="Hourly: retrain the newest month once the source has its file, or when its file, code or "
+    "inputs changed (for sources that cannot be listed, e.g. HTTP).",
 )
 def hourly_retraining_schedule(context: dg.ScheduleEvaluationContext, trip_source: TripSource):
-    keys = partition_keys(current_time=context.scheduled_execution_time)
-    month = keys[-1]
-    fingerprint = trip_source.fingerprint(month)
-    if fingerprint is None:
+    month = partition_keys(current_time=context.scheduled_execution_time)[-1]
+    version = trip_source.data_version(month)
+    if version is None:
         return dg.SkipReason(f"the source has no file for {month} yet")
-    requests, skipped = retraining_requests(context.instance, {month: fingerprint}, set(keys))
-    return requests or dg.SkipReason("; ".join(skipped) or f"{month} is already retrained from this file")
+    files = {month: version, previous_month(month): trip_source.data_version(previous_month(month))}
+    decided, _, _ = _decide(context, files, {"v": 2, "ignored": {}})
+    requests = [run_request(r) for r in decided.requests if not _already_requested(context.instance, r.key)]
+    return requests or dg.SkipReason("; ".join(decided.skipped) or f"{month} is up to date with its file and code")
 
 
 @dg.schedule(

@@ -10,6 +10,7 @@ import dagster as dg
 
 from taxi_assets.lib.alerts import alerts_from_env
 from taxi_assets.lib.io_managers import io_manager_from_env
+from taxi_assets.lib.predictions import prediction_store_from_env
 from taxi_assets.lib.settings import check_production_environment, is_production
 from taxi_assets.lib.sources import trip_source_from_env
 from taxi_assets.lib.tracking import MlflowTracking
@@ -26,5 +27,6 @@ def resources() -> dg.Definitions:
             "io_manager": io_manager_from_env(),
             "mlflow": mlflow,
             "alerts": alerts_from_env(),
+            "predictions": prediction_store_from_env(),
         }
     )

@@ -234,3 +234,31 @@ def pie(values: Mapping[str, int], title: str) -> bytes:
 def contributions(importance: Sequence[tuple[str, float]], title: str) -> bytes:
     """Features by mean absolute contribution to the prediction (the method is in the title)."""
     return bars(dict(importance), title, "mean |contribution| (minutes)", fmt="{:.3f}")
+
+
+def model_performance(rows: Sequence[Mapping], months: Sequence[str], title: str) -> bytes:
+    """One line per served model: its realized RMSE on each month it scored (months on the x
+    axis), and a hollow marker for its validation RMSE at the month it was chosen. A model whose
+    line climbs away from its marker is decaying."""
+    import matplotlib.dates as mdates
+
+    figure, axes = _figure(3.6)
+    if not rows:
+        _no_data(axes)
+        return _png(figure, title)
+
+    def at(month: str) -> float:
+        return float(mdates.date2num(pd.Timestamp(f"{month}-01").to_pydatetime()))
+
+    for index, row in enumerate(rows):
+        colour = f"C{index % 10}"
+        scored = [month for month in months if row.get(month) is not None]
+        axes.plot([at(m) for m in scored], [row[m] for m in scored], marker="o", color=colour, label=row["model"])
+        axes.plot([at(row["chosen_for"])], [row["validation_rmse"]], marker="D", markerfacecolor="none",
+                  markersize=8, color=colour, linestyle="none")  # fmt: skip
+    locator = mdates.MonthLocator()
+    axes.xaxis.set_major_locator(locator)
+    axes.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator))
+    axes.set_ylabel("RMSE (minutes)")
+    axes.legend(fontsize=7, loc="best", title="realized; hollow diamond: when chosen", title_fontsize=7)
+    return _png(figure, title)

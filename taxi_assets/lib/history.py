@@ -10,6 +10,8 @@ from typing import Any
 
 import dagster as dg
 
+DATA_VERSION_TAG = "dagster/data_version"  # where Dagster keeps a materialization's or observation's version
+
 
 def _plain(value: Any) -> Any:
     """A metadata entry's Python value (``MetadataValue``s wrap theirs in ``.value``)."""
@@ -27,6 +29,36 @@ def latest_metadata(instance: dg.DagsterInstance, asset: str, partition: str) ->
     if materialization is None:
         return None
     return {key: _plain(value) for key, value in materialization.metadata.items()}
+
+
+def observed_version(context_or_instance, month: str, asset: str = "trip_files") -> str | None:
+    """The data version of ``asset``'s newest observation for ``month`` (the trip file's version
+    as the instance knows it), or None if it was never observed."""
+    instance = getattr(context_or_instance, "instance", context_or_instance)
+    result = instance.fetch_observations(
+        dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), asset_partitions=[month]), limit=1
+    )
+    if not result.records:
+        return None
+    return _data_version(result.records[0].event_log_entry)
+
+
+def recorded_version(instance: dg.DagsterInstance, asset: str, month: str | None) -> str | None:
+    """The data version of ``asset``'s newest materialization (of ``month``), or None."""
+    records_filter = dg.AssetRecordsFilter(
+        asset_key=dg.AssetKey(asset), asset_partitions=[month] if month is not None else None
+    )
+    result = instance.fetch_materializations(records_filter, limit=1)
+    return _data_version(result.records[0].event_log_entry) if result.records else None
+
+
+def _data_version(entry) -> str | None:
+    event = entry.dagster_event
+    data = event.event_specific_data if event is not None else None
+    for holder in (getattr(data, "materialization", None), getattr(data, "asset_observation", None)):
+        if holder is not None and holder.tags and DATA_VERSION_TAG in holder.tags:
+            return holder.tags[DATA_VERSION_TAG]
+    return None
 
 
 def metadata_by_partition(instance: dg.DagsterInstance, asset: str, limit: int = 1000) -> dict[str, dict[str, Any]]:

@@ -43,3 +43,23 @@ def trip_type() -> TripType:
 def sensor_interval_seconds() -> int:
     """How often the new-data sensor asks the trip source for files (TAXI_SENSOR_INTERVAL_SECONDS)."""
     return int(os.environ.get("TAXI_SENSOR_INTERVAL_SECONDS", "30"))
+
+
+def retraining_run_config() -> dict:
+    """The run config of the retrainings the sensor and the schedule ask for (budgets, models),
+    from the YAML file at TAXI_RETRAINING_RUN_CONFIG (the Launchpad's format); the defaults without it."""
+    path = os.environ.get("TAXI_RETRAINING_RUN_CONFIG", "").strip()
+    if not path:
+        return {}
+    import yaml
+
+    try:
+        with open(path) as file:
+            config = yaml.safe_load(file) or {}
+    except OSError as error:
+        raise ValueError(f"TAXI_RETRAINING_RUN_CONFIG: cannot read {path}: {error.strerror}") from None
+    except yaml.YAMLError as error:
+        raise ValueError(f"TAXI_RETRAINING_RUN_CONFIG: {path} is not valid YAML: {error}") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"TAXI_RETRAINING_RUN_CONFIG: {path} must hold a mapping (ops: ...), as in the Launchpad")
+    return config

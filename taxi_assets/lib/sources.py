@@ -1,7 +1,8 @@
 """Trip sources: where the monthly trip files come from.
 
-Trip sources share one interface, :class:`TripSource`: ``read_month("2024-02")`` returns the
-validated month or raises
+Trip sources share one interface, :class:`TripSource`: ``read("2024-02")`` returns the validated
+month and the version of the bytes it read (``data_version`` gives the current file's version
+without reading it, ``data_versions`` every month's, where the source can be listed), or raises
 
 * :class:`~taxi_assets.ml.schema.TripDataError` (and its :class:`MonthNotAvailableError`) for
   problems that retrying will not fix: bad file, missing month;
@@ -14,6 +15,7 @@ from __future__ import annotations
 import os
 import urllib.error
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -25,7 +27,11 @@ from taxi_assets.ml.trip_files import (
     LOCAL_LAYOUTS,
     TLC_FILE_TEMPLATE,
     MonthNotAvailableError,
+    content_version,
+    etag_version,
+    file_content_version,
     format_template,
+    http_version,
     parse_month,
     read_trip_file,
     template_pattern,
@@ -41,6 +47,14 @@ class TransientSourceError(RuntimeError):
     """A failure worth retrying (the server or network, not the data)."""
 
 
+@dataclass(frozen=True)
+class TripFile:
+    """A month's validated trips and the version of the bytes they were read from."""
+
+    trips: pd.DataFrame
+    version: str
+
+
 class TripSource(dg.ConfigurableResource):
     """Where the monthly trip files come from, and which kind of trips they hold."""
 
@@ -54,19 +68,36 @@ class TripSource(dg.ConfigurableResource):
         """Where the file for ``month`` is (for messages and metadata)."""
         raise NotImplementedError
 
+    def read(self, month: str) -> TripFile:
+        """The validated trips of ``month`` (``YYYY-MM``) and the version of what was read."""
+        raise NotImplementedError
+
     def read_month(self, month: str) -> pd.DataFrame:
-        """The validated trips of ``month`` (``YYYY-MM``)."""
+        """The validated trips of ``month``."""
+        return self.read(month).trips
+
+    def data_version(self, month: str) -> str | None:
+        """The version of ``month``'s file as it is now (see ``taxi_assets.ml.trip_files``);
+        None if the source has no file for it."""
         raise NotImplementedError
 
-    def fingerprint(self, month: str) -> str | None:
-        """What identifies the current file of ``month`` (size and modification time, or an
-        ETag); None if the source has no file for it. A new value means a new file."""
-        raise NotImplementedError
-
-    def available_months(self) -> dict[str, str] | None:
-        """``{month: fingerprint}`` for every month the source has, or None when the source
-        cannot be listed cheaply (then the retraining schedule polls the newest month)."""
+    def data_versions(self) -> dict[str, str] | None:
+        """``{month: version}`` for every month the source has, or None when the source cannot be
+        listed cheaply (then the hourly retraining schedule asks for the newest month)."""
         return None
+
+
+# Content hashes of local files by (device, inode, size, modification time): a sensor that asks
+# every few seconds rehashes only files that were written (or touched) since it last asked.
+_HASHES: dict[tuple[str, int, int, int, int], str] = {}
+
+
+def _local_version(path: Path) -> str:
+    stat = path.stat()
+    key = (str(path), stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns)
+    if key not in _HASHES:
+        _HASHES[key] = file_content_version(path)
+    return _HASHES[key]
 
 
 class LocalTripSource(TripSource):
@@ -84,23 +115,23 @@ class LocalTripSource(TripSource):
         existing = [path for path in self._candidates(month) if path.is_file()]
         return str(existing[0] if existing else self._candidates(month)[0])
 
-    def read_month(self, month: str) -> pd.DataFrame:
+    def read(self, month: str) -> TripFile:
         for path in self._candidates(month):
             if path.is_file():
-                return read_trip_file(path, str(path), self.trip_type)
+                data = path.read_bytes()
+                return TripFile(read_trip_file(data, str(path), self.trip_type), content_version(data))
         if not Path(self.directory).is_dir():
             raise MonthNotAvailableError(f"trip folder {self.directory} does not exist")
         looked_for = " or ".join(format_template(layout, month, self.trip_type) for layout in LOCAL_LAYOUTS)
         raise MonthNotAvailableError(f"no trip file for {month} in {self.directory} (looked for {looked_for})")
 
-    def fingerprint(self, month: str) -> str | None:
+    def data_version(self, month: str) -> str | None:
         for path in self._candidates(month):
             if path.is_file():
-                stat = path.stat()
-                return f"{stat.st_size}-{stat.st_mtime_ns}"
+                return _local_version(path)
         return None
 
-    def available_months(self) -> dict[str, str]:
+    def data_versions(self) -> dict[str, str]:
         root = Path(self.directory)
         months = set()
         for path in root.glob("[0-9][0-9][0-9][0-9]/[0-9][0-9].parquet"):
@@ -108,7 +139,7 @@ class LocalTripSource(TripSource):
         prefix = f"{self.trip_type}_tripdata_"
         for path in root.glob(f"{prefix}[0-9][0-9][0-9][0-9]-[0-9][0-9].parquet"):
             months.add(path.stem.removeprefix(prefix))
-        found = {month: self.fingerprint(month) for month in sorted(months) if _is_month(month)}
+        found = {month: self.data_version(month) for month in sorted(months) if _is_month(month)}
         return {month: value for month, value in found.items() if value}
 
 
@@ -126,12 +157,13 @@ class HttpTripSource(TripSource):
     def describe(self, month: str) -> str:
         return f"{self.base_url.rstrip('/')}/{format_template(self.file_template, month, self.trip_type)}"
 
-    def read_month(self, month: str) -> pd.DataFrame:
+    def read(self, month: str) -> TripFile:
         url = self.describe(month)
         request = urllib.request.Request(url, headers={"User-Agent": "taxi-assets"})
         try:
             with urllib.request.urlopen(request, timeout=self.timeout_seconds) as response:
                 data = response.read()
+                headers = response.headers
         except urllib.error.HTTPError as error:
             # The TLC's CDN answers 403 for a file that does not exist, others 404.
             if error.code in (403, 404, 410):
@@ -141,24 +173,26 @@ class HttpTripSource(TripSource):
             raise MonthNotAvailableError(f"HTTP {error.code} from {url}") from error
         except (urllib.error.URLError, TimeoutError, ConnectionError) as error:
             raise TransientSourceError(f"could not download {url}: {error}") from error
-        return read_trip_file(data, url, self.trip_type)
+        return TripFile(read_trip_file(data, url, self.trip_type), _header_version(headers))
 
-    def fingerprint(self, month: str) -> str | None:
+    def data_version(self, month: str) -> str | None:
         url = self.describe(month)
         request = urllib.request.Request(url, method="HEAD", headers={"User-Agent": "taxi-assets"})
         try:
             with urllib.request.urlopen(request, timeout=self.timeout_seconds) as response:
-                headers = response.headers
+                return _header_version(response.headers)
         except urllib.error.HTTPError as error:
             if error.code in (403, 404, 410):
                 return None
             if error.code in (405, 501):
-                return ""  # the server does not answer HEAD: the file exists, its version is unknown
+                return http_version(None, None, None)  # no HEAD: the file exists, its version is unknown
             raise TransientSourceError(f"HTTP {error.code} from {url}") from error
         except (urllib.error.URLError, TimeoutError, ConnectionError) as error:
             raise TransientSourceError(f"could not reach {url}: {error}") from error
-        parts = [headers.get("ETag", ""), headers.get("Last-Modified", ""), headers.get("Content-Length", "")]
-        return "|".join(part.strip('"') for part in parts)
+
+
+def _header_version(headers) -> str:
+    return http_version(headers.get("ETag"), headers.get("Last-Modified"), headers.get("Content-Length"))
 
 
 class S3TripSource(TripSource):
@@ -185,14 +219,15 @@ class S3TripSource(TripSource):
     def describe(self, month: str) -> str:
         return f"s3://{self.bucket}/{self._key(month)}"
 
-    def read_month(self, month: str) -> pd.DataFrame:
+    def read(self, month: str) -> TripFile:
         # dagster-aws (and boto3) load only in the step that reads from S3.
         from botocore.exceptions import BotoCoreError, ClientError
 
         client = self._client()
         url = self.describe(month)
         try:
-            data = client.get_object(Bucket=self.bucket, Key=self._key(month))["Body"].read()
+            response = client.get_object(Bucket=self.bucket, Key=self._key(month))
+            data = response["Body"].read()
         except ClientError as error:
             code = str(error.response.get("Error", {}).get("Code", ""))
             if code in ("NoSuchKey", "404", "NoSuchBucket"):
@@ -200,14 +235,14 @@ class S3TripSource(TripSource):
             raise TransientSourceError(f"could not read {url}: {error}") from error
         except BotoCoreError as error:
             raise TransientSourceError(f"could not read {url}: {error}") from error
-        return read_trip_file(data, url, self.trip_type)
+        return TripFile(read_trip_file(data, url, self.trip_type), etag_version(response["ETag"]))
 
     def _client(self):
         from dagster_aws.s3 import S3Resource
 
         return S3Resource(endpoint_url=self.endpoint_url, region_name=self.region_name).get_client()
 
-    def fingerprint(self, month: str) -> str | None:
+    def data_version(self, month: str) -> str | None:
         from botocore.exceptions import ClientError
 
         try:
@@ -216,9 +251,9 @@ class S3TripSource(TripSource):
             if str(error.response.get("Error", {}).get("Code", "")) in ("404", "NoSuchKey", "NotFound"):
                 return None
             raise TransientSourceError(f"could not reach {self.describe(month)}: {error}") from error
-        return f"{head['ContentLength']}-{head['ETag'].strip(chr(34))}"
+        return etag_version(head["ETag"])
 
-    def available_months(self) -> dict[str, str]:
+    def data_versions(self) -> dict[str, str]:
         prefix = self._prefix()
         pattern = template_pattern(f"{prefix}/{self.key_template}" if prefix else self.key_template, self.trip_type)
         found = {}
@@ -228,7 +263,7 @@ class S3TripSource(TripSource):
                 if match:
                     month = f"{match['year']}-{int(match['month']):02d}"
                     if _is_month(month):
-                        found[month] = f"{item['Size']}-{item['ETag'].strip(chr(34))}"
+                        found[month] = etag_version(item["ETag"])
         return dict(sorted(found.items()))
 
 

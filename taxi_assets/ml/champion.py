@@ -46,3 +46,6 @@ class ProductionModel:
     rmse: float  # on the newest validation month (the partition this decision was made for)
     decided_for: str
     reason: str
+    # The share of that month's validation trips it predicted more than 15 minutes off (None in
+    # decisions made before it was recorded): what the decay check compares later months with.
+    share_over_15_minutes: float | None = None

@@ -1,8 +1,15 @@
-"""File names of monthly trip files, and reading them (no Dagster, no network). Month arithmetic
-lives with the partitions, in ``taxi_assets.lib.months``."""
+"""File names of monthly trip files, their versions, and reading them (no Dagster, no network).
+Month arithmetic lives with the partitions, in ``taxi_assets.lib.months``.
+
+A file's *version* identifies its bytes, so a file that is only copied or touched keeps its
+version and a changed byte gives a new one: a content hash where reading the file is cheap (a
+local folder), the ETag where the store keeps one (S3, HTTP servers), and what an HTTP server
+offers otherwise. Dagster records it as the data version of ``trip_files``.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import io
 from pathlib import Path
 
@@ -78,3 +85,37 @@ def read_trip_file(data: bytes | Path, source: str, trip_type: str = DEFAULT_TRI
     # data-preparation step's headroom); ask it to hand back what it no longer uses.
     pa.default_memory_pool().release_unused()
     return validate_trips(frame, source, trip_type)
+
+
+HASH_CHUNK_BYTES = 1 << 20
+
+
+def content_version(data: bytes) -> str:
+    """The version of a file's bytes: their SHA-256."""
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def file_content_version(path: Path) -> str:
+    """:func:`content_version` of a file, read in chunks (a yellow month is hundreds of MB)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        while chunk := file.read(HASH_CHUNK_BYTES):
+            digest.update(chunk)
+    return "sha256:" + digest.hexdigest()
+
+
+def etag_version(etag: str) -> str:
+    """The version an object store's ETag gives. For S3, a single-part upload's ETag is the MD5 of
+    its bytes; a multipart one's (``...-N``) is the MD5 of its parts' MD5s, so the same bytes
+    uploaded again with other part sizes get a new one: at worst a retraining that was not needed,
+    never a change missed."""
+    return "etag:" + etag.strip().strip('"')
+
+
+def http_version(etag: str | None, last_modified: str | None, length: str | None) -> str:
+    """The version an HTTP server offers: its ETag, else Last-Modified and Content-Length, else the
+    length alone (a server that offers none of them: the month is trained once, and a change is
+    seen only if the file's length changes)."""
+    if etag:
+        return etag_version(etag)
+    return f"http:{last_modified or ''}|{length or ''}"

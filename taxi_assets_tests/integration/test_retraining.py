@@ -5,41 +5,38 @@ import json
 import os
 import shutil
 import uuid
+from pathlib import Path
 
 import dagster as dg
 import numpy as np
+import pandas as pd
 import pytest
 
 from taxi_assets.definitions import build_defs
-from taxi_assets.defs.automation import (
-    FINGERPRINT_TAG,
-    MONTH_TAG,
-    hourly_retraining_schedule,
-    new_trip_data_sensor,
-    run_key,
-)
+from taxi_assets.defs.automation import hourly_retraining_schedule, new_trip_data_sensor
 from taxi_assets.defs.serving.assets import ProductionModelConfig, production_model
+from taxi_assets.lib.catalog import MONTH_TAG
 from taxi_assets.lib.sources import LocalTripSource
 from taxi_assets.lib.tracking import MlflowTracking
 from taxi_assets.ml.champion import ProductionModel
 from taxi_assets.ml.predictor import TrainedModel, TripDurationPredictor
+from taxi_assets.ml.retraining import CHAIN
+from taxi_assets.ml.trip_files import file_content_version
 from taxi_assets.model_store import read_value
 from taxi_assets_tests.helpers import (
     DATA_DIR,
-    SMALL_BUDGET,
     TINY_BUDGET,
     failure_messages,
     mlflow_client,
     use_mlflow_store_of,
 )
 
-RETRAIN_BUDGET = dg.RunConfig(ops={**SMALL_BUDGET.ops})
 SENSOR = new_trip_data_sensor(interval_seconds=30)
 
 
-def fingerprint(path) -> str:
-    stat = path.stat()
-    return f"{stat.st_size}-{stat.st_mtime_ns}"
+def version(path) -> str:
+    """The trip file's data version: its content hash."""
+    return file_content_version(Path(path))
 
 
 @pytest.fixture
@@ -53,12 +50,18 @@ def source_dir(tmp_path):
 
 
 def tick(instance, folder, cursor=None):
+    """One sensor tick, then what the daemon does with its observations: record them."""
     defs = build_defs(trip_source=LocalTripSource(directory=str(folder)))
     # As a context manager: the context enters the instance and must leave it again.
     with dg.build_sensor_context(
-        instance=instance, cursor=cursor, resources={"trip_source": LocalTripSource(directory=str(folder))}
+        instance=instance,
+        cursor=cursor,
+        resources={"trip_source": LocalTripSource(directory=str(folder))},
+        definitions=defs,
     ) as context:
         result = SENSOR(context)
+    for event in result.asset_events:
+        instance.report_runless_asset_event(event)
     return result, defs
 
 
@@ -69,14 +72,19 @@ def launch(instance, defs, request, run_config=None):
         instance=instance,
         partition_key=request.partition_key,
         asset_selection=request.asset_selection,
-        run_config=run_config,
+        run_config=run_config or request.run_config,
         tags={**request.tags, "dagster/run_key": request.run_key},
         raise_on_error=False,
     )
 
 
-def test_sensor_starts_calmly_then_retrains_new_and_changed_files_once(instance, tmp_path):
-    """The real folder: 13 of the 14 real months (as symlinks), then 2024-02 lands, then changes."""
+def selected(request) -> list[str]:
+    return [key.to_user_string() for key in request.asset_selection]
+
+
+def test_sensor_starts_calmly_then_retrains_what_changed_once(instance, tmp_path):
+    """The real folder: 13 of the 14 real months (copies), then 2024-02 lands, is touched, and
+    2024-01's content changes: each file version is trained once, and only where it matters."""
     os.environ.pop("MLFLOW_TRACKING_URI", None)
     folder = tmp_path / "trips"
     for path in sorted(DATA_DIR.glob("*/*.parquet")):
@@ -86,60 +94,62 @@ def test_sensor_starts_calmly_then_retrains_new_and_changed_files_once(instance,
     present = sorted(f"{p.parent.name}-{p.stem}" for p in folder.glob("*/*.parquet"))
     assert len(present) == 13 and present[-1] == "2024-01"
 
-    # Tick 1 (first start): only the newest month, 2024-01, is to be trained; its previous month
-    # is prepared first. The twelve others are recorded as known, not queued.
+    # Tick 1 (first start): every file is observed; only the newest month, 2024-01, is to be
+    # trained, and its previous month is prepared first. The older months are left alone.
     result, defs = tick(instance, folder)
+    assert sorted(event.partition for event in result.asset_events) == present
     [request] = result.run_requests
-    december = fingerprint(folder / "2023" / "12.parquet")
-    assert (request.partition_key, request.run_key) == ("2023-12", run_key("2023-12", december, kind="prepare"))
-    assert request.asset_selection == [dg.AssetKey("raw_trips"), dg.AssetKey("cleaned_trips")]
-    assert sorted(json.loads(result.cursor)) == present[:-1]  # known, 2024-01 still to come
+    assert (request.partition_key, selected(request)) == ("2023-12", ["trip_files", "raw_trips", "cleaned_trips"])
+    assert request.run_key.startswith("prepare:2023-12:")
+    assert sorted(json.loads(result.cursor)["ignored"]) == present[:-1]
     assert launch(instance, defs, request).success
 
-    # Tick 2: 2024-01's previous month is prepared: its full retraining.
+    # Tick 2: 2024-01's previous month is prepared: its whole retraining (observed first).
     result, defs = tick(instance, folder, result.cursor)
     [request] = result.run_requests
-    january = fingerprint(folder / "2024" / "01.parquet")
-    assert (request.partition_key, request.run_key, request.asset_selection) == (
-        "2024-01",
-        run_key("2024-01", january),
-        None,
-    )
-    assert sorted(json.loads(result.cursor)) == present
+    assert (request.partition_key, request.run_key[:16]) == ("2024-01", "retrain:2024-01:")
+    assert selected(request) == ["trip_files", *CHAIN] and request.tags[MONTH_TAG] == "2024-01"
     assert launch(instance, defs, request, TINY_BUDGET).success
 
     # Tick 3: nothing new.
     result, _ = tick(instance, folder, result.cursor)
-    assert result.run_requests == []
+    assert result.run_requests == [] and result.asset_events == []
 
     # A new month lands: retrained, once.
-    shutil.copy(DATA_DIR / "2024" / "02.parquet", folder / "2024" / "02.parquet")
     february = folder / "2024" / "02.parquet"
+    shutil.copy(DATA_DIR / "2024" / "02.parquet", february)
     result, defs = tick(instance, folder, result.cursor)
     [request] = result.run_requests
-    assert (request.partition_key, request.run_key) == ("2024-02", f"retrain:2024-02:{fingerprint(february)}")
+    assert request.partition_key == "2024-02" and request.run_key.startswith("retrain:2024-02:")
+    [observation] = result.asset_events
+    assert (observation.partition, observation.tags["dagster/data_version"]) == ("2024-02", version(february))
     run = launch(instance, defs, request, TINY_BUDGET)
     assert run.success, failure_messages(run)
     materialized = {event.asset_key.to_user_string() for event in run.get_asset_materialization_events()}
-    assert materialized == {
-        "raw_trips",
-        "cleaned_trips",
-        "training_set",
-        "sklearn_models",
-        "xgboost_model",
-        "production_model",
-    }
+    assert materialized == set(CHAIN)
     result, _ = tick(instance, folder, result.cursor)
     assert result.run_requests == []
 
-    # The file changes (new modification time): requested again, under a new key.
+    # Touched (same bytes, a new modification time): the same version, nothing to do.
     stat = february.stat()
-    os.utime(february, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+    os.utime(february, ns=(stat.st_atime_ns, stat.st_mtime_ns + 5_000_000_000))
     result, _ = tick(instance, folder, result.cursor)
+    assert result.run_requests == [] and result.asset_events == []
+
+    # 2024-01's content changes (one trip's distance): its month is retrained, and February, which
+    # reads January's cleaned trips, waits for it, then follows.
+    january = folder / "2024" / "01.parquet"
+    trips = pd.read_parquet(january)
+    january.unlink()  # a symlink to the shared data: write a file of our own
+    trips.loc[0, "trip_distance"] += 0.01
+    trips.to_parquet(january)
+    result, defs = tick(instance, folder, result.cursor)
     [request] = result.run_requests
-    assert request.run_key == f"retrain:2024-02:{fingerprint(february)}" != run.dagster_run.tags["dagster/run_key"]
-    assert json.loads(result.cursor)["2024-02"] == fingerprint(february)
-    source_dir = folder
+    assert (request.partition_key, request.run_key[:16]) == ("2024-01", "retrain:2024-01:")
+    assert launch(instance, defs, request, TINY_BUDGET).success
+    result, defs = tick(instance, folder, result.cursor)
+    [request] = result.run_requests
+    assert (request.partition_key, request.run_key[:16]) == ("2024-02", "retrain:2024-02:")
 
     # While a retraining of 2024-02 runs, no new one starts (skip_if_previous_running).
     instance.add_run(
@@ -150,37 +160,37 @@ def test_sensor_starts_calmly_then_retrains_new_and_changed_files_once(instance,
             tags={MONTH_TAG: "2024-02"},
         )
     )
-    result, _ = tick(instance, source_dir, result.cursor)
+    result, _ = tick(instance, folder, result.cursor)
     assert result.run_requests == []
 
 
 def test_schedule_shares_run_keys_with_the_sensor(instance, source_dir):
-    february = source_dir / "2024" / "02.parquet"
-
     def schedule_tick(when):
+        defs = build_defs(trip_source=LocalTripSource(directory=str(source_dir)))
         with dg.build_schedule_context(
             instance=instance,
             scheduled_execution_time=when,
             resources={"trip_source": LocalTripSource(directory=str(source_dir))},
+            repository_def=defs.get_repository_def(),
         ) as context:
             return hourly_retraining_schedule(context)
 
     march = dt.datetime(2024, 3, 1, 12, tzinfo=dt.UTC)
     [request] = schedule_tick(march)
-    assert (request.partition_key, request.run_key) == ("2024-02", f"retrain:2024-02:{fingerprint(february)}")
+    # 2024-02 is due, and its previous month is not prepared: it is prepared first.
+    assert (request.partition_key, request.run_key[:16]) == ("2024-01", "prepare:2024-01:")
     # Once a run with that key exists (launched by either), the other does not request it again.
     instance.add_run(
         dg.DagsterRun(
             job_name="retraining",
             run_id=str(uuid.uuid4()),
             status=dg.DagsterRunStatus.SUCCESS,
-            tags={"dagster/run_key": request.run_key, MONTH_TAG: "2024-02", FINGERPRINT_TAG: fingerprint(february)},
+            tags={"dagster/run_key": request.run_key, MONTH_TAG: "2024-01"},
         )
     )
     assert isinstance(schedule_tick(march), dg.SkipReason)
     result, _ = tick(instance, source_dir)
-    # The sensor's first tick: 2024-01 is recorded as known (a calm start), 2024-02 is taken.
-    assert result.run_requests == []
+    assert [r.run_key for r in result.run_requests if r.run_key == request.run_key] == [request.run_key]
     # A month the source does not have yet: skipped, not failed.
     assert "no file for 2024-03" in schedule_tick(dt.datetime(2024, 4, 1, 12, tzinfo=dt.UTC)).skip_message
 

@@ -3,18 +3,23 @@
 The course's "data_preparation" pipeline (ingest -> prepare -> build) as three monthly assets.
 """
 
+import warnings
+from contextlib import contextmanager
 from typing import Any
 
 import dagster as dg
 import pandas as pd
 
 from taxi_assets.lib import charts
+from taxi_assets.lib.catalog import CODE_VERSIONS
+from taxi_assets.lib.history import observed_version
 from taxi_assets.lib.metadata import charts as charts_metadata
 from taxi_assets.lib.metadata import column_schema, null_counts, summary_table, table
 from taxi_assets.lib.months import (
     month_start,
     monthly_partitions,
     next_month,
+    partition_keys,
     previous_and_current,
     previous_and_current_month,
     previous_month,
@@ -25,6 +30,16 @@ from taxi_assets.ml.features import TARGET, combine_features
 from taxi_assets.ml.quality import DRIFT_EDGES, histogram, profile
 from taxi_assets.ml.schema import PICKUP, REQUIRED_COLUMNS, TripDataError, in_schema
 
+
+@contextmanager
+def knowingly_beta():
+    """Data versions by partition and on outputs are Dagster beta APIs we use knowingly: their
+    warning is silenced here, where they are used, not process-wide."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=dg.BetaWarning)
+        yield
+
+
 # Transient download failures (HTTP 5xx/429, timeouts) are retried: 2 s, 4 s, 8 s (+- jitter).
 # Everything else (bad data, a missing month, a bug) becomes Failure(allow_retries=False):
 # retrying cannot fix it and would only delay the alert.
@@ -33,13 +48,36 @@ SOURCE_RETRY_POLICY = dg.RetryPolicy(
 )
 
 
+@dg.observable_source_asset(
+    partitions_def=monthly_partitions,
+    group_name="data_preparation",
+    description="The TLC's monthly trip files in the configured trip source, versioned by their content: a "
+    "SHA-256 of the bytes for local files, the ETag in S3, what the server offers over HTTP. A file that "
+    "is only copied or touched keeps its version; a changed byte gives a new one, and Dagster marks the "
+    "month's raw_trips unsynced.",
+)
+def trip_files(context, trip_source: TripSource) -> dg.DataVersionsByPartition:
+    """Observed by the new-data sensor (every tick) and at the start of every run that ingests a
+    month, so raw_trips always records the version of the file it read."""
+    if context.has_partition_key:
+        months = list(context.partition_keys)
+        versions = {month: trip_source.data_version(month) for month in months}
+    else:  # observed from the UI without a partition: every month the source has
+        listed = trip_source.data_versions()
+        versions = listed if listed is not None else {m: trip_source.data_version(m) for m in partition_keys()}
+    with knowingly_beta():
+        return dg.DataVersionsByPartition({month: version for month, version in versions.items() if version})
+
+
 @dg.asset(
     partitions_def=monthly_partitions,
+    deps=[trip_files],
     retry_policy=SOURCE_RETRY_POLICY,
     group_name="data_preparation",
     kinds={"pandas", "parquet"},
     owners=["team:ml-platform"],
     tags={"stage": "ingest"},
+    code_version=CODE_VERSIONS["raw_trips"],
 )
 def raw_trips(context: dg.AssetExecutionContext, trip_source: TripSource) -> dg.Output[pd.DataFrame]:
     """The month's trip file from the configured trip source, schema-checked.
@@ -52,10 +90,7 @@ def raw_trips(context: dg.AssetExecutionContext, trip_source: TripSource) -> dg.
     month = context.partition_key
     location = trip_source.describe(month)
     try:
-        # Before reading: if the file changes meanwhile, the sensor sees a new fingerprint and
-        # retrains again, rather than missing the change.
-        fingerprint = trip_source.fingerprint(month) or ""
-        trips = trip_source.read_month(month)
+        read = trip_source.read(month)
     except TransientSourceError as error:
         context.log.warning(f"raw_trips partition {month}: {error}; will retry")
         raise
@@ -66,7 +101,13 @@ def raw_trips(context: dg.AssetExecutionContext, trip_source: TripSource) -> dg.
             metadata={"partition": month, "source": location},
             allow_retries=False,
         ) from error
-
+    observed = observed_version(context, month)
+    if observed is not None and observed != read.version:
+        context.log.warning(
+            f"raw_trips partition {month}: {location} changed after it was observed ({observed}); read {read.version}. "
+            "The new-data sensor sees the new version and retrains the month."
+        )
+    trips = read.trips
     pickups = trips[PICKUP]
     nulls = null_counts(trips)
     month_charts = {
@@ -80,23 +121,26 @@ def raw_trips(context: dg.AssetExecutionContext, trip_source: TripSource) -> dg.
             "missing cells",
         ),
     }
-    return dg.Output(
-        trips,
-        metadata={
-            "charts": charts_metadata(month_charts),
-            "dagster/row_count": len(trips),
-            "dagster/column_schema": column_schema(trips),
-            "source": location,
-            "trip_type": trip_source.trip_type,
-            "source_fingerprint": fingerprint,
-            "columns": len(trips.columns),
-            "pickup_min": str(pickups.min()),
-            "pickup_max": str(pickups.max()),
-            "null_cells": sum(nulls.values()),
-            "null_counts": dg.MetadataValue.json({k: v for k, v in nulls.items() if v}),
-            "feature_profile": table(profile(trips, list(REQUIRED_COLUMNS))),
-        },
-    )
+    metadata = {
+        "charts": charts_metadata(month_charts),
+        "dagster/row_count": len(trips),
+        "dagster/column_schema": column_schema(trips),
+        "source": location,
+        "trip_type": trip_source.trip_type,
+        "source_version": read.version,
+        "columns": len(trips.columns),
+        "pickup_min": str(pickups.min()),
+        "pickup_max": str(pickups.max()),
+        "null_cells": sum(nulls.values()),
+        "null_counts": dg.MetadataValue.json({k: v for k, v in nulls.items() if v}),
+        "feature_profile": table(profile(trips, list(REQUIRED_COLUMNS))),
+    }
+    with knowingly_beta():
+        # The file's version with this code's: what the month's later assets are derived from.
+        # (Dagster's own provenance keeps no per-month version for a partitioned source that is a
+        # dep rather than an input, so raw_trips states its own.)
+        version = dg.DataVersion(f"{read.version}|raw_trips@{CODE_VERSIONS['raw_trips']}")
+        return dg.Output(trips, data_version=version, metadata=metadata)
 
 
 @dg.asset(
@@ -105,6 +149,7 @@ def raw_trips(context: dg.AssetExecutionContext, trip_source: TripSource) -> dg.
     kinds={"pandas"},
     owners=["team:ml-platform"],
     tags={"stage": "prepare"},
+    code_version=CODE_VERSIONS["cleaned_trips"],
 )
 def cleaned_trips(context: dg.AssetExecutionContext, raw_trips: pd.DataFrame) -> dg.Output[pd.DataFrame]:
     """Trips with ``duration`` (minutes) kept within [1, 60], location ids as strings, and
@@ -151,6 +196,7 @@ def cleaned_trips(context: dg.AssetExecutionContext, raw_trips: pd.DataFrame) ->
     kinds={"scikitlearn", "scipy"},
     owners=["team:ml-platform"],
     tags={"stage": "build"},
+    code_version=CODE_VERSIONS["training_set"],
 )
 def training_set(context: dg.AssetExecutionContext, cleaned_trips) -> dg.Output[Any]:
     """The course's seven outputs (X, X_train, X_val, y, y_train, y_val, dv) for month M.

@@ -7,6 +7,7 @@ import pandas as pd
 from pydantic import Field
 
 from taxi_assets.lib import charts
+from taxi_assets.lib.catalog import CODE_VERSIONS
 from taxi_assets.lib.history import recorded_rmse
 from taxi_assets.lib.metadata import charts as charts_metadata
 from taxi_assets.lib.metadata import table
@@ -44,6 +45,7 @@ def finished_runs(instance: dg.DagsterInstance, since: dt.datetime) -> pd.DataFr
     kinds={"dagster"},
     owners=["team:ml-platform"],
     tags={"stage": "observe"},
+    code_version=CODE_VERSIONS["pipeline_health"],
 )
 def pipeline_health(context: dg.AssetExecutionContext, config: PipelineHealthConfig) -> dg.MaterializeResult:
     """Completed and failed runs per day per job over the last ``days`` days, and how often each

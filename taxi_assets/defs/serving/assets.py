@@ -8,6 +8,7 @@ import pandas as pd
 from pydantic import Field
 
 from taxi_assets.lib import charts
+from taxi_assets.lib.catalog import CODE_VERSIONS
 from taxi_assets.lib.evaluation import evaluation_charts
 from taxi_assets.lib.history import rmse_history
 from taxi_assets.lib.lifecycle import Stopwatch, step_budget
@@ -22,6 +23,7 @@ from taxi_assets.lib.months import (
 from taxi_assets.lib.tracking import MlflowTracking
 from taxi_assets.ml.budget import Budget
 from taxi_assets.ml.champion import ChampionDecision, ProductionModel, decide
+from taxi_assets.ml.monitoring import realized_error
 from taxi_assets.model_store import newest_decision, read_value
 
 # What production_model keeps back from compiling for writing its value and its metadata.
@@ -157,6 +159,7 @@ def _compiled_for_serving(serving: ProductionModel, features, expected, budget: 
     kinds={"mlflow"},
     owners=["team:ml-platform"],
     tags={"stage": "deploy"},
+    code_version=CODE_VERSIONS["production_model"],
 )
 def production_model(
     context: dg.AssetExecutionContext,
@@ -191,6 +194,8 @@ def production_model(
         context.log.info(f"production_model {month}: {decision.reason}")
         serving = _serving(decision, challenger, champion, month)
         serving_predicted = predicted[challenger.name] if decision.promote else champion_predicted
+        at_selection = realized_error(actual, serving_predicted)
+        serving = dataclasses.replace(serving, share_over_15_minutes=at_selection["share_over_15_minutes"])
 
         serves, alias = _move_champion_alias(context.instance, mlflow, serving, month)
         decision_charts = _decision_charts(
@@ -247,6 +252,7 @@ def production_model(
             "tolerance_minutes": config.tolerance_minutes,
             "validation_rows": len(actual),
             "serving_lookup_table": compiled,
+            "serving_share_over_15_minutes": at_selection["share_over_15_minutes"],
             "budget_seconds": config.timeout_seconds,
             "step_seconds": clock.seconds(),
         },

@@ -9,6 +9,7 @@ import dagster as dg
 from pydantic import Field
 
 from taxi_assets.lib import charts
+from taxi_assets.lib.catalog import CODE_VERSIONS
 from taxi_assets.lib.evaluation import contributions_chart, evaluation_charts, model_metadata
 from taxi_assets.lib.history import rmse_history
 from taxi_assets.lib.lifecycle import Stopwatch, step_budget
@@ -243,6 +244,7 @@ def collect_models(context: dg.OpExecutionContext, trained: list):
     kinds={"scikitlearn", "hyperopt", "mlflow"},
     owners=["team:ml-platform"],
     tags={"stage": "train"},
+    code_version=CODE_VERSIONS["sklearn_models"],
 )
 def sklearn_models(training_set):
     """scikit-learn models tuned with hyperopt and trained, one dynamic step per model, as
@@ -257,6 +259,7 @@ def sklearn_models(training_set):
     kinds={"xgboost", "hyperopt", "mlflow"},
     owners=["team:ml-platform"],
     tags={"stage": "train"},
+    code_version=CODE_VERSIONS["xgboost_model"],
 )
 def xgboost_model(
     context: dg.AssetExecutionContext, config: XGBoostConfig, training_set, mlflow: MlflowTracking

@@ -1,0 +1,1 @@
+"""Monitoring: batch predictions, realized error over time, decay and what it triggers."""

@@ -1,0 +1,213 @@
+"""Watching what serves: each month's trips scored by the model that served when the month's file
+arrived (trip_predictions), every served model's realized error over time (model_performance),
+and a check that the serving model still performs as it did when it was chosen.
+
+Both assets materialize on their own (declarative automation): trip_predictions[M] once a run that
+updated cleaned_trips[M] or production_model[M-1] has finished (after the month's retraining),
+model_performance whenever a month's predictions land.
+"""
+
+import dagster as dg
+import pandas as pd
+from pydantic import Field
+
+from taxi_assets.lib import charts
+from taxi_assets.lib.catalog import CODE_VERSIONS
+from taxi_assets.lib.evaluation import evaluation_charts
+from taxi_assets.lib.history import latest_metadata, metadata_by_partition
+from taxi_assets.lib.metadata import charts as charts_metadata
+from taxi_assets.lib.metadata import table
+from taxi_assets.lib.months import monthly_partitions, previous_month
+from taxi_assets.lib.predictions import PredictionStore
+from taxi_assets.ml.monitoring import (
+    BAD_TRIP_MINUTES,
+    DECAY_TOLERANCE,
+    DECAY_TOLERANCE_REASON,
+    SHARE_FACTOR,
+    Served,
+    judge,
+    performance_table,
+    realized_error,
+    score_trips,
+    worst_trips,
+)
+from taxi_assets.model_store import decision_before
+
+# After a run that updated an input has finished (never while it runs), and without waiting for
+# production_model[M-1]: an older decision served M if M-1 had none.
+AFTER_INPUTS_UPDATE = (
+    dg.AutomationCondition.any_deps_updated().since_last_handled()
+    & ~dg.AutomationCondition.any_deps_missing().allow(dg.AssetSelection.assets("cleaned_trips"))
+    & ~dg.AutomationCondition.any_deps_in_progress()
+    & ~dg.AutomationCondition.in_progress()
+)
+
+
+@dg.asset(
+    partitions_def=monthly_partitions,
+    ins={"cleaned_trips": dg.AssetIn()},
+    deps=[
+        dg.AssetDep("production_model", partition_mapping=dg.TimeWindowPartitionMapping(start_offset=-1, end_offset=-1))
+    ],
+    group_name="monitoring",
+    kinds={"pandas", "parquet"},
+    owners=["team:ml-platform"],
+    tags={"stage": "monitor"},
+    code_version=CODE_VERSIONS["trip_predictions"],
+    automation_condition=AFTER_INPUTS_UPDATE,
+)
+def trip_predictions(
+    context: dg.AssetExecutionContext, cleaned_trips: pd.DataFrame, predictions: PredictionStore
+) -> dg.MaterializeResult:
+    """Every cleaned trip of the month scored by the model that served when the month's file
+    arrived (the newest production decision before the month: it never saw the month), with the
+    minutes each trip really took, as a Parquet file people can read without this code."""
+    month = context.partition_key
+    found = decision_before(context.instance, month)
+    if found is None:
+        raise dg.Failure(
+            description=f"trip_predictions partition {month}: no production decision before {month}, so no model "
+            f"served when its file arrived; retrain {previous_month(month)} first "
+            f"(`taxi-assets materialize --partition {previous_month(month)} --select ...,production_model`)",
+            allow_retries=False,
+        )
+    decided_for, decision = found
+    if decision.model_partition >= month:  # a decision before M holds models of M-1 or older
+        raise dg.Failure(description=f"trip_predictions {month}: {decision.name} was trained for {month}")
+    scored = score_trips(cleaned_trips, decision, decided_for)
+    location = predictions.write(month, scored)
+    realized = realized_error(scored["actual_minutes"], scored["predicted_minutes"])
+    context.log.info(
+        f"trip_predictions {month}: {realized['rows']:,} trips scored by {decision.name} "
+        f"(decided for {decided_for}), RMSE {realized['rmse']:.3f}"
+    )
+    return dg.MaterializeResult(metadata=_metadata(month, scored, realized, decision, decided_for, location))
+
+
+def _metadata(month, scored, realized, decision, decided_for, location) -> dict:
+    model = f"{decision.registered_model or decision.name} v{decision.model_version}"
+    link = dg.MetadataValue.url(location) if location.startswith("s3://") else dg.MetadataValue.path(location)
+    return {
+        "charts": charts_metadata(
+            evaluation_charts(decision.name, month, scored["actual_minutes"], scored["predicted_minutes"])
+        ),
+        "dagster/row_count": realized["rows"],
+        "rmse": realized["rmse"],
+        "mae": realized["mae"],
+        "p90_abs_error_minutes": realized["p90_abs_error"],
+        "share_over_15_minutes": realized["share_over_15_minutes"],
+        "model": model,
+        "model_name": decision.name,
+        "model_trained_for": decision.model_partition,
+        "decided_for": decided_for,
+        "validation_rmse_at_selection": decision.rmse,
+        "share_over_15_minutes_at_selection": (
+            decision.share_over_15_minutes if decision.share_over_15_minutes is not None else float("nan")
+        ),
+        "file": link,
+        "worst_trips": table(worst_trips(scored)),
+    }
+
+
+class ServingModelCheckConfig(dg.Config):
+    """How much worse than at its selection the serving model may do on a later month."""
+
+    tolerance: float = Field(
+        default=DECAY_TOLERANCE,
+        ge=0,
+        description="Realized RMSE may exceed the RMSE the model was chosen with by this fraction (0.10: 10 %). "
+        + DECAY_TOLERANCE_REASON,
+    )
+    share_factor: float = Field(
+        default=SHARE_FACTOR,
+        gt=1,
+        description=f"Also decayed when the share of trips off by more than {BAD_TRIP_MINUTES:g} minutes reaches "
+        "this multiple of its share when the model was chosen.",
+    )
+
+
+def _partitioned_check(function):
+    import warnings
+
+    with warnings.catch_warnings():  # per-partition checks are a preview feature we use knowingly
+        warnings.filterwarnings("ignore", category=dg.PreviewWarning)
+        return dg.asset_check(
+            asset="trip_predictions",
+            partitions_def=monthly_partitions,
+            blocking=False,
+            description="The model that served a month still performs: its realized RMSE on the month is within "
+            f"the tolerance (default {DECAY_TOLERANCE:.0%}) of its RMSE when it was chosen, and the share of trips off "
+            f"by more than {BAD_TRIP_MINUTES:g} minutes has not doubled. A failure alerts and asks for a retraining.",
+        )(function)
+
+
+def serving_model_performs(context: dg.AssetCheckExecutionContext, config: ServingModelCheckConfig):
+    month = context.partition_key
+    recorded = latest_metadata(context.instance, "trip_predictions", month)
+    if recorded is None:
+        raise dg.Failure(description=f"trip_predictions {month} has no materialization to check", allow_retries=False)
+    share = recorded.get("share_over_15_minutes_at_selection")
+    verdict = judge(
+        month,
+        recorded["model"],
+        {"rmse": recorded["rmse"], "share_over_15_minutes": recorded["share_over_15_minutes"]},
+        recorded["validation_rmse_at_selection"],
+        None if share is None or share != share else share,  # NaN: the decision did not record it
+        config.tolerance,
+        config.share_factor,
+    )
+    return dg.AssetCheckResult(
+        passed=not verdict.decayed,
+        severity=dg.AssetCheckSeverity.ERROR,
+        description=verdict.describe(),
+        metadata={
+            "month": month,
+            "model": recorded["model"],
+            "realized_rmse": verdict.realized_rmse,
+            "expected_rmse": verdict.expected_rmse,
+            "tolerance": f"{config.tolerance:.0%}",
+            "realized_share_over_15_minutes": verdict.realized_share,
+        },
+    )
+
+
+serving_model_performs_check = _partitioned_check(serving_model_performs)
+
+
+@dg.asset(
+    deps=["trip_predictions"],
+    group_name="monitoring",
+    kinds={"dagster"},
+    owners=["team:ml-platform"],
+    tags={"stage": "monitor"},
+    code_version=CODE_VERSIONS["model_performance"],
+    automation_condition=dg.AutomationCondition.any_deps_updated().since_last_handled()
+    & ~dg.AutomationCondition.any_deps_in_progress()
+    & ~dg.AutomationCondition.in_progress(),
+)
+def model_performance(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+    """Every model that has served, and its realized RMSE on every month it scored, from the
+    months' trip_predictions (their recorded metadata: no data is read). One line per model; a
+    line climbing away from its validation RMSE is a model decaying."""
+    scored = [
+        Served(
+            month=month,
+            model=metadata["model"],
+            trained_for=metadata["model_trained_for"],
+            chosen_for=metadata["decided_for"],
+            validation_rmse=float(metadata["validation_rmse_at_selection"]),
+            realized_rmse=float(metadata["rmse"]),
+        )
+        for month, metadata in sorted(metadata_by_partition(context.instance, "trip_predictions").items())
+    ]
+    months, rows = performance_table(scored)
+    frame = pd.DataFrame(rows, columns=["model", "trained_for", "chosen_for", "validation_rmse", *months])
+    chart = charts.model_performance(rows, months, "Realized RMSE of each served model by month")
+    return dg.MaterializeResult(
+        metadata={
+            "charts": charts_metadata({"realized_rmse_by_month": chart}),
+            "performance": table(frame),
+            "models": len(rows),
+            "months": len(months),
+        }
+    )

@@ -1,0 +1,44 @@
+"""Every use of Dagster's private modules (``dagster._...``), in one place: they are what breaks first
+on a Dagster upgrade, so each says why it is needed and what public API would replace it.
+"""
+
+from __future__ import annotations
+
+
+def stale_status_resolver(instance, asset_graph):
+    """Dagster's own answer to "is this partition missing, unsynced or fresh, and why": the
+    resolver behind the UI's "Unsynced" tags and GraphQL's ``staleStatus``/``staleCauses``. The
+    sensor asks it per month, so it decides from the same versions the UI shows. Public API has
+    ``RunRequest(stale_assets_only=True)``, which ignores partitions (dagster-io/dagster#18921)."""
+    from dagster._core.asset_graph_view.asset_graph_view import AssetGraphView
+    from dagster._core.definitions.data_version import CachingStaleStatusResolver
+    from dagster._core.definitions.temporal_context import TemporalContext
+    from dagster._time import get_current_datetime
+
+    view = AssetGraphView(
+        temporal_context=TemporalContext(effective_dt=get_current_datetime(), last_event_id=None),
+        instance=instance,
+        asset_graph=asset_graph,
+    )
+    return CachingStaleStatusResolver(instance, asset_graph, view)
+
+
+def failed_check_evaluations(instance, asset: str, check: str, limit: int = 100) -> list:
+    """The newest failed evaluations of one asset check (newest first), as
+    ``(storage id, partition, timestamp, run id, metadata)``. The decay sensor answers each once.
+    Public API has the check's latest result per partition, not the history a sensor needs to
+    catch every failure between two ticks."""
+    import dagster as dg
+    from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
+
+    key = dg.AssetCheckKey(dg.AssetKey(asset), check)
+    records = instance.event_log_storage.get_asset_check_execution_history(
+        key, limit=limit, status={AssetCheckExecutionRecordStatus.FAILED}
+    )
+    found = []
+    for record in records:
+        event = record.event.dagster_event if record.event is not None else None
+        data = event.asset_check_evaluation_data if event is not None else None
+        metadata = {name: getattr(value, "value", value) for name, value in (data.metadata if data else {}).items()}
+        found.append((record.id, record.partition, record.create_timestamp, record.run_id, metadata))
+    return found
