@@ -16,6 +16,7 @@ import pandas as pd
 # 6.4 x 3.2 inches at 125 dpi: 800 x 400 px, sharp in the UI's dialog and readable in a README.
 WIDTH, HEIGHT, DPI = 6.4, 3.2, 125
 TITLE_CHARACTERS = 62  # a 12 pt title line across the figure's 6.4 inches
+BLUE = "#4c78a8"  # bars and points in every chart, plain_charts' too
 
 
 def _figure(height: float = HEIGHT):
@@ -65,7 +66,7 @@ def pickups_per_day(pickups: pd.Series, title: str, start=None, end=None) -> byt
         _no_data(axes, "no trips")
     else:
         per_day = times.dt.floor("D").value_counts().sort_index()
-        axes.bar(mdates.date2num(per_day.index.to_pydatetime()), per_day.to_numpy(), width=0.8, color="#4c78a8")
+        axes.bar(mdates.date2num(per_day.index.to_pydatetime()), per_day.to_numpy(), width=0.8, color=BLUE)
         if start is not None and end is not None:
             # Only the month's own days: no tick at the first of the next month.
             first, last = (
@@ -97,7 +98,7 @@ def bars(
     else:
         names = [name for name, _ in items]
         numbers = [value for _, value in items]
-        colors = ["#e45756" if name == highlight else "#4c78a8" for name in names]
+        colors = ["#e45756" if name == highlight else BLUE for name in names]
         drawn = axes.barh(names, numbers, color=colors)
         axes.bar_label(drawn, labels=[fmt.format(value) for value in numbers], padding=3, fontsize=8)
         axes.set_xlim(0, max(max(numbers), 1e-9) * 1.2)
@@ -127,7 +128,7 @@ def histogram(values: pd.Series, title: str, xlabel: str, bins: int = 60, clip_q
             if beyond:
                 data = data[data <= limit]
                 note = f" ({beyond:,} above {limit:,.1f} not shown)"
-        axes.hist(data.to_numpy(), bins=bins, color="#4c78a8")
+        axes.hist(data.to_numpy(), bins=bins, color=BLUE)
         axes.set_xlabel(xlabel + note)
         axes.set_ylabel("trips")
     return _png(figure, title)
@@ -145,7 +146,7 @@ def predicted_vs_actual(
         if actual.size > sample:
             pick = np.random.default_rng(seed).choice(actual.size, sample, replace=False)
             actual, predicted = actual[pick], predicted[pick]
-        axes.scatter(actual, predicted, s=3, alpha=0.3, color="#4c78a8")
+        axes.scatter(actual, predicted, s=3, alpha=0.3, color=BLUE)
         high = float(max(actual.max(), predicted.max()))
         low = float(min(actual.min(), predicted.min(), 0))
         axes.plot([low, high], [low, high], color="#e45756", linewidth=1)
