@@ -1,5 +1,9 @@
 """Charts as PNG bytes, with matplotlib's non-interactive Agg backend. No Dagster here.
 
+The model and observability charts. The data-preparation charts are drawn with Pillow in
+``plain_charts`` (matplotlib's import costs more than those steps' work) with this module's look:
+its size, margins, title wrapping and bar colour, which it takes from here.
+
 Every function copes with empty input by drawing the empty axes with a "no data" note, so an
 empty month or a first run never fails a materialization over a picture. Dates go through
 matplotlib's date converters (``mdates``) rather than strings, so axes stay readable.
@@ -48,37 +52,6 @@ def _no_data(axes, message: str = "no data") -> None:
     axes.text(0.5, 0.5, message, ha="center", va="center", transform=axes.transAxes, color="grey")
     axes.set_xticks([])
     axes.set_yticks([])
-
-
-def pickups_per_day(pickups: pd.Series, title: str, start=None, end=None) -> bytes:
-    """Trips per calendar day of pickup, as bars on a date axis; with ``start``/``end`` only
-    pickups in [start, end) are drawn (TLC files carry a few stray years) and the rest counted."""
-    import matplotlib.dates as mdates
-
-    figure, axes = _figure()
-    times = pd.to_datetime(pickups, errors="coerce").dropna()
-    if start is not None and end is not None:
-        inside = (times >= start) & (times < end)
-        if (~inside).sum():
-            title += f" ({int((~inside).sum()):,} outside the month not shown)"
-        times = times[inside]
-    if times.empty:
-        _no_data(axes, "no trips")
-    else:
-        per_day = times.dt.floor("D").value_counts().sort_index()
-        axes.bar(mdates.date2num(per_day.index.to_pydatetime()), per_day.to_numpy(), width=0.8, color=BLUE)
-        if start is not None and end is not None:
-            # Only the month's own days: no tick at the first of the next month.
-            first, last = (
-                mdates.date2num(pd.Timestamp(start).to_pydatetime()),
-                mdates.date2num(pd.Timestamp(end).to_pydatetime()),
-            )
-            axes.set_xlim(float(first) - 0.6, float(last) - 0.4)
-        locator = mdates.AutoDateLocator(maxticks=8)
-        axes.xaxis.set_major_locator(locator)
-        axes.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator))
-        axes.set_ylabel("trips")
-    return _png(figure, title)
 
 
 def bars(

@@ -84,16 +84,6 @@ def test_profile_handles_datetimes_and_empty_frames():
 @pytest.mark.parametrize(
     "make",
     [
-        lambda empty: charts.pickups_per_day(
-            pd.Series(
-                pd.to_datetime(
-                    [] if empty else ["2024-02-01 08:00", "2024-02-01 09:00", "2024-02-03 10:00", "2009-01-01 00:00"]
-                )
-            ),
-            "pickups",
-            pd.Timestamp("2024-02-01"),
-            pd.Timestamp("2024-03-01"),
-        ),
         lambda empty: charts.bars({} if empty else {"a": 1.0, "b": 2.0}, "bars", "x"),
         lambda empty: charts.histogram(pd.Series([] if empty else [1.0, 2.0, 3.0]), "hist", "x"),
         lambda empty: charts.predicted_vs_actual(
@@ -118,7 +108,7 @@ def test_profile_handles_datetimes_and_empty_frames():
         ),
         lambda empty: charts.pie({} if empty else {"xgboost": 2, "Lasso": 1}, "pie"),
     ],
-    ids=["pickups", "bars", "histogram", "predicted_vs_actual", "series", "runs_per_day", "pie"],
+    ids=["bars", "histogram", "predicted_vs_actual", "series", "runs_per_day", "pie"],
 )
 @pytest.mark.parametrize("empty", [False, True], ids=["data", "empty"])
 def test_charts_render_with_data_and_when_empty(make, empty):

@@ -8,7 +8,7 @@ from typing import Any
 import dagster as dg
 import pandas as pd
 
-from taxi_assets.lib import charts
+from taxi_assets.lib import plain_charts as charts  # drawn with Pillow: no matplotlib in data preparation
 from taxi_assets.lib.metadata import charts as charts_metadata
 from taxi_assets.lib.metadata import column_schema, null_counts, summary_table, table
 from taxi_assets.lib.months import (
