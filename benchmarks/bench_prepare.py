@@ -160,8 +160,11 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=5)
     args = parser.parse_args()
 
+    load_before = os.getloadavg()[0]
     build_rows, build_summary = bench_build(args.repeat)
     process_rows, process_summary = bench_process(args.repeat)
+    # Other work on the machine slows both sides, not always alike: say how busy it was.
+    load = f"1-minute load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after ({os.cpu_count()} cores)."
     body = "\n\n".join(
         [
             f"(a) training-set build, 2024-02, median of {args.repeat}:",
@@ -170,6 +173,7 @@ def main() -> None:
             f"(b) whole `dagster asset materialize` process, median wall / max peak RSS of {args.repeat}:",
             table(["command", "wall", "peak RSS", "vs floor"], process_rows),
             process_summary,
+            load,
             "Command: `python benchmarks/bench_prepare.py --repeat " + str(args.repeat) + "`",
         ]
     )

@@ -1,5 +1,9 @@
 """Charts as PNG bytes, with matplotlib's non-interactive Agg backend. No Dagster here.
 
+The model and observability charts. The data-preparation charts are drawn with Pillow in
+``plain_charts`` (matplotlib's import costs more than those steps' work) with this module's look:
+its size, margins, title wrapping and bar colour, which it takes from here.
+
 Every function copes with empty input by drawing the empty axes with a "no data" note, so an
 empty month or a first run never fails a materialization over a picture. Dates go through
 matplotlib's date converters (``mdates``) rather than strings, so axes stay readable.
@@ -16,6 +20,7 @@ import pandas as pd
 # 6.4 x 3.2 inches at 125 dpi: 800 x 400 px, sharp in the UI's dialog and readable in a README.
 WIDTH, HEIGHT, DPI = 6.4, 3.2, 125
 TITLE_CHARACTERS = 62  # a 12 pt title line across the figure's 6.4 inches
+BLUE = "#4c78a8"  # bars and points in every chart, plain_charts' too
 
 
 def _figure(height: float = HEIGHT):
@@ -49,37 +54,6 @@ def _no_data(axes, message: str = "no data") -> None:
     axes.set_yticks([])
 
 
-def pickups_per_day(pickups: pd.Series, title: str, start=None, end=None) -> bytes:
-    """Trips per calendar day of pickup, as bars on a date axis; with ``start``/``end`` only
-    pickups in [start, end) are drawn (TLC files carry a few stray years) and the rest counted."""
-    import matplotlib.dates as mdates
-
-    figure, axes = _figure()
-    times = pd.to_datetime(pickups, errors="coerce").dropna()
-    if start is not None and end is not None:
-        inside = (times >= start) & (times < end)
-        if (~inside).sum():
-            title += f" ({int((~inside).sum()):,} outside the month not shown)"
-        times = times[inside]
-    if times.empty:
-        _no_data(axes, "no trips")
-    else:
-        per_day = times.dt.floor("D").value_counts().sort_index()
-        axes.bar(mdates.date2num(per_day.index.to_pydatetime()), per_day.to_numpy(), width=0.8, color="#4c78a8")
-        if start is not None and end is not None:
-            # Only the month's own days: no tick at the first of the next month.
-            first, last = (
-                mdates.date2num(pd.Timestamp(start).to_pydatetime()),
-                mdates.date2num(pd.Timestamp(end).to_pydatetime()),
-            )
-            axes.set_xlim(float(first) - 0.6, float(last) - 0.4)
-        locator = mdates.AutoDateLocator(maxticks=8)
-        axes.xaxis.set_major_locator(locator)
-        axes.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator))
-        axes.set_ylabel("trips")
-    return _png(figure, title)
-
-
 def bars(
     values: Mapping[str, float],
     title: str,
@@ -97,7 +71,7 @@ def bars(
     else:
         names = [name for name, _ in items]
         numbers = [value for _, value in items]
-        colors = ["#e45756" if name == highlight else "#4c78a8" for name in names]
+        colors = ["#e45756" if name == highlight else BLUE for name in names]
         drawn = axes.barh(names, numbers, color=colors)
         axes.bar_label(drawn, labels=[fmt.format(value) for value in numbers], padding=3, fontsize=8)
         axes.set_xlim(0, max(max(numbers), 1e-9) * 1.2)
@@ -127,7 +101,7 @@ def histogram(values: pd.Series, title: str, xlabel: str, bins: int = 60, clip_q
             if beyond:
                 data = data[data <= limit]
                 note = f" ({beyond:,} above {limit:,.1f} not shown)"
-        axes.hist(data.to_numpy(), bins=bins, color="#4c78a8")
+        axes.hist(data.to_numpy(), bins=bins, color=BLUE)
         axes.set_xlabel(xlabel + note)
         axes.set_ylabel("trips")
     return _png(figure, title)
@@ -145,7 +119,7 @@ def predicted_vs_actual(
         if actual.size > sample:
             pick = np.random.default_rng(seed).choice(actual.size, sample, replace=False)
             actual, predicted = actual[pick], predicted[pick]
-        axes.scatter(actual, predicted, s=3, alpha=0.3, color="#4c78a8")
+        axes.scatter(actual, predicted, s=3, alpha=0.3, color=BLUE)
         high = float(max(actual.max(), predicted.max()))
         low = float(min(actual.min(), predicted.min(), 0))
         axes.plot([low, high], [low, high], color="#e45756", linewidth=1)

@@ -10,7 +10,7 @@ from typing import Any
 import dagster as dg
 import pandas as pd
 
-from taxi_assets.lib import charts
+from taxi_assets.lib import plain_charts as charts  # drawn with Pillow: no matplotlib in data preparation
 from taxi_assets.lib.catalog import CODE_VERSIONS
 from taxi_assets.lib.history import observed_version
 from taxi_assets.lib.metadata import charts as charts_metadata
