@@ -150,8 +150,7 @@ def update() -> None:
     catalog = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(catalog)
     lock = {
-        asset: {"code_version": catalog.CODE_VERSIONS[asset], "logic": logic}
-        for asset, logic in fingerprints().items()
+        asset: {"code_version": catalog.CODE_VERSIONS[asset], "logic": logic} for asset, logic in fingerprints().items()
     }
     LOCK.write_text(json.dumps(lock, indent=1, sort_keys=True) + "\n")
     print(f"recorded the logic of {len(lock)} assets in {LOCK}")

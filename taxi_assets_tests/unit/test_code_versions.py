@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 
-import dagster as dg
 import pytest
 
 from taxi_assets.lib.catalog import CODE_VERSIONS
@@ -17,10 +16,7 @@ def test_every_asset_has_its_code_version_from_the_catalog():
     from taxi_assets.definitions import build_defs
 
     graph = build_defs().resolve_asset_graph()
-    versions = {
-        key.to_user_string(): graph.get(key).code_version
-        for key in graph.materializable_asset_keys
-    }
+    versions = {key.to_user_string(): graph.get(key).code_version for key in graph.materializable_asset_keys}
     assert versions == CODE_VERSIONS
     assert set(LOGIC) == set(CODE_VERSIONS)
 
