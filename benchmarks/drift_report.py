@@ -19,7 +19,7 @@ from taxi_assets.ml.quality import DRIFT_EDGES, histogram, ks_statistic, psi  # 
 
 def main() -> None:
     source = LocalTripSource(directory=os.environ.get("TAXI_DATA_DIR", "../shared/data/taxi/green"))
-    months = sorted(source.available_months())
+    months = sorted(source.data_versions())
     print("| month | dropped share (change, points) | duration PSI / KS | trip_distance PSI / KS |")
     print("|---|---|---|---|")
     previous = None

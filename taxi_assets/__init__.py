@@ -1,7 +1,8 @@
 """taxi_assets: NYC green-taxi trip durations as a Dagster asset graph.
 
 ``taxi_assets.load_model()`` returns the predictor that serves (the newest production_model
-decision); ``taxi_assets.load_model("xgboost")`` the latest materialized XGBoost model.
+decision); ``taxi_assets.load_model("xgboost")`` the latest materialized XGBoost model;
+``taxi_assets.predictions("2024-02")`` a month's batch predictions as a DataFrame.
 Importing the package stays light; Dagster loads ``taxi_assets.definitions``.
 """
 
@@ -13,4 +14,11 @@ def load_model(name: str | None = None, partition: str | None = None, instance=N
     return _load_model(name=name, partition=partition, instance=instance)
 
 
-__all__ = ["load_model"]
+def predictions(month: str, instance=None):
+    """See :func:`taxi_assets.apps.api.predictions`."""
+    from taxi_assets.apps.api import predictions as _predictions
+
+    return _predictions(month, instance=instance)
+
+
+__all__ = ["load_model", "predictions"]

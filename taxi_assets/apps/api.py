@@ -7,7 +7,7 @@ import dagster as dg
 from taxi_assets.ml.predictor import TripDurationPredictor
 from taxi_assets.model_store import ModelNotFoundError, load_trained_model, serving_model
 
-__all__ = ["ModelNotFoundError", "load_model"]
+__all__ = ["ModelNotFoundError", "load_model", "predictions"]
 
 
 def load_model(
@@ -27,3 +27,15 @@ def load_model(
             raise ValueError("partition needs a model name; without one, load_model gives the model that serves")
         return serving_model(instance).predictor
     return load_trained_model(instance, name, partition)
+
+
+def predictions(month: str, instance: dg.DagsterInstance | None = None):
+    """Month ``month``'s batch predictions (``trip_predictions``) as a pandas DataFrame: every
+    cleaned trip with the minutes the serving model predicted and the minutes it took, and which
+    model it was. Read from the Parquet file (locally under the instance, or in S3 in production);
+    ``FileNotFoundError`` says how to make it when the month was never scored."""
+    from taxi_assets.lib.months import parse_partition
+    from taxi_assets.lib.predictions import prediction_store_from_env
+
+    instance = instance or dg.DagsterInstance.get()
+    return prediction_store_from_env(instance).read(parse_partition(month))

@@ -15,6 +15,8 @@ from collections.abc import Sequence
 
 from taxi_assets.lib.catalog import RETRAINING_ASSETS
 
+MONTHLY_ASSETS = [*RETRAINING_ASSETS, "trip_predictions"]
+
 DEFAULT_SELECTION = "raw_trips,cleaned_trips,training_set"  # the models: add sklearn_models,xgboost_model
 
 
@@ -131,7 +133,7 @@ def materialize(
     from taxi_assets.lib.months import NEEDS_PREVIOUS_MONTH, PREVIOUS_MONTH_ASSETS, has_previous_month, previous_month
 
     asset_names = [name.strip() for name in selection.split(",") if name.strip()]
-    known = set(RETRAINING_ASSETS)
+    known = set(MONTHLY_ASSETS)
     unknown = [name for name in asset_names if name not in known]
     if unknown:
         print(f"error: unknown asset(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}", file=sys.stderr)
@@ -167,6 +169,37 @@ def materialize(
     return 0 if ok else 1
 
 
+PERFORMANCE_COLUMNS = (
+    ("month", 8), ("model", 32), ("trained", 8), ("chosen", 8), ("RMSE chosen", 12), ("RMSE", 7), ("MAE", 6),
+    ("p90", 6), (">15 min", 8),
+)  # fmt: skip
+
+
+def print_performance(month: str | None) -> int:
+    """The realized error of each served model on each month it scored, from trip_predictions'
+    metadata (no data is read); exit 1 when there is nothing to show."""
+    import dagster as dg
+
+    from taxi_assets.lib.history import metadata_by_partition
+
+    scored = metadata_by_partition(dg.DagsterInstance.get(), "trip_predictions")
+    months = [month] if month else sorted(scored)
+    missing = [key for key in months if key not in scored]
+    if not months or missing:
+        what = f"no batch predictions for {missing[0]}" if missing else "no month has batch predictions yet"
+        print(f"{what}: trip_predictions runs on its own after a month's retraining, or materialize it "
+              "(`taxi-assets materialize --partition YYYY-MM --select trip_predictions`)", file=sys.stderr)  # fmt: skip
+        return 1
+    print("  ".join(name.ljust(width) for name, width in PERFORMANCE_COLUMNS).rstrip())
+    for key in months:
+        m = scored[key]
+        values = (key, m["model"], m["model_trained_for"], m["decided_for"], f"{m['validation_rmse_at_selection']:.3f}",
+                  f"{m['rmse']:.3f}", f"{m['mae']:.2f}", f"{m['p90_abs_error_minutes']:.2f}",
+                  f"{m['share_over_15_minutes']:.1%}")  # fmt: skip
+        print("  ".join(str(v).ljust(w) for v, (_, w) in zip(values, PERFORMANCE_COLUMNS, strict=True)).rstrip())
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="taxi-assets",
@@ -182,7 +215,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--select",
         default=DEFAULT_SELECTION,
         metavar="ASSETS",
-        help=f"comma-separated monthly assets, from: {', '.join(RETRAINING_ASSETS)} (default: {DEFAULT_SELECTION})",
+        help=f"comma-separated monthly assets, from: {', '.join(MONTHLY_ASSETS)} (default: {DEFAULT_SELECTION})",
     )
     run.add_argument("--partition", action="append", default=[], metavar="YYYY-MM", help="a month; repeatable")
     run.add_argument(
@@ -209,6 +242,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=5.0,
         help="seconds between checks for a new production model (0: never)",
     )
+    performance = commands.add_parser(
+        "performance", help="print the realized error of the models that served, month by month (trip_predictions)"
+    )
+    performance.add_argument("--month", metavar="YYYY-MM", help="one month only")
     args = parser.parse_args(argv)
 
     if not os.environ.get("DAGSTER_HOME"):
@@ -218,6 +255,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"DAGSTER_HOME={os.environ['DAGSTER_HOME']} is not a folder; point it at the project's checkout "
             "(export DAGSTER_HOME=$PWD) or at a folder with your dagster.yaml"
         )
+    if args.command == "performance":
+        return print_performance(args.month)
     if args.command == "serve":
         from taxi_assets.apps.server import serve as run_server
 

@@ -18,10 +18,11 @@ def _plain(value: Any) -> Any:
     return getattr(value, "value", value)
 
 
-def latest_metadata(instance: dg.DagsterInstance, asset: str, partition: str) -> dict[str, Any] | None:
-    """The newest materialization's metadata for one partition, as plain values, or None."""
+def latest_metadata(instance: dg.DagsterInstance, asset: str, partition: str | None) -> dict[str, Any] | None:
+    """The newest materialization's metadata (of one partition), as plain values, or None."""
+    partitions = [partition] if partition is not None else None
     result = instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), asset_partitions=[partition]), limit=1
+        dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), asset_partitions=partitions), limit=1
     )
     if not result.records:
         return None

@@ -29,6 +29,15 @@ def _window(month: str):
         raise ValueError(f"month must look like YYYY-MM, got {month!r}") from None
 
 
+def parse_partition(month: str) -> str:
+    """``month`` if it is a partition key (``YYYY-MM``, from the first month on); ``ValueError``
+    naming the valid range otherwise."""
+    keys = partition_keys()
+    if month not in keys:
+        raise ValueError(f"unknown month {month!r}: months run from {keys[0]} to {keys[-1]} (YYYY-MM)")
+    return month
+
+
 def month_start(month: str) -> pd.Timestamp:
     """The first instant of the month: where the training set splits train from validation."""
     return pd.Timestamp(_window(month).start.replace(tzinfo=None))

@@ -33,7 +33,7 @@ def run(args, home: Path, data_dir: Path = DATA_DIR, env: dict | None = None):
     # set_tracking_uri writes the environment); a user's shell would not have it.
     inherited = {key: value for key, value in os.environ.items() if not key.startswith("MLFLOW_")}
     env = {**inherited, "DAGSTER_HOME": str(home), "TAXI_DATA_DIR": str(data_dir), **(env or {})}
-    return subprocess.run(args, cwd=home.parent / "elsewhere", env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run(args, cwd=home.parent / "elsewhere", env=env, capture_output=True, text=True, timeout=1800)
 
 
 def runs_by_status(home: Path):
@@ -125,7 +125,7 @@ def test_dagster_definitions_validate_and_dg_check_defs(project_home):
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=1800,
         env={**os.environ, "DAGSTER_HOME": str(project_home), "VIRTUAL_ENV": str(BIN.parent)},
     )
     assert checked.returncode == 0 and "All definitions loaded successfully" in checked.stdout + checked.stderr, (
@@ -136,7 +136,7 @@ def test_dagster_definitions_validate_and_dg_check_defs(project_home):
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=1800,
         env={
             **os.environ,
             "DAGSTER_HOME": str(project_home),

@@ -1,8 +1,11 @@
 """The retraining lifecycle under real use: `dg dev` (webserver, daemon, code server) on the
-project's own dagster.yaml, the sensor on, runs killed and terminated mid-training.
+project's own dagster.yaml, the sensor on: a prepared month trained on the first tick, runs killed
+and terminated mid-training, a touched file that starts nothing and a changed one that retrains
+exactly the months that read it.
 
 Everything runs from a working directory that is not the project's, with DAGSTER_HOME pointing
-at a temporary copy of the project's instance config: state must follow DAGSTER_HOME.
+at a temporary copy of the project's instance config: state must follow DAGSTER_HOME. The
+sensor's retrainings use small budgets (TAXI_RETRAINING_RUN_CONFIG).
 """
 
 from __future__ import annotations
@@ -17,9 +20,11 @@ from pathlib import Path
 
 import dagster as dg
 import mlflow
+import pandas as pd
 import pytest
+import yaml
 
-from taxi_assets_tests.helpers import DATA_DIR, REPO_ROOT
+from taxi_assets_tests.helpers import DATA_DIR, REPO_ROOT, TINY_BUDGET
 from taxi_assets_tests.stack import GraphQL, Processes, wait_for
 
 BIN = Path(sys.executable).parent
@@ -50,20 +55,23 @@ def stack(tmp_path_factory):
     shutil.copy(REPO_ROOT / "dagster.yaml", home / "dagster.yaml")
     for month in ("01", "02"):
         shutil.copy(DATA_DIR / "2024" / f"{month}.parquet", data / "2024" / f"{month}.parquet")
+    tiny = root / "retraining.yaml"
+    tiny.write_text(yaml.safe_dump(TINY_BUDGET.to_config_dict()))
     env = {key: value for key, value in os.environ.items() if not key.startswith(("TAXI_", "DAGSTER_", "MLFLOW_"))} | {
         "DAGSTER_HOME": str(home),
         "TAXI_DATA_DIR": str(data),
         "TAXI_SENSOR_INTERVAL_SECONDS": "5",
+        "TAXI_RETRAINING_RUN_CONFIG": str(tiny),
         "VIRTUAL_ENV": str(BIN.parent),  # the project's environment, as `source .venv/bin/activate` sets it
     }
-    # Both months prepared first, from another folder: the sensor then finds nothing new.
+    # README command 1: 2024-02 prepared by hand (and 2024-01's trips), no model, from another folder.
     prepared = subprocess.run(
         [BIN / "taxi-assets", "materialize", "--partition", "2024-02"],
         cwd=elsewhere,
         env=env,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=1800,
     )
     assert prepared.returncode == 0, prepared.stdout + prepared.stderr
     processes = Processes(root, env)
@@ -102,6 +110,7 @@ def stack(tmp_path_factory):
                     "graphql": graphql,
                     "instance": instance,
                     "home": home,
+                    "data": data,
                     "env": env,
                     "elsewhere": elsewhere,
                     "processes": processes,
@@ -156,6 +165,31 @@ def finished(instance, run_id):
         if run.status in (dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED)
         else None
     )
+
+
+def sensor_runs(instance, after: float = 0.0):
+    """Runs the new-data sensor asked for (after a time), oldest first."""
+    runs = instance.get_run_records(filters=dg.RunsFilter(tags={"dagster/sensor_name": "new_trip_data_sensor"}))
+    return sorted((r for r in runs if r.create_timestamp.timestamp() > after), key=lambda r: r.create_timestamp)
+
+
+def all_finished(instance, records) -> bool:
+    return all(finished(instance, record.dagster_run.run_id) for record in records)
+
+
+def test_the_sensors_first_tick_trains_the_prepared_month(stack):
+    """2024-02 was prepared by hand and has no model: the first tick retrains it (2024-01, never
+    trained either, is left alone until its file changes). Nothing else is asked for."""
+    instance = stack["instance"]
+    [record] = wait_for(lambda: sensor_runs(instance), 300, "the sensor's first run")
+    run = wait_for(lambda: finished(instance, record.dagster_run.run_id), 900, "the sensor's retraining of 2024-02")
+    assert run.status == dg.DagsterRunStatus.SUCCESS, run.run_id
+    assert run.tags["dagster/partition"] == "2024-02" and run.tags["taxi_assets/retrain_month"] == "2024-02"
+    [decision] = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=dg.AssetKey("production_model"), asset_partitions=["2024-02"]), limit=1
+    ).records
+    assert decision.run_id == run.run_id
+    assert [r.dagster_run.run_id for r in sensor_runs(instance)] == [run.run_id]
 
 
 def test_killed_run_worker_is_failed_mlflow_runs_ended_and_month_retried(stack):
@@ -298,12 +332,10 @@ def test_sigterm_to_a_materialize_process_cancels_it(stack):
     assert {r.info.status for r in mlflow_runs(client, run_id)} == {"KILLED"}
 
 
-def test_dg_dev_started_calmly(stack):
-    """Both months were ingested before the start: the sensor (on, ticking every 5 s) requested
-    nothing all along, and dg dev printed no warning the project could avoid."""
+def test_dg_dev_printed_no_avoidable_warning(stack):
+    """The sensor ticked (every 5 s) without failing, and dg dev printed no warning the project
+    could avoid."""
     instance = stack["instance"]
-    by_sensor = [run for run in instance.get_runs() if run.tags.get("dagster/sensor_name") == "new_trip_data_sensor"]
-    assert by_sensor == [], [(run.run_id, run.tags) for run in by_sensor]
     [state] = [state for state in instance.all_instigator_state() if state.name == "new_trip_data_sensor"]
     ticks = instance.get_ticks(state.instigator_origin_id, state.selector_id)
     assert ticks and all(tick.status.value in ("SKIPPED", "SUCCESS") for tick in ticks), ticks
@@ -318,6 +350,48 @@ def test_dg_dev_started_calmly(stack):
     )
     avoidable = [line for line in warnings if not any(text in line for text in expected)]
     assert avoidable == [], avoidable
+
+
+def test_a_touched_file_starts_nothing_and_a_changed_one_retrains_the_months_that_read_it(stack):
+    """Same bytes with a new modification time: the same version, no run. 2024-01's content
+    changes: the sensor prepares 2024-01 again (it has no previous month here) and then retrains
+    2024-02, whose training set reads January's trips; nothing else."""
+    instance, data = stack["instance"], stack["data"]
+    [state] = [state for state in instance.all_instigator_state() if state.name == "new_trip_data_sensor"]
+
+    def ticks_since(when: float) -> int:
+        ticks = instance.get_ticks(state.instigator_origin_id, state.selector_id)
+        return sum(1 for tick in ticks if tick.timestamp > when)
+
+    february = data / "2024" / "02.parquet"
+    stat = february.stat()
+    os.utime(february, ns=(stat.st_atime_ns, stat.st_mtime_ns + 5_000_000_000))
+    touched = time.time()
+    wait_for(lambda: ticks_since(touched) >= 2, 300, "two sensor ticks after the touch")  # events, not seconds
+    assert sensor_runs(instance, after=touched) == []
+
+    january = data / "2024" / "01.parquet"
+    trips = pd.read_parquet(january)
+    trips.loc[0, "trip_distance"] += 0.01
+    trips.to_parquet(january)
+    changed = time.time()
+
+    def both_done():
+        runs = sensor_runs(instance, after=changed)
+        return runs if len(runs) >= 2 and all_finished(instance, runs) else None
+
+    runs = wait_for(both_done, 1200, "the sensor's runs for the changed file")
+    assert [(r.dagster_run.tags["dagster/partition"], r.dagster_run.status) for r in runs] == [
+        ("2024-01", dg.DagsterRunStatus.SUCCESS),
+        ("2024-02", dg.DagsterRunStatus.SUCCESS),
+    ]
+    assert runs[0].dagster_run.asset_selection == {dg.AssetKey(a) for a in ("trip_files", "raw_trips", "cleaned_trips")}
+    assert dg.AssetKey("training_set") in runs[1].dagster_run.asset_selection
+    assert "training_set unsynced" in runs[1].dagster_run.tags["taxi_assets/retrain_reason"]
+    # And then nothing more: two further ticks ask for nothing.
+    done = time.time()
+    wait_for(lambda: ticks_since(done) >= 2, 300, "two sensor ticks after the retraining")
+    assert sensor_runs(instance, after=done) == []
 
 
 def test_launchpad_forms_show_defaults_and_refuse_bad_config(stack):

@@ -67,7 +67,7 @@ def test_load_model_in_a_fresh_process_predicts_course_samples(trained_instance)
     )
     home = os.path.dirname(os.path.abspath(trained_instance.storage_directory()))
     env = {**os.environ, "DAGSTER_HOME": home}
-    completed = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    completed = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600)
     assert completed.returncode == 0, completed.stderr[-3000:]
     predictions = json.loads(completed.stdout.strip().splitlines()[-1])
     for name, (short_trip, long_trip) in predictions.items():
@@ -414,7 +414,7 @@ def test_stored_models_load_under_the_locked_versions_and_predict_as_recorded(tr
         assert suffixes <= {".json", ".parquet", ".npz", ".npy", ".ubj", ".skops", ".png"}, (asset, suffixes)
     home = str(storage.parent)
     completed = subprocess.run(
-        [sys.executable, "-c", MODEL_FILE_SCRIPT, home], capture_output=True, text=True, timeout=300, cwd=storage
+        [sys.executable, "-c", MODEL_FILE_SCRIPT, home], capture_output=True, text=True, timeout=1200, cwd=storage
     )
     assert completed.returncode == 0, completed.stderr[-3000:]
     found = json.loads(completed.stdout.strip().splitlines()[-1])

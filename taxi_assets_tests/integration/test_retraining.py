@@ -364,7 +364,7 @@ def test_predict_job_from_the_cli(served_instance, tmp_path):
         env={**os.environ, "DAGSTER_HOME": str(home)},
         capture_output=True,
         text=True,
-        timeout=180,
+        timeout=900,
     )
     [run] = [run for run in trained_instance.get_runs() if run.run_id not in before]
     assert run.job_name == "predict" and run.status == dg.DagsterRunStatus.SUCCESS, completed.stderr[-2000:]

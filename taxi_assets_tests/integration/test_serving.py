@@ -235,7 +235,7 @@ def test_server_refuses_to_start_without_a_token(trained_instance):
         env=env,
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=600,
     )
     assert result.returncode != 0 and "TAXI_API_TOKEN is not set" in result.stderr
 

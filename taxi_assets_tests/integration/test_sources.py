@@ -1,5 +1,6 @@
 """Trip sources against real servers on 127.0.0.1 and local folders in both layouts."""
 
+import hashlib
 import shutil
 
 import boto3
@@ -49,8 +50,8 @@ def test_http_source_retries_503_with_backoff_then_succeeds(instance):
         [result] = run_months(instance, ["2024-02"], ["raw_trips"], trip_source=source)
 
     assert result.success, failure_messages(result)
-    # Two attempts met a 503 (at the HEAD for the fingerprint); the third downloaded the file.
-    assert server.requests == {"HEAD 2024/02.parquet": 3, "GET 2024/02.parquet": 1}
+    # Two attempts met a 503; the third downloaded the file.
+    assert server.requests == {"GET 2024/02.parquet": 3}
     retries = [e for e in result.all_events if e.event_type_value == "STEP_UP_FOR_RETRY"]
     assert len(retries) == 2
     pd.testing.assert_frame_equal(read_value(instance, "raw_trips", "2024-02"), reference_month())
@@ -66,7 +67,7 @@ def test_http_source_missing_month_fails_without_retry(instance):
     message = failure_messages(result)
     assert "raw_trips partition 2024-03: no trip file for 2024-03" in message
     assert f"{server.url}/2024/03.parquet (HTTP 404)" in message
-    assert server.requests["GET 2024/03.parquet"] == 1 and server.requests["HEAD 2024/03.parquet"] == 1
+    assert server.requests == {"GET 2024/03.parquet": 1}
     assert not [e for e in result.all_events if e.event_type_value == "STEP_UP_FOR_RETRY"]
 
 
@@ -77,10 +78,12 @@ def test_http_source_classifies_errors():
         with pytest.raises(TransientSourceError, match="HTTP 503"):
             source.read_month("2024-01")
         assert len(source.read_month("2024-01")) == 56_551
-        # The fingerprint of a file is its ETag, size...; a missing month has none.
-        assert source.fingerprint("2024-01").endswith(str((DATA_DIR / "2024" / "01.parquet").stat().st_size))
-        assert source.fingerprint("2024-03") is None
-        assert source.available_months() is None  # HTTP cannot be listed: the schedule covers it
+        # A file's version over HTTP is what the server offers (its ETag here); a missing month has none,
+        # and reading the file gives the same version as asking for it.
+        etag = (DATA_DIR / "2024" / "01.parquet").stat().st_mtime_ns
+        assert source.data_version("2024-01") == f"etag:{etag}" == source.read("2024-01").version
+        assert source.data_version("2024-03") is None
+        assert source.data_versions() is None  # HTTP cannot be listed: the schedule covers it
     # A port we hold bound without listening: connections are refused, and no other process can
     # start listening there meanwhile. A refused connection is transient too.
     import socket
@@ -116,13 +119,22 @@ def test_s3_source_through_a_real_s3_endpoint(instance, monkeypatch):
             MonthNotAvailableError, match="no trip file for 2024-03 at s3://trips/taxi/green/2024/03.parquet"
         ):
             source.read_month("2024-03")
-        # Listing for the sensor: months by key, fingerprint = size and ETag; noise is ignored.
+        # Listing for the sensor: months by key, versioned by their ETag (a single-part upload's is
+        # the MD5 of its bytes); noise is ignored; reading gives the same version as listing.
         s3.put_object(Bucket="trips", Key="taxi/green/README.txt", Body=b"not a month")
-        size = (DATA_DIR / "2024" / "02.parquet").stat().st_size
-        listed = source.available_months()
-        assert list(listed) == ["2024-02"] and listed["2024-02"].startswith(f"{size}-")
-        assert source.fingerprint("2024-02") == listed["2024-02"]
-        assert source.fingerprint("2024-03") is None
+        md5 = hashlib.md5((DATA_DIR / "2024" / "02.parquet").read_bytes()).hexdigest()
+        listed = source.data_versions()
+        assert listed == {"2024-02": f"etag:{md5}"}
+        assert source.data_version("2024-02") == listed["2024-02"] == source.read("2024-02").version
+        assert source.data_version("2024-03") is None
+        # The same bytes uploaded again (a copy): the same version.
+        s3.copy_object(
+            Bucket="trips",
+            Key="taxi/green/2024/02.parquet",
+            CopySource="trips/taxi/green/2024/02.parquet",
+            MetadataDirective="REPLACE",
+        )
+        assert source.data_version("2024-02") == listed["2024-02"]
     pd.testing.assert_frame_equal(read_value(instance, "raw_trips", "2024-02"), reference_month())
 
 
@@ -138,3 +150,30 @@ def test_environment_selects_the_source(monkeypatch):
     # The folder stays an EnvVar (shown as such in the UI) and resolves at run time.
     with dg.build_resources({"trip_source": source}) as resources:
         assert len(resources.trip_source.read_month("2024-01")) == 56_551
+
+
+def test_local_versions_follow_the_bytes_not_the_file(tmp_path):
+    """A content hash: touching or copying a file keeps its version, one changed byte gives a new
+    one, and reading a month reports the version of the bytes it read."""
+    folder = tmp_path / "trips"
+    (folder / "2024").mkdir(parents=True)
+    february = folder / "2024" / "02.parquet"
+    shutil.copy(DATA_DIR / "2024" / "02.parquet", february)
+    source = LocalTripSource(directory=str(folder))
+    original = source.data_version("2024-02")
+    assert original == "sha256:" + hashlib.sha256(february.read_bytes()).hexdigest() == source.read("2024-02").version
+    stat = february.stat()
+    import os
+
+    os.utime(february, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10_000_000_000))  # touched
+    assert source.data_version("2024-02") == original
+    copy = tmp_path / "elsewhere" / "green_tripdata_2024-02.parquet"  # copied, in the TLC's names
+    copy.parent.mkdir()
+    shutil.copy(february, copy)
+    assert LocalTripSource(directory=str(copy.parent)).data_versions() == {"2024-02": original}
+    data = bytearray(february.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # one byte
+    february.write_bytes(bytes(data))
+    changed = source.data_version("2024-02")
+    assert changed != original and changed.startswith("sha256:")
+    assert source.data_versions() == {"2024-02": changed}

@@ -131,7 +131,7 @@ def test_the_images_install_path_from_the_lock_as_a_non_root_user(scratch):
         "print(json.dumps({n: version(n) for n in ['dagster', 'dagster-postgres', 'xgboost', 'scikit-learn', "
         "'mlflow', 'sqlalchemy', 'psycopg2-binary', 'skops']}))"
     )
-    versions = json.loads(run([str(venv / "bin" / "python"), "-c", script], timeout=60).stdout)
+    versions = json.loads(run([str(venv / "bin" / "python"), "-c", script], timeout=600).stdout)
     assert versions == {name: locked[name] for name in versions}
 
     # The servers the image runs, from that environment.
@@ -140,7 +140,7 @@ def test_the_images_install_path_from_the_lock_as_a_non_root_user(scratch):
     # moment race in Dagster's schema set-up ("table alembic_version already exists").
     made = subprocess.run(
         [str(venv / "bin" / "dagster"), "instance", "migrate"],
-        cwd=app, env=serving_env, capture_output=True, text=True, timeout=120, **as_user,
+        cwd=app, env=serving_env, capture_output=True, text=True, timeout=600, **as_user,
     )  # fmt: skip
     assert made.returncode == 0, made.stdout[-2000:] + made.stderr[-2000:]
     bin_dir = venv / "bin"

@@ -3,8 +3,8 @@ arrived (trip_predictions), every served model's realized error over time (model
 and a check that the serving model still performs as it did when it was chosen.
 
 Both assets materialize on their own (declarative automation): trip_predictions[M] once a run that
-updated cleaned_trips[M] or production_model[M-1] has finished (after the month's retraining),
-model_performance whenever a month's predictions land.
+updated cleaned_trips[M] or production_model[M-1] has finished (after the month's retraining) and
+both exist, model_performance whenever a month's predictions land.
 """
 
 import dagster as dg
@@ -33,11 +33,12 @@ from taxi_assets.ml.monitoring import (
 )
 from taxi_assets.model_store import decision_before
 
-# After a run that updated an input has finished (never while it runs), and without waiting for
-# production_model[M-1]: an older decision served M if M-1 had none.
+# After a run that updated an input has finished (never while it runs: after the month's
+# retraining), once both inputs exist. A month whose previous month has no decision is left to a
+# person (materialized by hand, it is scored by the newest older decision).
 AFTER_INPUTS_UPDATE = (
     dg.AutomationCondition.any_deps_updated().since_last_handled()
-    & ~dg.AutomationCondition.any_deps_missing().allow(dg.AssetSelection.assets("cleaned_trips"))
+    & ~dg.AutomationCondition.any_deps_missing()
     & ~dg.AutomationCondition.any_deps_in_progress()
     & ~dg.AutomationCondition.in_progress()
 )
