@@ -21,4 +21,18 @@ def predictions(month: str, instance=None):
     return _predictions(month, instance=instance)
 
 
-__all__ = ["load_model", "predictions"]
+def lineage(model: str, version: str | None = None, instance=None):
+    """See :func:`taxi_assets.apps.lineage.lineage` (``.text()`` prints the chain)."""
+    from taxi_assets.apps.lineage import lineage as _lineage
+
+    return _lineage(model, version, instance=instance)
+
+
+def rebuild(model: str, version: str, instance=None):
+    """See :func:`taxi_assets.apps.lineage.rebuild`."""
+    from taxi_assets.apps.lineage import rebuild as _rebuild
+
+    return _rebuild(model, version, instance=instance)
+
+
+__all__ = ["lineage", "load_model", "predictions", "rebuild"]

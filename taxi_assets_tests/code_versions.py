@@ -30,6 +30,7 @@ TRAINING = [
     "taxi_assets.ml.predictor:TripDurationPredictor",
     "taxi_assets.defs.training.assets:post_search_reserve",
     "taxi_assets.defs.training.assets:_train_tracked",
+    "taxi_assets.defs.training.assets:_score",
 ]
 LOGIC: dict[str, list[str]] = {
     "raw_trips": [

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import dagster as dg
@@ -21,17 +21,19 @@ COURSE_SHAPES = {"X": (105_870, 7_027), "X_train": (54_378, 5_094), "X_val": (51
 def run_months(
     instance: dg.DagsterInstance,
     months: Iterable[str],
-    selection: Iterable[str] = PREPARATION,
+    selection: Sequence[str] = PREPARATION,
     trip_source: TripSource | None = None,
 ) -> list[dg.ExecuteInProcessResult]:
     """Materialize ``selection`` for each month in-process, as the code location would."""
     defs = build_defs(trip_source=trip_source or LocalTripSource(directory=str(DATA_DIR)))
     job = defs.resolve_implicit_global_asset_job_def()
+    # As every job that ingests does: the trip file is observed first (its version recorded).
+    names = (["trip_files"] if "raw_trips" in selection else []) + list(selection)
     return [
         job.execute_in_process(
             instance=instance,
             partition_key=month,
-            asset_selection=[dg.AssetKey(name) for name in selection],
+            asset_selection=[dg.AssetKey(name) for name in names],
             raise_on_error=False,
         )
         for month in months

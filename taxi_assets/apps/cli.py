@@ -200,6 +200,34 @@ def print_performance(month: str | None) -> int:
     return 0
 
 
+def print_lineage(model: str, version: str | None) -> int:
+    from taxi_assets.apps.lineage import lineage
+
+    try:
+        print(lineage(model, version).text())
+    except (LookupError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def rebuild_model(model: str, version: str) -> int:
+    """Exit 0 when the rebuilt model predicts the validation rows as the registered one does."""
+    from taxi_assets.apps.lineage import RebuildRefused, rebuild
+
+    try:
+        rebuilt = rebuild(model, version)
+    except (RebuildRefused, LookupError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    verdict = "equal" if rebuilt.equal else "DIFFERENT"
+    print(
+        f"{rebuilt.registered} v{rebuilt.version} rebuilt from its lineage: predictions on {rebuilt.rows:,} validation "
+        f"trips {verdict} to the registered model's (largest difference {rebuilt.max_difference:.2g} minutes)"
+    )
+    return 0 if rebuilt.equal else 1
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="taxi-assets",
@@ -246,6 +274,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         "performance", help="print the realized error of the models that served, month by month (trip_predictions)"
     )
     performance.add_argument("--month", metavar="YYYY-MM", help="one month only")
+    trace = commands.add_parser(
+        "lineage", help="print where a registered model came from: trip files, code, run, trials, decisions"
+    )
+    trace.add_argument("model", help="xgboost, LinearRegression, ... or a registered name (taxi-duration-...)")
+    trace.add_argument("version", nargs="?", help="the registered version (default: the latest)")
+    again = commands.add_parser(
+        "rebuild", help="fit a registered model version again from its lineage and compare its predictions"
+    )
+    again.add_argument("model", help="xgboost, LinearRegression, ... or a registered name (taxi-duration-...)")
+    again.add_argument("version", help="the registered version")
     args = parser.parse_args(argv)
 
     if not os.environ.get("DAGSTER_HOME"):
@@ -257,6 +295,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     if args.command == "performance":
         return print_performance(args.month)
+    if args.command == "lineage":
+        return print_lineage(args.model, args.version)
+    if args.command == "rebuild":
+        return rebuild_model(args.model, args.version)
     if args.command == "serve":
         from taxi_assets.apps.server import serve as run_server
 

@@ -275,22 +275,26 @@ def _is_month(text: str) -> bool:
     return True
 
 
-def trip_source_from_env() -> TripSource:
+def trip_source_from_env(resolved: bool = False) -> TripSource:
     """The source the environment selects.
 
     ``TAXI_DATA_DIR`` -> that local folder; else ``TAXI_DATA_S3_BUCKET`` (with optional
     ``TAXI_DATA_S3_PREFIX``, ``AWS_ENDPOINT_URL``) -> S3; else the TLC's public download.
-    Values stay ``EnvVar``s, so the UI shows where they come from.
-    ``TAXI_TRIP_TYPE`` (green, the default, or yellow) says which TLC files they are.
+    ``TAXI_TRIP_TYPE`` (green, the default, or yellow) says which TLC files they are. Values stay
+    ``EnvVar``s, so the UI shows where they come from; ``resolved`` gives their values instead,
+    for clients that use the source outside Dagster (``taxi-assets rebuild``).
     """
     from taxi_assets.lib.settings import is_production, trip_type
 
+    def env(name: str):
+        return os.environ[name] if resolved else dg.EnvVar(name)
+
     kind = trip_type()
     if os.getenv("TAXI_DATA_DIR") and not is_production():
-        return LocalTripSource(directory=dg.EnvVar("TAXI_DATA_DIR"), trip_type=kind)
+        return LocalTripSource(directory=env("TAXI_DATA_DIR"), trip_type=kind)
     if os.getenv("TAXI_DATA_S3_BUCKET"):
         return S3TripSource(
-            bucket=dg.EnvVar("TAXI_DATA_S3_BUCKET"),
+            bucket=env("TAXI_DATA_S3_BUCKET"),
             prefix=os.getenv("TAXI_DATA_S3_PREFIX", "taxi/{trip_type}"),
             endpoint_url=os.getenv("AWS_ENDPOINT_URL"),
             trip_type=kind,

@@ -88,6 +88,19 @@ def _store_lock(uri: str):
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
+def local_store(instance: dg.DagsterInstance) -> tuple[str, str]:
+    """The default MLflow store beside the Dagster instance's storage: (tracking URI, artifacts)."""
+    root = Path(instance.storage_directory()).resolve().parent / "mlflow"
+    root.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{root / 'mlflow.db'}", (root / "artifacts").as_uri()
+
+
+def tracking_uri_for(instance: dg.DagsterInstance) -> str:
+    """Where the code location tracks for ``instance``: MLFLOW_TRACKING_URI, else the local store
+    beside it (for clients: lineage, rebuild)."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or local_store(instance)[0]
+
+
 class MlflowTracking(dg.ConfigurableResource):
     """Where trials, models and the model registry are recorded."""
 
@@ -106,10 +119,8 @@ class MlflowTracking(dg.ConfigurableResource):
         if not uri:
             if context.instance is None:
                 raise RuntimeError("the default MLflow store lives beside a Dagster instance; give tracking_uri")
-            root = Path(context.instance.storage_directory()).resolve().parent / "mlflow"
-            root.mkdir(parents=True, exist_ok=True)
-            uri = f"sqlite:///{root / 'mlflow.db'}"
-            self._artifacts = (root / "artifacts").as_uri()
+            uri, artifacts = local_store(context.instance)
+            self._artifacts = artifacts
         self._uri = uri
 
     @property
@@ -219,9 +230,17 @@ class MlflowTracking(dg.ConfigurableResource):
         return ended
 
     def log_and_register(
-        self, context, asset: str, predictor, registered_model: str, metrics: dict[str, float], params: dict
+        self,
+        context,
+        asset: str,
+        predictor,
+        registered_model: str,
+        metrics: dict[str, float],
+        params: dict,
+        lineage: dict[str, str] | None = None,
     ):
-        """Log the predictor as an MLflow model and register a new version.
+        """Log the predictor as an MLflow model and register a new version, with its lineage
+        (``lineage.*`` tags, see ``taxi_assets.ml.lineage``) on the version and the run.
 
         The model is "models from code" (``taxi_assets/ml/mlflow_model.py``) with the predictor
         folder as its artifact, in the libraries' own formats: nothing is CloudPickled. Its
@@ -235,6 +254,7 @@ class MlflowTracking(dg.ConfigurableResource):
 
         mlflow.log_params({f"best_{key}": value for key, value in params.items()})
         mlflow.log_metrics({f"val_{key}": value for key, value in metrics.items()})
+        mlflow.set_tags(lineage or {})
         with tempfile.TemporaryDirectory() as scratch, quiet_mlflow(context.log):
             folder = Path(scratch) / "predictor"
             folder.mkdir()
@@ -250,9 +270,18 @@ class MlflowTracking(dg.ConfigurableResource):
             )
         version = str(info.registered_model_version)
         client = mlflow.MlflowClient(self.uri)
-        for key, value in self.dagster_tags(context, asset).items():
+        for key, value in {**self.dagster_tags(context, asset), **(lineage or {})}.items():
             client.set_model_version_tag(registered_model, version, key, value)
         return version
+
+    def version_tags(self, registered_model: str | None, version: str | None) -> dict[str, str]:
+        """A registered version's tags (its lineage among them); empty when there is none."""
+        if not (registered_model and version):
+            return {}
+        import mlflow
+
+        self._activate()
+        return dict(mlflow.MlflowClient(self.uri).get_model_version(registered_model, version).tags)
 
     def log_metrics(self, metrics: dict[str, float]) -> None:
         import mlflow
@@ -263,6 +292,11 @@ class MlflowTracking(dg.ConfigurableResource):
         import mlflow
 
         mlflow.log_params(params)
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        import mlflow
+
+        mlflow.set_tags(tags)
 
     def log_charts(self, charts: dict[str, bytes], folder: str = "charts") -> None:
         """PNG charts as artifacts of the active run (``charts/<name>.png``)."""

@@ -141,3 +141,23 @@ def xgboost_space(random_state: int, fixed: dict[str, float] | None = None) -> d
     for name, (kind, low, high) in XGBOOST_SPACE.items():
         space[name] = pinned[name] if name in pinned else draws[kind](name, low, high)
     return space
+
+
+def describe_space(space: dict[str, Any]) -> dict[str, Any]:
+    """A search space as plain values, for the record a model keeps of how it was searched:
+    constants as they are, each searched hyperparameter as its distribution and bounds
+    (``"quniform(1000, 5000, 100), int"``, ``"choice(True, False)"``)."""
+    from hyperopt.pyll import Apply
+
+    def describe(node) -> str:
+        if not isinstance(node, Apply) or node.name == "literal":
+            return repr(getattr(node, "obj", node))
+        if node.name == "hyperopt_param":
+            distribution = node.pos_args[1]
+            return f"{distribution.name}({', '.join(describe(arg) for arg in distribution.pos_args)})"
+        if node.name == "switch":  # hp.choice
+            return f"choice({', '.join(describe(arg) for arg in node.pos_args[1:])})"
+        inner = [describe(arg) for arg in node.pos_args]
+        return f"{inner[0]}, int" if node.name == "int" else inner[0] if inner else node.name
+
+    return {key: value if not isinstance(value, Apply) else describe(value) for key, value in space.items()}

@@ -132,6 +132,20 @@ def _decision_charts(
     }
 
 
+def _compared_lineage(mlflow: MlflowTracking, challenger, champion) -> dict[str, dict[str, str]]:
+    """The lineage of the two models the decision compared (their registered versions' tags)."""
+
+    def lineage(registered, version) -> dict[str, str]:
+        tags = mlflow.version_tags(registered, version)
+        model = {"model": f"{registered} v{version}"} if registered else {}
+        return model | {key: value for key, value in tags.items() if key.startswith("lineage.")}
+
+    return {
+        "challenger": lineage(challenger.registered_model, challenger.model_version),
+        "champion": lineage(champion.registered_model, champion.model_version) if champion else {},
+    }
+
+
 def _compiled_for_serving(serving: ProductionModel, features, expected, budget: Budget) -> tuple[ProductionModel, str]:
     """Deep boosters serve from a verified lookup table (same predictions, microseconds a trip),
     when it can be built and checked in the budget; otherwise the booster serves."""
@@ -228,6 +242,8 @@ def production_model(
                 }
             )
             mlflow.log_charts(decision_charts)
+            compared = _compared_lineage(mlflow, challenger, champion)
+            mlflow.set_tags({f"{role}.{key}": value for role, tags in compared.items() for key, value in tags.items()})
 
         serving, compiled = _compiled_for_serving(
             serving, features, serving_predicted, budget.until(OUTPUT_RESERVE_SECONDS)
@@ -253,6 +269,8 @@ def production_model(
             "validation_rows": len(actual),
             "serving_lookup_table": compiled,
             "serving_share_over_15_minutes": at_selection["share_over_15_minutes"],
+            "challenger_lineage": dg.MetadataValue.json(compared["challenger"]),
+            "champion_lineage": dg.MetadataValue.json(compared["champion"]),
             "budget_seconds": config.timeout_seconds,
             "step_seconds": clock.seconds(),
         },

@@ -5,6 +5,8 @@ final training) and "xgboost_training" pipelines. Each produces self-contained p
 (vectorizer + model) that ``taxi_assets.load_model`` and the MLflow registry can serve.
 """
 
+from dataclasses import dataclass, field
+
 import dagster as dg
 from pydantic import Field
 
@@ -95,71 +97,98 @@ def _progress(context, name: str, trials: int, search):
     return on_trial
 
 
-def _train_tracked(
-    context, mlflow: MlflowTracking, asset: str, name: str, kind: str, dataset, tune, seconds: float, trials: int
-):
-    """Tune with every trial tracked, then score, chart, log and register the best model, all
-    within ``seconds``.
+@dataclass(frozen=True)
+class Training:
+    """One model's training step: which model of which asset, how hard to search, in what budget,
+    and the config it runs with (recorded in its lineage)."""
 
-    ``tune(run_trial, budget)`` returns a TuningResult whose ``best_model`` is the final model.
-    Everything runs inside one parent MLflow run, which ends FAILED if anything raises and
-    KILLED if the run is stopped.
-    """
+    asset: str  # sklearn_models or xgboost_model
+    name: str  # the model: xgboost, LinearRegression, ...
+    kind: str  # xgboost or sklearn
+    seconds: float  # the whole step's budget
+    trials: int
+    config: dict = field(default_factory=dict)
+    early_stopping_rounds: int | None = None
+
+
+def _train_tracked(context, mlflow: MlflowTracking, dataset, tune, *, training: Training):
+    """Tune with every trial tracked, then score, chart, log and register the best model with its
+    lineage, all within ``training.seconds``. ``tune(run_trial, budget)`` returns a TuningResult
+    whose ``best_model`` is the final model. One parent MLflow run holds it all: it ends FAILED if
+    anything raises, KILLED if the run is stopped."""
+    clock = Stopwatch()
+    month, name = context.partition_key, training.name
+    with (
+        step_budget(context, training.seconds) as budget,
+        mlflow.step_run(context, training.asset, run_name=f"{name}-{month}", extra_tags={"model": name}) as run,
+    ):
+        search = budget.until(post_search_reserve(training.kind, training.seconds))
+        context.log.info(f"{name} {month}: up to {training.trials} trials in {search.remaining():.0f} s, then scoring")
+        on_trial = _progress(context, name, training.trials, search)
+        result = tune(mlflow.trial_runner(context, training.asset, {"model": name}, on_trial=on_trial), search)
+        search_seconds = clock.seconds()
+        scored = _score(context, dataset, result, training, budget)
+        mlflow.log_metrics({"search_seconds": search_seconds, "budget_seconds": training.seconds})
+        version = _register(context, mlflow, scored, result, training)
+        mlflow.log_charts(scored["charts"])
+    return _trained(scored, result, training, version, run.info.run_id, clock.seconds(), search_seconds)
+
+
+def _score(context, dataset, result, training: Training, budget) -> dict:
+    """The final model as a predictor, its validation predictions, metrics and charts."""
     import numpy as np
 
-    from taxi_assets.ml.predictor import TrainedModel, TripDurationPredictor
+    from taxi_assets.ml.predictor import TripDurationPredictor
     from taxi_assets.ml.training import regression_metrics
 
-    clock = Stopwatch()
     month = context.partition_key
-    with (
-        step_budget(context, seconds) as budget,
-        mlflow.step_run(context, asset, run_name=f"{name}-{month}", extra_tags={"model": name}) as run,
-    ):
-        search = budget.until(post_search_reserve(kind, seconds))
-        context.log.info(
-            f"{name} {month}: up to {trials} trials in {search.remaining():.0f} s, then scoring and logging"
-        )
-        result = tune(
-            mlflow.trial_runner(context, asset, {"model": name}, on_trial=_progress(context, name, trials, search)),
-            search,
-        )
-        search_seconds = clock.seconds()
-        predictor = TripDurationPredictor(
-            name=name,
-            kind=kind,
-            model=result.best_model,
-            vectorizer=dataset.dv,
-            partition=month,
-            best_iteration=result.best_iteration,
-        )
-        # The model being served, scored on the whole validation month.
-        predicted = np.asarray(predictor.predict_matrix(dataset.X_val, budget), dtype=np.float32)
-        metrics = regression_metrics(dataset.y_val, predicted)
-        model_charts = evaluation_charts(name, month, dataset.y_val, predicted)
-        if kind == "xgboost":
-            model_charts["feature_contributions"] = contributions_chart(predictor, dataset.X_val, month, budget)
-        registered = REGISTERED_MODEL_PREFIX + name
-        mlflow.log_metrics({"search_seconds": search_seconds, "budget_seconds": seconds})
-        version = mlflow.log_and_register(context, asset, predictor, registered, metrics, result.best_params)
-        mlflow.log_charts(model_charts)
-        run_id = run.info.run_id
+    predictor = TripDurationPredictor(
+        name=training.name, kind=training.kind, model=result.best_model, vectorizer=dataset.dv,
+        partition=month, best_iteration=result.best_iteration,
+    )  # fmt: skip
+    # The model being served, scored on the whole validation month.
+    predicted = np.asarray(predictor.predict_matrix(dataset.X_val, budget), dtype=np.float32)
+    model_charts = evaluation_charts(training.name, month, dataset.y_val, predicted)
+    if training.kind == "xgboost":
+        model_charts["feature_contributions"] = contributions_chart(predictor, dataset.X_val, month, budget)
+    metrics = regression_metrics(dataset.y_val, predicted)
+    return {"predictor": predictor, "predicted": predicted, "metrics": metrics, "charts": model_charts}
+
+
+def _register(context, mlflow: MlflowTracking, scored: dict, result, training: Training) -> str:
+    """Register the model in MLflow with its lineage (files, code, config, and how to fit it again)."""
+    from taxi_assets.lib.lineage import model_lineage
+    from taxi_assets.ml.lineage import fit_record
+
+    fit = fit_record(
+        training.kind, result.best_model, result.best_params, result.best_iteration, training.early_stopping_rounds
+    )
+    lineage = model_lineage(context.instance, context.partition_key, training.asset, training.config, fit)
+    registered = REGISTERED_MODEL_PREFIX + training.name
+    return mlflow.log_and_register(
+        context, training.asset, scored["predictor"], registered, scored["metrics"], result.best_params, lineage
+    )
+
+
+def _trained(scored: dict, result, training: Training, version: str, run_id: str, seconds, search_seconds):
+    from taxi_assets.ml.predictor import TrainedModel
+
     return TrainedModel(
-        name=name,
-        predictor=predictor,
-        rmse=metrics["rmse"],
-        mse=metrics["mse"],
+        name=training.name,
+        predictor=scored["predictor"],
+        rmse=scored["metrics"]["rmse"],
+        mse=scored["metrics"]["mse"],
         best_params=result.best_params,
         n_trials=len(result.trials),
-        train_seconds=clock.seconds(),
+        train_seconds=seconds,
         mlflow_run_id=run_id,
-        registered_model=registered,
+        registered_model=REGISTERED_MODEL_PREFIX + training.name,
         model_version=version,
         trials=result.trials,
-        charts=model_charts,
-        validation_predictions=predicted,
+        charts=scored["charts"],
+        validation_predictions=scored["predicted"],
         search_seconds=search_seconds,
-        budget_seconds=seconds,
+        budget_seconds=training.seconds,
         stopped_by=result.stopped_by,
     )
 
@@ -195,17 +224,17 @@ def tune_and_train(context: dg.OpExecutionContext, spec: ModelSpec, training_set
             run_trial=run_trial,
         )
 
-    trained = _train_tracked(
-        context,
-        mlflow,
-        "sklearn_models",
-        spec.name,
-        "sklearn",
-        training_set,
-        tune,
-        spec.timeout_seconds,
-        spec.max_evaluations,
-    )
+    from taxi_assets.ml.hyperparameters import describe_space, sklearn_space
+
+    config = {
+        "model": spec.name,
+        "max_evaluations": spec.max_evaluations,
+        "random_state": spec.random_state,
+        "timeout_seconds": spec.timeout_seconds,
+        "search_space": describe_space(sklearn_space(spec.name, spec.random_state)),
+    }
+    training = Training("sklearn_models", spec.name, "sklearn", spec.timeout_seconds, spec.max_evaluations, config)
+    trained = _train_tracked(context, mlflow, training_set, tune, training=training)
     context.log.info(f"{spec.name}: validation RMSE {trained.rmse:.3f} after {trained.n_trials} trials")
     return trained
 
@@ -289,17 +318,14 @@ def xgboost_model(
             run_trial=run_trial,
         )
 
-    trained = _train_tracked(
-        context,
-        mlflow,
-        "xgboost_model",
-        "xgboost",
-        "xgboost",
-        training_set,
-        tune,
-        config.timeout_seconds,
-        config.max_evaluations,
-    )
+    from taxi_assets.ml.hyperparameters import describe_space, xgboost_space
+
+    recorded = config.model_dump() | {"search_space": describe_space(xgboost_space(config.random_state, fixed))}
+    training = Training(
+        "xgboost_model", "xgboost", "xgboost", config.timeout_seconds, config.max_evaluations, recorded,
+        early_stopping_rounds=config.early_stopping_rounds,
+    )  # fmt: skip
+    trained = _train_tracked(context, mlflow, training_set, tune, training=training)
     history = rmse_history(context.instance, context.partition_key, {"xgboost": trained.rmse})
     return dg.Output(
         trained,
