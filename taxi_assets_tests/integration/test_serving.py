@@ -646,3 +646,26 @@ def test_no_auth_is_refused_beyond_loopback(tmp_path, host):
     assert result.returncode == 1 and not port_file.exists()  # refused before binding anything
     [line] = result.stderr.strip().splitlines()
     assert "--no-auth" in line and "loopback" in line and host in line, line
+
+
+def test_one_trip_at_a_time_gives_the_boosters_own_predictions(server):
+    """The server's path for a few trips (a bisect in the compiled table, trip by trip) against the
+    booster itself, on 2,000 real trips of the served month."""
+    import dataclasses
+
+    import numpy as np
+    import pandas as pd
+
+    import taxi_assets
+    from taxi_assets_tests.helpers import DATA_DIR
+
+    predictor = taxi_assets.load_model(instance=server["instance"])
+    assert predictor.lookup is not None, predictor.name  # the XGBoost decision serves from its table
+    trips = (
+        pd.read_parquet(DATA_DIR / "2024" / "02.parquet").dropna(subset=["trip_distance"]).sample(2000, random_state=1)
+    )
+    pairs = [f"{pickup}_{dropoff}" for pickup, dropoff in zip(trips.PULocationID, trips.DOLocationID)]
+    miles = [float(value) for value in trips.trip_distance.clip(0, 500)]
+    one_by_one = [predictor.minutes([pair], [distance])[0] for pair, distance in zip(pairs, miles)]
+    booster = dataclasses.replace(predictor, lookup=None).predict_pairs(pairs, np.asarray(miles))
+    assert one_by_one == [float(value) for value in booster]
