@@ -1,9 +1,12 @@
 """Serving and backfill benchmark (issues 4 and 12).
 
-(a) `taxi-assets serve` and `mlflow models serve` of the same registered version, side by side in
-    one run, the production model trained with the default budgets; benchmarks/loadgen.py as a
-    separate process (keep-alive, 8 connections) sending one-trip requests for 20 s to MLflow's
-    POST /invocations on both (and our POST /predict): throughput, p50/p99, errors.
+(a) `taxi-assets serve`, `mlflow models serve` of the same registered version and the floor, a
+    bare Starlette app on uvicorn that parses the same JSON body and answers a constant (`--bare-app`
+    runs it), side by side in one run, the production model trained with the default budgets;
+    benchmarks/loadgen.py as a separate process (keep-alive, 8 connections) sending one-trip
+    requests for 20 s to MLflow's POST /invocations on all three (and POST /predict on ours and the
+    floor): throughput, p50/p99, errors. Goal: taxi-assets serve at least 0.8x the floor's one-trip
+    throughput, p99 under 2 ms.
 (b) One request with 10,000 real trips (2024-02, plausible distances) to each /invocations:
     latency, and the two servers' predictions compared (they must be identical).
 (c) One prediction through the `predict` job launched via Dagster's GraphQL API (the course's
@@ -13,6 +16,7 @@
     times one month alone.
 
 Usage: python benchmarks/bench_serving.py
+       python benchmarks/bench_serving.py --bare-app --port-file FILE   (the floor alone, on port 0)
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -46,12 +51,59 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def wait_for(url: str, seconds: float = 120) -> None:
+def bare_app():
+    """The floor: what any Python JSON endpoint on uvicorn pays. Starlette's routing, its Request
+    and Response, the standard library's JSON parser on the same body, a constant answer; no
+    validation, no model."""
+    from starlette.applications import Starlette
+    from starlette.responses import Response
+    from starlette.routing import Route
+
+    constant = b'{"predictions":[12.5015]}'
+
+    async def answer(request):
+        json.loads(await request.body())
+        return Response(constant, media_type="application/json")
+
+    return Starlette(
+        routes=[Route("/invocations", answer, methods=["POST"]), Route("/predict", answer, methods=["POST"])]
+    )
+
+
+def serve_bare_app(port_file: str) -> None:
+    """The floor on 127.0.0.1, port 0, with the uvicorn settings `taxi-assets serve` uses."""
+    import uvicorn
+
+    from taxi_assets.apps.server import _write_port_file, listening_socket
+
+    sock = listening_socket("127.0.0.1", 0)
+    _write_port_file(port_file, sock.getsockname()[1])
+    uvicorn.Server(uvicorn.Config(bare_app(), log_level="warning", access_log=False)).run(sockets=[sock])
+
+
+def started_on_port_0(command: list, env: dict, cwd: Path) -> tuple[subprocess.Popen, int]:
+    """A server that binds port 0 and writes it to --port-file: the process and its port."""
+    port_file = Path(tempfile.mkdtemp(prefix="bench-port-")) / "port"
+    process = start([*command, "--port-file", str(port_file)], env, cwd)
+    deadline = time.monotonic() + 300
+    while not (port_file.exists() and port_file.read_text().strip()):
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"{command[:3]} did not report its port")
+        time.sleep(0.1)
+    return process, int(port_file.read_text())
+
+
+def wait_for(url: str, seconds: float = 120, any_answer: bool = False) -> None:
+    """Until ``url`` answers 200 (``any_answer``: any HTTP status)."""
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         try:
             with urllib.request.urlopen(url, timeout=2):
                 return
+        except urllib.error.HTTPError:
+            if any_answer:
+                return
+            time.sleep(0.3)
         except OSError:
             time.sleep(0.3)
     raise RuntimeError(f"{url} did not come up")
@@ -125,16 +177,17 @@ def batch_latency(url: str, body: bytes, headers: dict, expect: int) -> tuple[fl
 
 
 def serving(home: Path, rows: list, notes: list) -> None:
-    """Our server and `mlflow models serve` of the same registered version, side by side."""
+    """Our server, `mlflow models serve` of the same registered version and the floor, side by side."""
     token = secrets.token_urlsafe(24)
     run_cli(["materialize", "--partition", MONTH], home)  # 2024-01 and 2024-02 prepared
     run_cli(["materialize", "--partition", MONTH, "--select", "sklearn_models,xgboost_model,production_model"], home)
-    ours_port, mlflow_port = free_port(), free_port()
-    ours = start(
-        [BIN / "taxi-assets", "serve", "--port", str(ours_port), "--reload-interval", "0"],
+    mlflow_port = free_port()  # MLflow's server cannot bind port 0 and say which it got
+    ours, ours_port = started_on_port_0(
+        [BIN / "taxi-assets", "serve", "--port", "0", "--reload-interval", "0"],
         env_for(home, TAXI_API_TOKEN=token),
         home,
     )
+    floor, floor_port = started_on_port_0([sys.executable, __file__, "--bare-app"], env_for(home), home)
     try:
         wait_for(f"http://127.0.0.1:{ours_port}/ping")
         with urllib.request.urlopen(f"http://127.0.0.1:{ours_port}/health") as response:
@@ -152,67 +205,68 @@ def serving(home: Path, rows: list, notes: list) -> None:
         )  # fmt: skip
         try:
             wait_for(f"http://127.0.0.1:{mlflow_port}/ping", 300)
-            # MLflow's server takes only the "inputs" form for a model with type hints (ours).
-            single = {
-                "taxi-assets serve, POST /invocations inputs": load(ours_port, "/invocations", token),
-                "taxi-assets serve, POST /invocations dataframe_records": load(
-                    ours_port, "/invocations", token, "dataframe_records"
-                ),
-                "taxi-assets serve, POST /predict": load(ours_port, "/predict", token),
-                "mlflow models serve, POST /invocations inputs": load(mlflow_port, "/invocations"),
-            }
-            for name, result in single.items():
-                rows.append([f"one trip, 8 keep-alive connections, 20 s: {name}", f"{result['throughput']:,.0f} req/s",
-                             f"p50 {result['p50_ms']} ms / p99 {result['p99_ms']} ms", f"{result['errors']} errors of {result['requests']:,}", ""])  # fmt: skip
-            ratio = (
-                single["taxi-assets serve, POST /invocations inputs"]["throughput"]
-                / single["mlflow models serve, POST /invocations inputs"]["throughput"]
-            )
-
-            trips = pd.read_parquet(DATA_DIR / "2024" / "02.parquet")
-            trips = trips[trips.trip_distance <= 100].sample(10_000, random_state=0)
-            records = [{"PULocationID": int(a), "DOLocationID": int(b), "trip_distance": float(c)}
-                       for a, b, c in zip(trips.PULocationID, trips.DOLocationID, trips.trip_distance)]  # fmt: skip
-            body = json.dumps({"inputs": records}).encode()
-            json_headers = {"Content-Type": "application/json"}
-            ours_ms, ours_answer = batch_latency(
-                f"http://127.0.0.1:{ours_port}/invocations",
-                body,
-                {**json_headers, "Authorization": f"Bearer {token}"},
-                10_000,
-            )
-            theirs_ms, theirs_answer = batch_latency(
-                f"http://127.0.0.1:{mlflow_port}/invocations", body, json_headers, 10_000
-            )
-            identical = ours_answer == theirs_answer
-            rows.append(
-                [
-                    "10,000 trips in one POST /invocations inputs (median of 7): taxi-assets serve",
-                    "",
-                    f"{ours_ms:.0f} ms",
-                    "",
-                    "",
-                ]
-            )
-            rows.append(
-                [
-                    "10,000 trips in one POST /invocations inputs (median of 7): mlflow models serve",
-                    "",
-                    f"{theirs_ms:.0f} ms",
-                    "",
-                    "",
-                ]
-            )
-            notes.append(
-                f"Predictions of the two servers for the 10,000 trips identical: {identical}. "
-                f"taxi-assets serve / mlflow models serve: {ratio:.1f}x the single-trip throughput, "
-                f"{theirs_ms / ours_ms:.1f}x faster on the 10,000-trip request."
-            )
-            assert identical, "the two servers disagree"
+            wait_for(f"http://127.0.0.1:{floor_port}/invocations", any_answer=True)  # GET: 405, but up
+            ratio = one_trip_loads({"ours": ours_port, "mlflow": mlflow_port, "floor": floor_port}, token, rows, notes)
+            batch(ours_port, mlflow_port, token, ratio, rows, notes)
         finally:
             stop(baseline)
     finally:
         stop(ours)
+        stop(floor)
+
+
+def one_trip_loads(ports: dict[str, int], token: str, rows: list, notes: list) -> float:
+    """One trip a request, 20 s each, one server after the other with the same load generator;
+    ours against the floor on the same path. Returns ours / MLflow's throughput on /invocations."""
+    floor, ours, mlflow = "floor (bare Starlette app)", "taxi-assets serve", "mlflow models serve"
+    loads = [  # (server, path, body form, port, token). MLflow's takes only "inputs" for a model with type hints.
+        (floor, "/invocations", "inputs", ports["floor"], ""),
+        (ours, "/invocations", "inputs", ports["ours"], token),
+        (ours, "/invocations", "dataframe_records", ports["ours"], token),
+        (floor, "/predict", "inputs", ports["floor"], ""),
+        (ours, "/predict", "inputs", ports["ours"], token),
+        (mlflow, "/invocations", "inputs", ports["mlflow"], ""),
+    ]
+    single = {(name, path, form): load(port, path, key, form) for name, path, form, port, key in loads}
+    for (name, path, form), result in single.items():
+        versus = ""
+        if name == ours:
+            ratio = result["throughput"] / single[(floor, path, "inputs")]["throughput"]
+            versus = f"{ratio:.2f}x the floor: {'PASS' if ratio >= 0.8 and result['p99_ms'] < 2 else 'FAIL'}"
+        rows.append([f"one trip, 8 keep-alive connections, 20 s: {name}, POST {path} {form}",
+                     f"{result['throughput']:,.0f} req/s", f"p50 {result['p50_ms']} ms / p99 {result['p99_ms']} ms",
+                     f"{result['errors']} errors of {result['requests']:,}", versus])  # fmt: skip
+    notes.append(
+        "Goal for taxi-assets serve: at least 0.8x the floor's one-trip throughput (same path, same load generator, "
+        "same run), p99 under 2 ms."
+    )
+    return (
+        single[(ours, "/invocations", "inputs")]["throughput"]
+        / single[(mlflow, "/invocations", "inputs")]["throughput"]
+    )
+
+
+def batch(ours_port: int, mlflow_port: int, token: str, ratio: float, rows: list, notes: list) -> None:
+    """10,000 real trips in one request to each /invocations: latency, and identical predictions."""
+    trips = pd.read_parquet(DATA_DIR / "2024" / "02.parquet")
+    trips = trips[trips.trip_distance <= 100].sample(10_000, random_state=0)
+    records = [{"PULocationID": int(a), "DOLocationID": int(b), "trip_distance": float(c)}
+               for a, b, c in zip(trips.PULocationID, trips.DOLocationID, trips.trip_distance)]  # fmt: skip
+    body = json.dumps({"inputs": records}).encode()
+    json_headers = {"Content-Type": "application/json"}
+    ours_ms, ours_answer = batch_latency(
+        f"http://127.0.0.1:{ours_port}/invocations", body, {**json_headers, "Authorization": f"Bearer {token}"}, 10_000
+    )
+    theirs_ms, theirs_answer = batch_latency(f"http://127.0.0.1:{mlflow_port}/invocations", body, json_headers, 10_000)
+    identical = ours_answer == theirs_answer
+    for name, ms in (("taxi-assets serve", ours_ms), ("mlflow models serve", theirs_ms)):
+        rows.append([f"10,000 trips in one POST /invocations inputs (median of 7): {name}", "", f"{ms:.0f} ms", "", ""])
+    notes.append(
+        f"Predictions of the two servers for the 10,000 trips identical: {identical}. "
+        f"taxi-assets serve / mlflow models serve: {ratio:.1f}x the single-trip throughput, "
+        f"{theirs_ms / ours_ms:.1f}x faster on the 10,000-trip request."
+    )
+    assert identical, "the two servers disagree"
 
 
 GRAPHQL_LAUNCH = """
@@ -320,6 +374,9 @@ def backfill(rows: list, notes: list) -> None:
 
 
 def main() -> None:
+    if "--bare-app" in sys.argv:
+        serve_bare_app(sys.argv[sys.argv.index("--port-file") + 1])
+        return
     os.environ.pop("MLFLOW_TRACKING_URI", None)
     rows: list = []
     notes: list = []

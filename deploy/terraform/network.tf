@@ -17,6 +17,13 @@ resource "aws_security_group" "alb" {
     protocol    = "tcp"
     cidr_blocks = [data.aws_vpc.main.cidr_block]
   }
+  egress {
+    description = "To the OpenID Connect provider's token and user info endpoints (the UI's login)"
+    from_port   = 443
+    to_port     = 443
+    protocol    = "tcp"
+    cidr_blocks = ["0.0.0.0/0"]
+  }
 }
 
 data "aws_vpc" "main" {
@@ -100,6 +107,8 @@ resource "aws_lb" "main" {
   enable_deletion_protection = true
 }
 
+# The Dagster UI has no login of its own: the load balancer asks for one (OpenID Connect) before it
+# forwards anything to the webserver.
 resource "aws_lb_listener" "https" {
   load_balancer_arn = aws_lb.main.arn
   port              = 443
@@ -107,11 +116,36 @@ resource "aws_lb_listener" "https" {
   ssl_policy        = "ELBSecurityPolicy-TLS13-1-2-2021-06"
   certificate_arn   = var.certificate_arn
   default_action {
+    type  = "authenticate-oidc"
+    order = 1
+    authenticate_oidc {
+      issuer                     = var.oidc_issuer
+      authorization_endpoint     = var.oidc_authorization_endpoint
+      token_endpoint             = var.oidc_token_endpoint
+      user_info_endpoint         = var.oidc_user_info_endpoint
+      client_id                  = var.oidc_client_id
+      client_secret              = data.aws_secretsmanager_secret_version.oidc_client_secret.secret_string
+      scope                      = var.oidc_scope
+      session_timeout            = var.oidc_session_seconds
+      on_unauthenticated_request = "authenticate"
+    }
+  }
+  default_action {
     type             = "forward"
+    order            = 2
     target_group_arn = aws_lb_target_group.webserver.arn
   }
 }
 
+# The client secret is created out of band (README, "Deploying"); the load balancer's API takes its
+# value, so it is read here (and kept, like every value Terraform reads, in the encrypted state).
+data "aws_secretsmanager_secret_version" "oidc_client_secret" {
+  secret_id = var.oidc_client_secret_arn
+}
+
+# Every path the inference server serves (taxi_assets/apps/server.py, ROUTES: test_deploy.py holds
+# the two together) goes to it without the UI's login: it checks its own bearer token. A rule takes
+# at most five path values.
 resource "aws_lb_listener_rule" "inference" {
   listener_arn = aws_lb_listener.https.arn
   priority     = 10
@@ -121,7 +155,7 @@ resource "aws_lb_listener_rule" "inference" {
   }
   condition {
     path_pattern {
-      values = ["/predict", "/health"]
+      values = ["/invocations", "/ping", "/version", "/predict", "/health"]
     }
   }
 }

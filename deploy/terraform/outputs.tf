@@ -1,5 +1,5 @@
 output "url" {
-  description = "The Dagster UI (and, under /predict and /health, the inference server)."
+  description = "The Dagster UI, behind the OIDC login (and, under /predict, /health, /invocations, /ping and /version, the inference server, with its bearer token)."
   value       = "https://${aws_lb.main.dns_name}"
 }
 

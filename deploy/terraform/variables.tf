@@ -31,8 +31,69 @@ variable "certificate_arn" {
 }
 
 variable "allowed_cidrs" {
-  description = "Networks allowed to reach the load balancer (the Dagster UI has no login of its own: keep this to your office or VPN)."
+  description = "Networks allowed to reach the load balancer (the Dagster UI is behind the OIDC login below; keep this to your office or VPN all the same)."
   type        = list(string)
+}
+
+# The Dagster UI's login: the load balancer's authenticate-oidc action, with your identity
+# provider (Okta, Auth0, Google, Microsoft Entra ID, Keycloak, ...). Register a web client whose
+# redirect URI is https://<load balancer DNS name or your domain>/oauth2/idpresponse.
+variable "oidc_issuer" {
+  description = "OIDC issuer URL of the identity provider (https://...)."
+  type        = string
+  validation {
+    condition     = startswith(var.oidc_issuer, "https://")
+    error_message = "The OIDC issuer must be an https:// URL."
+  }
+}
+
+variable "oidc_authorization_endpoint" {
+  description = "The identity provider's authorization endpoint (https://...)."
+  type        = string
+  validation {
+    condition     = startswith(var.oidc_authorization_endpoint, "https://")
+    error_message = "The OIDC authorization endpoint must be an https:// URL."
+  }
+}
+
+variable "oidc_token_endpoint" {
+  description = "The identity provider's token endpoint (https://...)."
+  type        = string
+  validation {
+    condition     = startswith(var.oidc_token_endpoint, "https://")
+    error_message = "The OIDC token endpoint must be an https:// URL."
+  }
+}
+
+variable "oidc_user_info_endpoint" {
+  description = "The identity provider's user info endpoint (https://...)."
+  type        = string
+  validation {
+    condition     = startswith(var.oidc_user_info_endpoint, "https://")
+    error_message = "The OIDC user info endpoint must be an https:// URL."
+  }
+}
+
+variable "oidc_client_id" {
+  description = "The client id of the web client registered for the Dagster UI."
+  type        = string
+}
+
+variable "oidc_client_secret_arn" {
+  description = "ARN of the Secrets Manager secret whose SecretString is that client's secret (created by hand, never in the repository or tfvars)."
+  type        = string
+}
+
+variable "oidc_scope" {
+  description = "Scopes the load balancer asks for."
+  type        = string
+  default     = "openid email"
+}
+
+variable "oidc_session_seconds" {
+  description = "How long a UI login lasts, in seconds."
+  type        = number
+  default     = 43200
 }
 
 variable "image_tag" {

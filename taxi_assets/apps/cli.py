@@ -270,6 +270,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=5.0,
         help="seconds between checks for a new production model (0: never)",
     )
+    serve.add_argument(
+        "--no-auth",
+        action="store_true",
+        help="serve without TAXI_API_TOKEN, for local tools such as MLflow's scoring client; only on a loopback "
+        "--host (127.0.0.1, ::1, localhost)",
+    )
+    serve.add_argument(
+        "--body-timeout",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="answer 408 when a request's body has not all arrived within SECONDS (default 30)",
+    )
     performance = commands.add_parser(
         "performance", help="print the realized error of the models that served, month by month (trip_predictions)"
     )
@@ -302,7 +315,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "serve":
         from taxi_assets.apps.server import serve as run_server
 
-        return run_server(args.host, args.port, args.reload_interval, args.port_file)
+        if not args.body_timeout > 0:
+            parser.error(f"--body-timeout must be a positive number of seconds, got {args.body_timeout:g}")
+
+        return run_server(
+            args.host,
+            args.port,
+            args.reload_interval,
+            args.port_file,
+            no_auth=args.no_auth,
+            body_timeout=args.body_timeout,
+        )
     if args.command == "materialize":
         months = _expand_partitions(args.partition, args.partition_range)
         if not months:

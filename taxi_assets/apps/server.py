@@ -3,29 +3,44 @@
 Two protocols over the same model:
 
 * MLflow's scoring protocol: ``POST /invocations`` with ``{"dataframe_records": [...]}``,
-  ``{"dataframe_split": {"columns": [...], "data": [[...]]}}`` or ``{"inputs": ...}`` answers
-  ``{"predictions": [minutes, ...]}`` as ``mlflow models serve`` does (the same predictions as
-  ``mlflow.pyfunc.load_model`` of the serving version); ``GET /ping`` and ``GET /version``.
+  ``{"dataframe_split": {"columns": [...], "data": [[...]]}}``, ``{"inputs": ...}`` or its alias
+  ``{"instances": ...}`` answers ``{"predictions": [minutes, ...]}`` as ``mlflow models serve``
+  does (the same predictions as ``mlflow.pyfunc.load_model`` of the serving version); ``GET /ping``
+  and ``GET /version``.
 * This project's: ``POST /predict`` with ``{"inputs": [trip, ...]}`` answers
   ``{"predictions": [...], "model": {"name", "partition", "version", "run_id"}}``; ``GET /health``.
 
 Predicting needs ``Authorization: Bearer <token>`` with the token from ``TAXI_API_TOKEN``
-(compared in constant time). Every trip is checked against the one trip schema (TripRecord). The
-server serves the newest month's production decision and switches to a new one without a restart:
-a background task polls the Dagster instance, loads the new model beside the old one and swaps a
+(compared in constant time), unless the server runs with ``--no-auth``, which it allows on a
+loopback address only. Every trip is checked against the one trip schema (TripRecord). The server
+serves the newest month's production decision and switches to a new one without a restart: a
+background task polls the Dagster instance, loads the new model beside the old one and swaps a
 single reference, so requests already running finish on the model they started with.
+
+The application is plain ASGI: one table of routes (``ROUTES``) of module-level handlers. A
+one-trip request is most of the traffic, and at that size a framework's request and response
+objects cost more than validating and predicting the trip, so the handlers read the few headers
+they need and answer with bytes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hmac
+import ipaddress
 import json
 import logging
 import os
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from functools import cache
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from pydantic import ValidationError
+from pydantic_core import from_json
+
+from taxi_assets.ml.trip_record import TripError, describe, plain_pairs, records_from_columns, validate_records
 
 if TYPE_CHECKING:
     from taxi_assets.model_store import LoadedModel
@@ -35,26 +50,42 @@ logger = logging.getLogger("taxi_assets.server")
 MAX_BATCH = 50_000
 MAX_BODY_BYTES = 8 * 1024 * 1024
 MIN_TOKEN_CHARACTERS = 16
+BODY_TIMEOUT_SECONDS = 30.0
+FORMATS = ("dataframe_records", "dataframe_split", "inputs", "instances")
 PREDICT_SHAPE = 'body must be a JSON object {"inputs": [{"PULocationID": .., "DOLocationID": .., "trip_distance": ..}]}'
 INVOCATION_SHAPE = (
     'body must be a JSON object with one of "dataframe_records" (a list of records), "dataframe_split" '
-    '({"columns": [...], "data": [[...]]}) or "inputs" (a list of records or a dict of columns)'
+    '({"columns": [...], "data": [[...]]}), "inputs" or its alias "instances" (a list of records or a dict of '
+    "columns)"
 )
 NO_MODEL = (
     "no production model is materialized yet; retrain a month first, e.g. `taxi-assets materialize --partition "
     "2024-02 --select raw_trips,cleaned_trips,training_set,sklearn_models,xgboost_model,production_model`; this "
     "server picks it up without a restart"
 )
+LOOPBACK_ONLY = "--no-auth serves predictions to anyone who can connect, so it binds only a loopback address"
+
+Trips = tuple[list[str], list[float]]  # validated trips: "<PU>_<DO>" pairs and miles
 
 
 class BadRequest(Exception):
+    """A request refused with ``status`` and a message naming the problem."""
+
     def __init__(self, status: int, message: str):
         super().__init__(message)
         self.status = status
         self.message = message
 
 
-def _adapters():
+class ClientGone(Exception):
+    """The client closed the connection before sending its whole body: nobody to answer."""
+
+
+# --- Request bodies: plain functions of bytes -----------------------------------------------------
+
+
+@cache
+def adapters():
     """The request schemas, built once: pydantic parses and validates a body in one pass, and its
     JSON parser stops at 200 levels of nesting, so no body can exhaust the stack."""
     from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
@@ -75,30 +106,21 @@ def _adapters():
         model_config = ConfigDict(extra="forbid")
         dataframe_records: list[dict[str, Any]] | None = Field(default=None, max_length=MAX_BATCH)
         dataframe_split: DataframeSplit | None = None
-        inputs: list[dict[str, Any]] | dict[str, list[Any]] | None = Field(default=None)
+        inputs: list[dict[str, Any]] | dict[str, list[Any]] | None = None
+        instances: list[dict[str, Any]] | dict[str, list[Any]] | None = None  # MLflow's alias of "inputs"
         params: dict[str, Any] | None = None
 
     return TypeAdapter(PredictRequest), TypeAdapter(InvocationRequest)
 
 
-_ADAPTERS = None
-
-
-def adapters():
-    global _ADAPTERS
-    if _ADAPTERS is None:
-        _ADAPTERS = _adapters()
-    return _ADAPTERS
-
-
-def _refused(error, shape: str, key: str) -> BadRequest:
+def _refused(error: ValidationError, shape: str, key: str) -> BadRequest:
     """A ValidationError of a whole body as the 4xx that names the problem."""
-    from taxi_assets.ml.trip_record import describe
-
     problems = error.errors(include_url=False, include_input=False)
     first = problems[0]
     if first["type"] == "json_invalid":
         detail = str(first.get("ctx", {}).get("error", first["msg"]))
+        if detail.startswith("EOF while parsing a value at line 1 column 0"):
+            return BadRequest(400, f"invalid JSON: the body is empty; {shape}")
         hint = " (nested too deeply: a trip record is two levels down)" if "recursion limit" in detail else ""
         return BadRequest(400, f"invalid JSON: {detail}{hint}")
     if first["loc"] == () and first["type"] in ("model_type", "dict_type", "model_attributes_type"):
@@ -109,36 +131,86 @@ def _refused(error, shape: str, key: str) -> BadRequest:
         return BadRequest(413, f'"{where}" has too many records; at most {MAX_BATCH} per request')
     if first["type"] == "too_short" and first["loc"] == (key,):
         return BadRequest(422, f'"{key}" is empty')
+    if first["type"] == "extra_forbidden" and len(first["loc"]) == 1:
+        return BadRequest(422, f"{describe(error)}; {shape}")
+    if len(first["loc"]) >= 2 and first["loc"][0] in ("inputs", "instances") and "[" in str(first["loc"][1]):
+        # A union's branch name ("list[dict[str,any]]") means neither records nor columns.
+        return BadRequest(422, f'"{first["loc"][0]}" must be a list of records or a dict of columns (lists)')
     return BadRequest(422, describe(error))
 
 
-def _size_checked(body: bytes) -> bytes:
+def _quick_json(body: bytes) -> Any:
+    """The body as Python values, or None when it is not valid JSON (the full parse then says why)."""
     if len(body) > MAX_BODY_BYTES:
         raise BadRequest(413, f"request body over {MAX_BODY_BYTES} bytes")
-    return body
-
-
-def parse_inputs(body: bytes):
-    """The trips of a ``{"inputs": [...]}`` body (``/predict``); BadRequest names the problem."""
-    from pydantic import ValidationError
-
     try:
-        return adapters()[0].validate_json(_size_checked(body)).inputs
+        return from_json(body)  # the parser pydantic validates with: same numbers, same limits
+    except ValueError:
+        return None
+
+
+def parse_inputs(body: bytes) -> Trips:
+    """The trips of a ``/predict`` body, ``{"inputs": [trip, ...]}``; BadRequest names the problem.
+
+    Plain bodies are checked once, in plain Python (:func:`plain_pairs`); anything else goes
+    through the pydantic schema, which accepts it with the same values or says what is wrong.
+    """
+    document = _quick_json(body)
+    if type(document) is dict and len(document) == 1:
+        records = document.get("inputs")
+        if type(records) is list and 0 < len(records) <= MAX_BATCH:
+            trips = plain_pairs(records)
+            if trips is not None:
+                return trips
+    try:
+        records = adapters()[0].validate_json(body).inputs
     except ValidationError as error:
         raise _refused(error, PREDICT_SHAPE, "inputs") from None
+    return [record.pu_do for record in records], [record.trip_distance for record in records]
 
 
-def parse_invocation(body: bytes):
-    """The trips of an MLflow scoring request (``/invocations``); BadRequest names the problem."""
-    from pydantic import ValidationError
+def parse_invocation(body: bytes) -> Trips:
+    """The trips of an MLflow scoring request (``/invocations``); BadRequest names the problem.
+    As :func:`parse_inputs`: plain bodies in one pass, the rest through the schema."""
+    document = _quick_json(body)
+    if type(document) is dict:
+        records = _plain_records(document)
+        if records is not None and 0 < len(records) <= MAX_BATCH:
+            trips = plain_pairs(records)
+            if trips is not None:
+                return trips
+    return _validated_invocation(body)
 
-    from taxi_assets.ml.trip_record import TripError, records_from_columns, validate_records
 
+def _plain_records(document: dict) -> list | None:
+    """The records of a plain scoring request: one format holding a list (or dataframe_split's
+    string columns and rows of their length), maybe ``params`` as an object; else None."""
+    params = document.get("params")
+    keys = [key for key in document if key != "params"]
+    if (params is not None and type(params) is not dict) or len(keys) != 1:
+        return None
+    value = document[keys[0]]
+    if keys[0] in ("dataframe_records", "inputs", "instances"):
+        return value if type(value) is list else None
+    if keys[0] != "dataframe_split" or type(value) is not dict or not set(value) <= {"columns", "data", "index"}:
+        return None
+    columns, rows, index = value.get("columns"), value.get("data"), value.get("index")
+    if type(columns) is not list or type(rows) is not list or not (index is None or type(index) is list):
+        return None
+    if any(type(name) is not str for name in columns):
+        return None
+    if any(type(row) is not list or len(row) != len(columns) for row in rows):
+        return None
+    return [dict(zip(columns, row, strict=True)) for row in rows]
+
+
+def _validated_invocation(body: bytes) -> Trips:
+    """An MLflow scoring request through the schema: the trips, or the BadRequest naming the problem."""
     try:
-        request = adapters()[1].validate_json(_size_checked(body))
+        request = adapters()[1].validate_json(body)
     except ValidationError as error:
         raise _refused(error, INVOCATION_SHAPE, "dataframe_records") from None
-    given = [key for key in ("dataframe_records", "dataframe_split", "inputs") if getattr(request, key) is not None]
+    given = [key for key in FORMATS if getattr(request, key) is not None]
     if len(given) != 1:
         raise BadRequest(422, INVOCATION_SHAPE + (f"; got {', '.join(given)}" if given else ""))
     key = given[0]
@@ -147,18 +219,71 @@ def parse_invocation(body: bytes):
             split = request.dataframe_split
             assert split is not None
             records = [dict(zip(split.columns, row, strict=True)) for row in split.data]
-        elif isinstance(request.inputs, dict):
-            records = records_from_columns(request.inputs)
+        elif isinstance(getattr(request, key), dict):
+            records = records_from_columns(getattr(request, key))
         else:
             records = getattr(request, key)
         if not records:
             raise BadRequest(422, f'"{key}" is empty')
         if len(records) > MAX_BATCH:
             raise BadRequest(413, f'"{key}" has too many records; at most {MAX_BATCH} per request')
-        return validate_records(records, prefix=key)
+        valid = validate_records(records, prefix=key)
     except ValueError as error:  # TripError, or a row of dataframe_split with the wrong length
         message = str(error) if isinstance(error, TripError) else f"{key}: every row needs one value per column"
         raise BadRequest(422, message) from None
+    return [record.pu_do for record in valid], [record.trip_distance for record in valid]
+
+
+# --- Answers ----------------------------------------------------------------------------------------
+
+JSON = b"application/json"
+TEXT = b"text/plain; charset=utf-8"
+_compact = json.JSONEncoder(separators=(",", ":")).encode
+
+
+class Reply(NamedTuple):
+    status: int
+    body: bytes
+    content_type: bytes = JSON
+    headers: tuple[tuple[bytes, bytes], ...] = ()
+
+
+def _challenge(status: int) -> tuple[tuple[bytes, bytes], ...]:
+    """401 asks for the bearer token; 408 closes the connection of a client that stopped sending.
+    (A 413 leaves it open: most clients send the whole body before they read the answer, and a
+    closed connection would reach them as a reset instead of the message; uvicorn discards the
+    rest of the body.)"""
+    if status == 401:
+        return ((b"www-authenticate", b"Bearer"),)
+    if status == 408:
+        return ((b"connection", b"close"),)
+    return ()
+
+
+def taxi_error(status: int, message: str) -> Reply:
+    """This project's error shape: ``{"error": message}``."""
+    return Reply(status, _compact({"error": message}).encode(), headers=_challenge(status))
+
+
+MLFLOW_ERROR_CODES = {
+    401: "UNAUTHENTICATED",
+    413: "REQUEST_LIMIT_EXCEEDED",
+    500: "INTERNAL_ERROR",
+    503: "TEMPORARILY_UNAVAILABLE",
+}
+
+
+def mlflow_error(status: int, message: str) -> Reply:
+    """MLflow's scoring server's error shape: ``{"error_code": ..., "message": ...}``."""
+    body = {"error_code": MLFLOW_ERROR_CODES.get(status, "BAD_REQUEST"), "message": message}
+    return Reply(status, _compact(body).encode(), headers=_challenge(status))
+
+
+class Served(NamedTuple):
+    """The model that serves and its ``"model"`` answer, serialized once."""
+
+    model: LoadedModel
+    described: bytes
 
 
 class ModelHolder:
@@ -167,141 +292,290 @@ class ModelHolder:
     def __init__(self, instance, loader):
         self.instance = instance
         self.loader = loader  # (instance, known storage id or None) -> LoadedModel | None
-        self.current: LoadedModel | None = None
+        self.served: Served | None = None
+
+    @property
+    def current(self) -> LoadedModel | None:
+        return self.served.model if self.served else None
 
     def refresh(self) -> bool:
-        fresh = self.loader(self.instance, self.current.storage_id if self.current else None)
+        fresh = self.loader(self.instance, self.served.model.storage_id if self.served else None)
         if fresh is None:
             return False
-        self.current = fresh  # one reference swap: in-flight requests keep the old object
+        # One reference swap: in-flight requests keep the old object (model and description together).
+        self.served = Served(fresh, _compact(fresh.describe()).encode())
         logger.info("serving %s", fresh.describe())
         return True
 
 
+# --- Handlers: (app, lower-cased headers, ASGI receive) -> Reply; BadRequest for a refusal ---------
+
+
+async def predict(app: ServingApp, headers: dict[bytes, bytes], receive) -> Reply:
+    """``POST /predict``: minutes rounded to 4 decimals, and which model answered."""
+    app.check_token(headers)
+    served = app.holder.served  # read once: this request's model, whatever a reload does meanwhile
+    if served is None:
+        raise BadRequest(503, NO_MODEL)
+    pairs, miles = parse_inputs(await app.read_body(headers, receive))
+    minutes = [round(value, 4) for value in served.model.predictor.minutes(pairs, miles)]
+    return Reply(200, b'{"predictions":' + _compact(minutes).encode() + b',"model":' + served.described + b"}")
+
+
+async def invocations(app: ServingApp, headers: dict[bytes, bytes], receive) -> Reply:
+    """``POST /invocations``: MLflow's scoring protocol, unrounded minutes as the pyfunc answers
+    (a compiled table returns exactly the booster's float32 values)."""
+    app.check_token(headers)
+    content_type = headers.get(b"content-type", JSON).split(b";")[0].strip().lower()
+    if content_type != JSON:
+        shown = content_type[:60].decode("latin-1")
+        raise BadRequest(415, f"content type {shown!r} is not supported; send application/json")
+    served = app.holder.served
+    if served is None:
+        raise BadRequest(503, NO_MODEL)
+    pairs, miles = parse_invocation(await app.read_body(headers, receive))
+    return Reply(200, b'{"predictions":' + _compact(served.model.predictor.minutes(pairs, miles)).encode() + b"}")
+
+
+async def health(app: ServingApp, headers: dict[bytes, bytes], receive) -> Reply:
+    """``GET /health``: 200 with the model that serves, 503 (saying how to make one) before there is one."""
+    model = app.holder.current
+    if model is None:
+        return Reply(503, _compact({"status": "no model", "model": None, "how": NO_MODEL}).encode())
+    return Reply(200, _compact({"status": "ok", "model": model.describe()}).encode())
+
+
+async def ping(app: ServingApp, headers: dict[bytes, bytes], receive) -> Reply:
+    """``GET /ping``: MLflow's readiness probe, 200 once a model serves."""
+    return Reply(200 if app.holder.served is not None else 503, b"\n", TEXT)
+
+
+async def version(app: ServingApp, headers: dict[bytes, bytes], receive) -> Reply:
+    """``GET /version``: this package's version, as MLflow's server gives its own."""
+    return Reply(200, package_version().encode(), TEXT)
+
+
+@cache
 def package_version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed
 
     try:
-        return version("taxi_assets")
+        return installed("taxi_assets")
     except PackageNotFoundError:
         return "unknown"
 
 
-def create_app(holder: ModelHolder, token: str, reload_interval: float = 5.0):
-    from starlette.applications import Starlette
-    from starlette.requests import Request
-    from starlette.responses import JSONResponse, PlainTextResponse, Response
-    from starlette.routing import Route
+Handler = Callable[["ServingApp", dict[bytes, bytes], Any], Awaitable[Reply]]
 
-    expected = token.encode()
 
-    def authorized(request: Request) -> bool:
-        # RFC 7235: the scheme is case-insensitive ("bearer", "Bearer", "BEARER").
-        scheme, _, credentials = request.headers.get("authorization", "").strip().partition(" ")
-        return scheme.lower() == "bearer" and hmac.compare_digest(credentials.strip().encode(), expected)
+@dataclass(frozen=True)
+class Route:
+    method: str  # a GET route answers HEAD too
+    handler: Handler
+    refuse: Callable[[int, str], Reply]  # how this route's protocol says no
 
-    def error(status: int, message: str) -> Response:
-        headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
-        return JSONResponse({"error": message}, status_code=status, headers=headers)
 
-    def mlflow_error(status: int, message: str) -> Response:
-        # MLflow's scoring server answers errors as {"error_code": ..., "message": ...}.
-        code = {
-            401: "UNAUTHENTICATED",
-            413: "REQUEST_LIMIT_EXCEEDED",
-            415: "BAD_REQUEST",
-            503: "TEMPORARILY_UNAVAILABLE",
-        }
-        headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
-        body = {"error_code": code.get(status, "BAD_REQUEST"), "message": message}
-        return JSONResponse(body, status_code=status, headers=headers)
+# Everything the server serves. The load balancer's listener rules (deploy/terraform) send exactly
+# these paths to the inference service; test_deploy.py holds them to this table.
+ROUTES: dict[str, Route] = {
+    "/invocations": Route("POST", invocations, mlflow_error),
+    "/ping": Route("GET", ping, mlflow_error),
+    "/version": Route("GET", version, mlflow_error),
+    "/predict": Route("POST", predict, taxi_error),
+    "/health": Route("GET", health, taxi_error),
+}
 
-    async def read_body(request: Request) -> bytes:
-        """The body, refusing more than MAX_BODY_BYTES before reading it all (chunked uploads
-        have no Content-Length to check up front)."""
-        length = request.headers.get("content-length", "")
+
+# --- The ASGI application -------------------------------------------------------------------------
+
+
+class BodyDeadlines:
+    """Requests whose body is still arriving, and when it must have arrived. One sweep a second
+    cancels the reads that are late, so a client that stops mid-body (or after its headers) gets
+    a 408 and frees its task; a request costs a dictionary entry, not a timer."""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+        self.pending: dict[asyncio.Task, float] = {}
+        self.expired: set[asyncio.Task] = set()
+
+    async def sweep(self) -> None:
+        while True:
+            await asyncio.sleep(min(1.0, max(0.05, self.seconds / 4)))
+            now = time.monotonic()
+            for task, deadline in list(self.pending.items()):
+                if now > deadline:
+                    del self.pending[task]
+                    self.expired.add(task)
+                    task.cancel()
+
+
+class ServingApp:
+    """The ASGI application: ``ROUTES``, the token check, bounded body reads, and a lifespan that
+    watches for new models (every ``reload_interval`` s; 0: never) and sweeps late bodies."""
+
+    def __init__(self, holder: ModelHolder, token: str | None, reload_interval: float, body_timeout: float):
+        self.holder = holder
+        self.expected = token.encode() if token is not None else None  # None: --no-auth
+        self.reload_interval = reload_interval
+        self.deadlines = BodyDeadlines(body_timeout)
+        self.routes = ROUTES
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http":
+            reply = await self.answer(scope, receive)
+            if reply is not None:
+                headers = [(b"content-type", reply.content_type), (b"content-length", b"%d" % len(reply.body))]
+                await send(
+                    {"type": "http.response.start", "status": reply.status, "headers": headers + [*reply.headers]}
+                )
+                await send({"type": "http.response.body", "body": reply.body})
+        elif scope["type"] == "lifespan":
+            await self.lifespan(receive, send)
+        else:
+            await refuse_websocket(scope, send)
+
+    async def answer(self, scope, receive) -> Reply | None:
+        """The route's reply; None when the client left before its body arrived."""
+        path, method = scope["path"], scope["method"]
+        route = self.routes.get(path)
+        if route is None:
+            known = ", ".join(f"{r.method} {p}" for p, r in self.routes.items())
+            return taxi_error(404, f"no such path {path[:100]!r}; this server serves {known}")
+        if method != route.method and not (method == "HEAD" and route.method == "GET"):
+            reply = route.refuse(405, f"{path} takes {route.method}, not {method[:20]}")
+            return reply._replace(headers=((b"allow", route.method.encode()),))
+        try:
+            return await route.handler(self, dict(scope["headers"]), receive)
+        except BadRequest as bad:
+            return route.refuse(bad.status, bad.message)
+        except ClientGone:
+            return None
+        except Exception:  # a bug, not the client's bytes: logged, and answered in the protocol's shape
+            logger.exception("%s %s failed", method, path)
+            return route.refuse(500, "internal error; the server's log has the details")
+
+    def check_token(self, headers: dict[bytes, bytes]) -> None:
+        """RFC 7235: the scheme is case-insensitive; the token is compared in constant time."""
+        if self.expected is None:
+            return
+        scheme, _, credentials = headers.get(b"authorization", b"").strip().partition(b" ")
+        if not (scheme.lower() == b"bearer" and hmac.compare_digest(credentials.strip(), self.expected)):
+            raise BadRequest(401, "missing or wrong bearer token")
+
+    async def read_body(self, headers: dict[bytes, bytes], receive) -> bytes:
+        """The body: refused over MAX_BODY_BYTES before reading it all (a chunked upload has no
+        Content-Length to check up front), or when it has not all arrived within the deadline."""
+        length = headers.get(b"content-length", b"")
         if length.isdigit() and int(length) > MAX_BODY_BYTES:
             raise BadRequest(413, f"request body over {MAX_BODY_BYTES} bytes")
-        chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > MAX_BODY_BYTES:
-                raise BadRequest(413, f"request body over {MAX_BODY_BYTES} bytes")
-            chunks.append(chunk)
-        return b"".join(chunks)
-
-    def json_response(body: dict) -> Response:
-        return Response(json.dumps(body, separators=(",", ":")), media_type="application/json")
-
-    async def predict(request: Request) -> Response:
-        if not authorized(request):
-            return error(401, "missing or wrong bearer token")
-        model = holder.current
-        if model is None:
-            return error(503, NO_MODEL)
+        task = asyncio.current_task()
+        assert task is not None
+        self.deadlines.pending[task] = time.monotonic() + self.deadlines.seconds
         try:
-            records = parse_inputs(await read_body(request))
-        except BadRequest as bad:
-            return error(bad.status, bad.message)
-        predictions = model.predictor.predict_records(records)
-        return json_response(
-            {"predictions": [round(float(value), 4) for value in predictions], "model": model.describe()}
-        )
+            return await _receive_body(receive)
+        except asyncio.CancelledError:
+            if task not in self.deadlines.expired:
+                raise  # the server is stopping
+            self.deadlines.expired.discard(task)
+            task.uncancel()
+            raise BadRequest(408, f"request body not received within {self.deadlines.seconds:g} s") from None
+        finally:
+            self.deadlines.pending.pop(task, None)
 
-    async def invocations(request: Request) -> Response:
-        if not authorized(request):
-            return mlflow_error(401, "missing or wrong bearer token")
-        content_type = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
-        if content_type != "application/json":
-            return mlflow_error(415, f"content type {content_type!r} is not supported; send application/json")
-        model = holder.current
-        if model is None:
-            return mlflow_error(503, NO_MODEL)
-        try:
-            records = parse_invocation(await read_body(request))
-        except BadRequest as bad:
-            return mlflow_error(bad.status, bad.message)
-        # Unrounded, as MLflow's pyfunc of the same version answers (a compiled table returns
-        # exactly the booster's float32 values).
-        return json_response({"predictions": [float(value) for value in model.predictor.predict_records(records)]})
+    async def lifespan(self, receive, send) -> None:
+        tasks: list[asyncio.Task] = []
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                tasks.append(asyncio.create_task(self.deadlines.sweep()))
+                if self.reload_interval > 0:
+                    tasks.append(asyncio.create_task(self.watch()))
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                for task in tasks:
+                    task.cancel()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
 
-    async def health(request: Request) -> Response:
-        model = holder.current
-        if model is None:
-            return JSONResponse({"status": "no model", "model": None, "how": NO_MODEL}, status_code=503)
-        return JSONResponse({"status": "ok", "model": model.describe()})
-
-    async def ping(request: Request) -> Response:
-        return PlainTextResponse("\n", status_code=200 if holder.current is not None else 503)
-
-    async def version(request: Request) -> Response:
-        return PlainTextResponse(package_version())
-
-    async def watch():
+    async def watch(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            await asyncio.sleep(reload_interval)
+            await asyncio.sleep(self.reload_interval)
             try:
                 # Loading reads the model's files: in a thread, so requests keep flowing meanwhile.
-                await loop.run_in_executor(None, holder.refresh)
+                await loop.run_in_executor(None, self.holder.refresh)
             except Exception:  # a bad new model must not take the server down
                 logger.exception("could not load the new production model; keeping the current one")
 
-    @asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        task = asyncio.create_task(watch()) if reload_interval > 0 else None
-        yield
-        if task:
-            task.cancel()
 
-    routes = [
-        Route("/invocations", invocations, methods=["POST"]),
-        Route("/ping", ping, methods=["GET"]),
-        Route("/version", version, methods=["GET"]),
-        Route("/predict", predict, methods=["POST"]),
-        Route("/health", health, methods=["GET"]),
-    ]
-    return Starlette(routes=routes, lifespan=lifespan)
+async def refuse_websocket(scope, send) -> None:
+    """A WebSocket handshake gets a 403 that says this server has no WebSocket endpoint (a bare
+    403 where the server cannot send a body)."""
+    if "websocket.http.response" not in scope.get("extensions", {}):
+        await send({"type": "websocket.close"})
+        return
+    reply = taxi_error(403, f"no WebSocket here; this server serves HTTP: {', '.join(ROUTES)}")
+    headers = [(b"content-type", JSON), (b"content-length", b"%d" % len(reply.body))]
+    await send({"type": "websocket.http.response.start", "status": 403, "headers": headers})
+    await send({"type": "websocket.http.response.body", "body": reply.body})
+
+
+async def _receive_body(receive) -> bytes:
+    message = await receive()
+    if message["type"] == "http.disconnect":
+        raise ClientGone
+    if not message.get("more_body"):
+        return message.get("body", b"")  # the usual case: the whole body in one message
+    chunks, size = [message.get("body", b"")], len(message.get("body", b""))
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientGone
+        chunks.append(message.get("body", b""))
+        size += len(chunks[-1])
+        if size > MAX_BODY_BYTES:
+            raise BadRequest(413, f"request body over {MAX_BODY_BYTES} bytes")
+        if not message.get("more_body"):
+            return b"".join(chunks)
+
+
+def create_app(
+    holder: ModelHolder, token: str | None, reload_interval: float = 5.0, body_timeout: float = BODY_TIMEOUT_SECONDS
+) -> ServingApp:
+    """The ASGI application serving ``holder``'s model; ``token`` None serves without one (--no-auth)."""
+    return ServingApp(holder, token, reload_interval, body_timeout)
+
+
+# --- The process ------------------------------------------------------------------------------------
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is a loopback address (127.0.0.0/8, ::1) or ``localhost``."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def api_token(no_auth: bool, host: str) -> str | None:
+    """The bearer token from TAXI_API_TOKEN; None with ``no_auth``, which only a loopback host may use."""
+    if no_auth:
+        if not is_loopback(host):
+            raise SystemExit(f"{LOOPBACK_ONLY} (127.0.0.1, ::1, localhost), not --host {host!r}")
+        return None
+    token = os.environ.get("TAXI_API_TOKEN", "").strip()
+    if not token:
+        raise SystemExit("TAXI_API_TOKEN is not set: the server needs a bearer token to check requests against")
+    if len(token) < MIN_TOKEN_CHARACTERS:
+        raise SystemExit(
+            f"TAXI_API_TOKEN has {len(token)} characters; use at least {MIN_TOKEN_CHARACTERS}, e.g. "
+            "python3 -c 'import secrets; print(secrets.token_urlsafe(32))'"
+        )
+    return token
 
 
 def listening_socket(host: str, port: int):
@@ -314,7 +588,7 @@ def listening_socket(host: str, port: int):
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
-        sock.bind((host, port))
+        sock.bind((host.strip("[]"), port))
     except OSError as error:
         sock.close()
         raise SystemExit(f"cannot listen on {host}:{port}: {error.strerror}") from None
@@ -330,31 +604,38 @@ def _write_port_file(path: str, port: int) -> None:
     os.replace(temporary, target)
 
 
-def serve(host: str = "127.0.0.1", port: int = 8000, reload_interval: float = 5.0, port_file: str | None = None) -> int:
+def serve(
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    reload_interval: float = 5.0,
+    port_file: str | None = None,
+    no_auth: bool = False,
+    body_timeout: float = BODY_TIMEOUT_SECONDS,
+) -> int:
+    import signal
+
     import dagster as dg
     import uvicorn
 
     from taxi_assets.model_store import load_production_model
 
-    token = os.environ.get("TAXI_API_TOKEN", "").strip()
-    if not token:
-        raise SystemExit("TAXI_API_TOKEN is not set: the server needs a bearer token to check requests against")
-    if len(token) < MIN_TOKEN_CHARACTERS:
-        raise SystemExit(
-            f"TAXI_API_TOKEN has {len(token)} characters; use at least {MIN_TOKEN_CHARACTERS}, e.g. "
-            "python3 -c 'import secrets; print(secrets.token_urlsafe(32))'"
-        )
+    token = api_token(no_auth, host)  # first: a refused start does no work
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    instance = dg.DagsterInstance.get()
-    holder = ModelHolder(instance, load_production_model)
+    if no_auth and os.environ.get("TAXI_API_TOKEN"):
+        logger.warning("--no-auth: TAXI_API_TOKEN is set but not checked")
+    holder = ModelHolder(dg.DagsterInstance.get(), load_production_model)
     holder.refresh()
     if holder.current is None:
         logger.warning(NO_MODEL)
+    # Loading through Dagster leaves SIGTERM raising KeyboardInterrupt; uvicorn raises the signal
+    # again after its graceful shutdown, so every stop (ECS stops tasks with SIGTERM) ended in a traceback.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     sock = listening_socket(host, port)
     bound = sock.getsockname()[1]
     if port_file:
         _write_port_file(port_file, bound)
-    print(f"taxi-assets serve: listening on http://{host}:{bound}", flush=True)
-    config = uvicorn.Config(create_app(holder, token, reload_interval), log_level="warning", access_log=False)
-    uvicorn.Server(config).run(sockets=[sock])
+    shown = f"[{host.strip('[]')}]" if ":" in host else host
+    print(f"taxi-assets serve: listening on http://{shown}:{bound}{' (no auth)' if no_auth else ''}", flush=True)
+    app = create_app(holder, token, reload_interval, body_timeout)
+    uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False)).run(sockets=[sock])
     return 0

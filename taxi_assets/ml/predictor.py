@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import struct
+from bisect import bisect_right
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -12,6 +14,10 @@ from taxi_assets.ml.budget import UNLIMITED, Budget
 
 # Rows per predict call for large matrices: a deep booster takes about a second for 10,000 rows.
 PREDICT_CHUNK_ROWS = 8_192
+# Up to this many trips a lookup goes trip by trip in plain Python: NumPy's calls cost more than
+# the work at that size (a one-trip request is most of the server's traffic).
+FEW_TRIPS = 16
+_FLOAT32 = struct.Struct("f")
 
 
 @dataclass
@@ -28,12 +34,23 @@ class DistanceLookup:
     rows: dict[str, int]  # PU_DO value -> row of the table; unseen pairs use the last row
     thresholds: np.ndarray  # float32, sorted: XGBoost compares float32 values with "<"
     table: np.ndarray  # float32 [pairs + 1, thresholds + 1]
+    cuts: list[float] = field(init=False, repr=False, compare=False)  # the thresholds as Python floats
+
+    def __post_init__(self):
+        self.cuts = self.thresholds.tolist()  # float32 values are exact as Python floats
 
     def predict(self, pu_do: list[str], distance: np.ndarray) -> np.ndarray:
         unseen = self.table.shape[0] - 1
         rows = np.fromiter((self.rows.get(pair, unseen) for pair in pu_do), np.int64, len(pu_do))
         intervals = np.searchsorted(self.thresholds, np.asarray(distance, dtype=np.float32), side="right")
         return self.table[rows, intervals]
+
+    def minutes_of(self, pair: str, miles: float) -> float:
+        """One trip, exactly ``float(predict([pair], [miles])[0])``: the distance rounded to
+        float32 as ``predict`` rounds it, the interval ``searchsorted(side="right")`` finds
+        (``bisect_right`` over the same values), the same cell."""
+        row = self.rows.get(pair, len(self.table) - 1)
+        return self.table.item(row, bisect_right(self.cuts, _FLOAT32.unpack(_FLOAT32.pack(miles))[0]))
 
 
 @dataclass
@@ -75,6 +92,14 @@ class TripDurationPredictor:
         return self.predict_pairs(
             [record.pu_do for record in records], np.asarray([record.trip_distance for record in records], dtype=float)
         )
+
+    def minutes(self, pu_do: list[str], miles: Sequence[float]) -> list[float]:
+        """Minutes as Python floats for validated features (what the server answers), equal to
+        ``float(value)`` of every value ``predict_pairs`` returns."""
+        lookup = self.lookup
+        if lookup is not None and len(pu_do) <= FEW_TRIPS:
+            return [lookup.minutes_of(pair, distance) for pair, distance in zip(pu_do, miles, strict=True)]
+        return self.predict_pairs(pu_do, np.asarray(miles, dtype=float)).tolist()
 
     def predict_features(self, features) -> np.ndarray:
         """Minutes for a frame of model features (``PU_DO``, ``trip_distance``), as in cleaned_trips."""

@@ -66,7 +66,10 @@ def _miles(value: Any) -> Any:
             raise ValueError(f"must be a number of miles, got {value[:40]!r}") from None
     if not isinstance(value, (int, float)):
         raise ValueError(f"must be a number of miles, got a {type(value).__name__}")
-    miles = float(value)
+    try:
+        miles = float(value)
+    except OverflowError:  # an integer with hundreds of digits (JSON allows them)
+        raise ValueError(f"must be between 0 and {MAX_TRIP_DISTANCE_MILES:g} miles, got a huge integer") from None
     if not (math.isfinite(miles) and 0 <= miles <= MAX_TRIP_DISTANCE_MILES):
         raise ValueError(f"must be between 0 and {MAX_TRIP_DISTANCE_MILES:g} miles, got {miles!r}")
     return miles
@@ -141,3 +144,36 @@ def records_from_columns(columns: Mapping[str, Sequence[Any]]) -> list[dict[str,
         raise TripError(f"columns have different lengths: {sorted(lengths)}")
     names = list(columns)
     return [dict(zip(names, row, strict=True)) for row in zip(*(columns[name] for name in names), strict=True)]
+
+
+def _plain_location_id(value: Any) -> int | None:
+    if type(value) is int:
+        return value if value >= MIN_LOCATION_ID else None
+    if type(value) is str and _DIGITS.fullmatch(value):
+        number = int(value)
+        return number if number >= MIN_LOCATION_ID else None
+    return None
+
+
+def plain_pairs(records: list) -> tuple[list[str], list[float]] | None:
+    """The ``"<PU>_<DO>"`` pairs and miles of records in the plain form, checked in one pass of
+    plain Python (about five times faster than building TripRecords, which a one-trip request
+    feels): dicts with exactly the three fields, ids as positive integers or strings of digits,
+    miles as numbers from 0 to 500. None for anything else (a boolean, a float id, a missing or
+    extra field, ...): :func:`validate_records` then accepts it or names the problem. Accepts
+    nothing TripRecord refuses, with the same values (held by a property test)."""
+    pairs: list[str] = []
+    miles: list[float] = []
+    for record in records:
+        if type(record) is not dict or len(record) != 3:
+            return None
+        pickup = _plain_location_id(record.get("PULocationID"))
+        dropoff = _plain_location_id(record.get("DOLocationID"))
+        distance = record.get("trip_distance")
+        if pickup is None or dropoff is None or not isinstance(distance, (int, float)) or isinstance(distance, bool):
+            return None
+        if not 0 <= distance <= MAX_TRIP_DISTANCE_MILES:  # also false for NaN
+            return None
+        pairs.append(f"{pickup}_{dropoff}")
+        miles.append(float(distance))
+    return pairs, miles

@@ -4,6 +4,7 @@ import http.client
 import json
 import os
 import secrets
+import socket
 import subprocess
 import sys
 import threading
@@ -53,7 +54,8 @@ def server(served_instance, tmp_path_factory):
     env = {**os.environ, "DAGSTER_HOME": str(home), "TAXI_API_TOKEN": TOKEN}
     folder = tmp_path_factory.mktemp("serve")
     log = folder / "serve.log"
-    with inference_server(env, folder, "--reload-interval", "0.5", log=log) as (process, port):
+    args = ("--reload-interval", "0.5", "--body-timeout", "2")
+    with inference_server(env, folder, *args, log=log) as (process, port):
 
         def healthy():
             try:
@@ -65,7 +67,7 @@ def server(served_instance, tmp_path_factory):
             wait_for(healthy, 120, "the server's health")
         except TimeoutError:
             pytest.fail("server did not come up: " + log.read_text()[-3000:])
-        yield {"port": port, "instance": trained_instance, "first_run": first_run, "process": process}
+        yield {"port": port, "instance": trained_instance, "first_run": first_run, "process": process, "log": log}
 
 
 def test_predicts_the_course_samples(server):
@@ -172,6 +174,14 @@ BAD = {
     "inputs nested 5,000 deep": (None, b'{"inputs":' + b"[" * 5_000, 400, "nested too deeply"),
     "closed deep nesting": (None, b'{"inputs":' + b"[" * 5_000 + b"]" * 5_000 + b"}", 400, "nested too deeply"),
     "body over 8 MB": (None, b"[" + b"1," * (4_300_000) + b"1]", 413, "over 8388608 bytes"),
+    "empty body": (None, b"", 400, "the body is empty"),
+    # Found by fuzzing: a distance of 400 digits overflowed float() inside the schema (a 500).
+    "400-digit distance": (
+        None,
+        b'{"inputs": [{"PULocationID": 1, "DOLocationID": 2, "trip_distance": ' + b"9" * 400 + b"}]}",
+        422,
+        "inputs[0].trip_distance: must be between 0 and 500 miles",
+    ),
     "deep object in a record": (
         None,
         b'{"inputs": [{"PULocationID": ' + b'{"a":' * 3_000 + b"1" + b"}" * 3_000 + b"}]}",
@@ -398,6 +408,10 @@ def test_invocations_speak_mlflows_protocol_with_the_pyfuncs_predictions(server,
         },
         "inputs as records": {"inputs": trips},
         "inputs as columns": {"inputs": {c: [t[c] for t in trips] for c in columns}},
+        # MLflow's alias of "inputs" (TensorFlow Serving's name), as records and as columns.
+        "instances as records": {"instances": trips},
+        "instances as columns": {"instances": {c: [t[c] for t in trips] for c in columns}},
+        "with params": {"inputs": trips, "params": {"unused": 1}},
         "the course's strings": {
             "dataframe_records": [
                 {**t, "PULocationID": str(t["PULocationID"]), "DOLocationID": str(t["DOLocationID"])} for t in trips
@@ -441,7 +455,7 @@ def test_invocations_speak_mlflows_protocol_with_the_pyfuncs_predictions(server,
             "different lengths",
         ),
         ({"dataframe_records": [record()], "inputs": [record()]}, None, 422, "got dataframe_records, inputs"),
-        ({"instances": [record()]}, None, 422, "instances: unknown field"),
+        ({"records": [record()]}, None, 422, "records: unknown field"),
         ({}, None, 422, 'one of "dataframe_records"'),
         ({"dataframe_records": []}, None, 422, "is empty"),
         ({"dataframe_records": [record()] * 50_001}, None, 413, "at most 50000"),
@@ -493,3 +507,165 @@ def test_without_a_model_the_server_says_how_to_make_one(instance, tmp_path):
         assert (
             status == 503 and body["error_code"] == "TEMPORARILY_UNAVAILABLE" and "retrain a month" in body["message"]
         )
+
+
+# Hostile clients (thousands of them: benchmarks/bench_fuzz.py) ---------------------------------
+
+
+def raw_exchange(port: int, request: bytes, close_after_send: bool = False) -> bytes:
+    """Bytes to the server on a fresh connection; everything it sends until it closes (or nothing)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=120) as connection:
+        connection.sendall(request)
+        if close_after_send:
+            return b""
+        received = b""
+        while chunk := connection.recv(65536):
+            received += chunk
+        return received
+
+
+def test_a_body_that_stops_arriving_gets_408_while_others_are_served(server):
+    body = json.dumps(GOOD).encode()
+    head = f"POST /predict HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\nContent-Length: {len(body)}\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", server["port"]), timeout=120) as stalled:
+        stalled.sendall(head.encode() + body[:10])  # and nothing more
+        assert Client(server["port"]).request("POST", "/predict", GOOD)[0] == 200  # others are served meanwhile
+        answer = b""
+        while chunk := stalled.recv(65536):  # until the server closes the connection
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 408 ") and b"connection: close" in answer.lower()
+    assert b"request body not received within 2 s" in answer
+
+
+def test_a_client_that_leaves_mid_body_costs_nothing(server):
+    body = json.dumps(GOOD).encode()
+    head = (
+        f"POST /invocations HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\nContent-Length: {len(body)}\r\n\r\n"
+    )
+    for _ in range(20):
+        raw_exchange(server["port"], head.encode() + body[:7], close_after_send=True)
+    assert Client(server["port"]).request("POST", "/invocations", {"inputs": GOOD["inputs"]})[0] == 200
+    log = server["log"].read_text(errors="replace")
+    assert "Traceback" not in log and "Exception" not in log, log[-3000:]
+
+
+def test_a_declared_body_over_the_limit_is_refused_before_it_is_sent(server):
+    head = f"POST /predict HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\nContent-Length: 9000000\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", server["port"]), timeout=120) as connection:
+        connection.sendall(head.encode() + b'{"inputs": [')  # and no more: the answer comes all the same
+        response = http.client.HTTPResponse(connection)
+        response.begin()
+        assert response.status == 413 and b"request body over 8388608 bytes" in response.read()
+
+
+def test_a_stopped_server_leaves_no_traceback(served_instance, tmp_path):
+    """Found by fuzzing's log check: loading a model through Dagster left SIGTERM raising
+    KeyboardInterrupt, so every stop (ECS stops tasks with SIGTERM) logged a traceback."""
+    home = Path(served_instance.storage_directory()).resolve().parent
+    env = {**os.environ, "DAGSTER_HOME": str(home), "TAXI_API_TOKEN": TOKEN}
+    log = tmp_path / "serve.log"
+    with inference_server(env, tmp_path, "--reload-interval", "0", log=log) as (process, port):
+        wait_for(lambda: _answers(port), 120, "the server")
+        process.terminate()
+        process.wait(timeout=120)
+    assert "Traceback" not in log.read_text(errors="replace"), log.read_text(errors="replace")[-3000:]
+
+
+def _answers(port):
+    try:
+        return Client(port).request("GET", "/health")[0] == 200
+    except OSError:
+        return False
+
+
+# --no-auth: MLflow's own scoring client ----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def open_server(server, tmp_path_factory):
+    """``taxi-assets serve --no-auth`` of the same instance, with no token anywhere in its environment."""
+    home = Path(server["instance"].storage_directory()).resolve().parent
+    env = {key: value for key, value in os.environ.items() if key != "TAXI_API_TOKEN"} | {"DAGSTER_HOME": str(home)}
+    folder = tmp_path_factory.mktemp("serve-no-auth")
+    with inference_server(env, folder, "--no-auth", "--reload-interval", "0", log=folder / "serve.log") as (_, port):
+        yield port
+
+
+def test_mlflows_scoring_client_works_against_no_auth(server, open_server):
+    import mlflow.pyfunc
+    import pandas as pd
+    from mlflow.pyfunc.scoring_server.client import ScoringServerClient
+
+    from taxi_assets.model_store import serving_model
+
+    instance = server["instance"]
+    serving = serving_model(instance)
+    use_mlflow_store_of(instance)
+    pyfunc = mlflow.pyfunc.load_model(f"models:/taxi-duration-{serving.name}/{serving.version}")
+    trips = pd.DataFrame(
+        [
+            record(),
+            record(PULocationID=65, DOLocationID=170, trip_distance=6.54),
+            record(PULocationID=999, DOLocationID=1),
+        ]
+    )
+    expected = [float(value) for value in pyfunc.predict(trips)]
+
+    client = ScoringServerClient("127.0.0.1", open_server)
+    client.wait_server_ready(timeout=120)
+    client.ping()
+    assert client.get_version() == __import__("importlib.metadata").metadata.version("taxi_assets")
+    answer = client.invoke(trips)  # {"dataframe_split": {"index", "columns", "data"}}, no Authorization header
+    assert answer["predictions"] == expected
+    assert client.invoke(trips, params={"unused": 1})["predictions"] == expected
+    with pytest.raises(Exception, match="error code 401"):  # the token-checking server still refuses it
+        ScoringServerClient("127.0.0.1", server["port"]).invoke(trips)
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "192.0.2.7"])
+def test_no_auth_is_refused_beyond_loopback(tmp_path, host):
+    env = {key: value for key, value in os.environ.items() if key != "TAXI_API_TOKEN"} | {"DAGSTER_HOME": str(tmp_path)}
+    port_file = tmp_path / "port"
+    result = subprocess.run(
+        [
+            Path(sys.executable).parent / "taxi-assets",
+            "serve",
+            "--no-auth",
+            "--host",
+            host,
+            "--port",
+            "0",
+            "--port-file",
+            str(port_file),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 1 and not port_file.exists()  # refused before binding anything
+    [line] = result.stderr.strip().splitlines()
+    assert "--no-auth" in line and "loopback" in line and host in line, line
+
+
+def test_one_trip_at_a_time_gives_the_boosters_own_predictions(server):
+    """The server's path for a few trips (a bisect in the compiled table, trip by trip) against the
+    booster itself, on 2,000 real trips of the served month."""
+    import dataclasses
+
+    import numpy as np
+    import pandas as pd
+
+    import taxi_assets
+    from taxi_assets_tests.helpers import DATA_DIR
+
+    predictor = taxi_assets.load_model(instance=server["instance"])
+    assert predictor.lookup is not None, predictor.name  # the XGBoost decision serves from its table
+    trips = (
+        pd.read_parquet(DATA_DIR / "2024" / "02.parquet").dropna(subset=["trip_distance"]).sample(2000, random_state=1)
+    )
+    pairs = [f"{pickup}_{dropoff}" for pickup, dropoff in zip(trips.PULocationID, trips.DOLocationID)]
+    miles = [float(value) for value in trips.trip_distance.clip(0, 500)]
+    one_by_one = [predictor.minutes([pair], [distance])[0] for pair, distance in zip(pairs, miles)]
+    booster = dataclasses.replace(predictor, lookup=None).predict_pairs(pairs, np.asarray(miles))
+    assert one_by_one == [float(value) for value in booster]

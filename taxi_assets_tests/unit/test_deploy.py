@@ -175,3 +175,55 @@ def test_each_instance_tracks_in_its_own_store_within_one_process(tmp_path, monk
                 assert mlflow.get_registry_uri() == resources.mlflow.uri
     assert stores[0] != stores[1] and "first" in stores[0] and "second" in stores[1]
     assert "MLFLOW_TRACKING_URI" not in os.environ and "MLFLOW_REGISTRY_URI" not in os.environ
+
+
+def test_the_load_balancer_sends_every_served_path_to_the_inference_service_and_the_rest_through_a_login():
+    """The listener's rules against the server's own route table (ROUTES), not a second list: every
+    path it serves reaches it without the UI's login (it checks its bearer token), nothing else
+    does, and everything else goes through authenticate-oidc to the Dagster webserver."""
+    from taxi_assets.apps.server import ROUTES
+    from taxi_assets_tests.production.test_ecs import Terraform  # the HCL reader the ECS test uses
+
+    oidc = {
+        "oidc_issuer": "https://idp.example.com",
+        "oidc_authorization_endpoint": "https://idp.example.com/authorize",
+        "oidc_token_endpoint": "https://idp.example.com/token",
+        "oidc_user_info_endpoint": "https://idp.example.com/userinfo",
+        "oidc_client_id": "dagster-ui",
+        "oidc_client_secret_arn": "arn:aws:secretsmanager:us-east-1:123456789012:secret:oidc",
+    }
+    tf = Terraform(DEPLOY / "terraform", {"certificate_arn": "-", "allowed_cidrs": [], "image_tag": "t"} | oidc)
+    tf.known |= {
+        "aws_lb_listener.https.arn": "listener",
+        "aws_lb_target_group.inference.arn": "inference",
+        "aws_lb_target_group.webserver.arn": "webserver",
+        "data.aws_secretsmanager_secret_version.oidc_client_secret.secret_string": "read from Secrets Manager",
+    }
+    to_inference: list[str] = []
+    for rule in tf.resources("aws_lb_listener_rule"):
+        assert tf.attribute(rule, "listener_arn") == "listener"
+        [action] = rule.children("action")  # a plain forward: no login in front of the API
+        assert tf.attribute(action, "type") == "forward" and tf.attribute(action, "target_group_arn") == "inference"
+        for condition in rule.children("condition"):
+            [pattern] = condition.children("path_pattern")
+            values = tf.attribute(pattern, "values")
+            assert len(values) <= 5, "an ALB rule takes at most five condition values: add a rule"
+            assert not any(wildcard in value for value in values for wildcard in "*?"), values  # exact paths
+            to_inference += values
+    assert sorted(to_inference) == sorted(ROUTES)
+
+    listener = tf.block("resource", "aws_lb_listener", "https")
+    login, forward = sorted(listener.children("default_action"), key=lambda action: tf.attribute(action, "order"))
+    assert tf.attribute(login, "type") == "authenticate-oidc"
+    assert (tf.attribute(forward, "type"), tf.attribute(forward, "target_group_arn")) == ("forward", "webserver")
+    [settings] = login.children("authenticate_oidc")
+    given = {name: tf.attribute(settings, name) for name in settings.attributes}
+    for name in ("issuer", "authorization_endpoint", "token_endpoint", "user_info_endpoint", "client_id"):
+        assert given[name] == oidc[f"oidc_{name}"], name
+    assert given["client_secret"] == "read from Secrets Manager"
+    assert given["on_unauthenticated_request"] == "authenticate"
+    secret = tf.block("data", "aws_secretsmanager_secret_version", "oidc_client_secret")
+    assert tf.attribute(secret, "secret_id") == oidc["oidc_client_secret_arn"]
+    # No secret has a default: nothing secret lives in the repository.
+    variables = [block for block in tf.blocks if block.type == "variable" and "secret" in block.labels[0]]
+    assert variables and all("default" not in block.attributes for block in variables)
