@@ -236,3 +236,48 @@ def test_automation_scores_a_month_after_its_retraining(monitored):
     third = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=second.cursor)
     assert third.get_num_requested(dg.AssetKey("model_performance")) == 1
     assert third.get_requested_partitions(dg.AssetKey("trip_predictions")) == set()
+
+
+@pytest.mark.production  # a dozen retrainings: minutes, so with the long end-to-end runs
+def test_a_backfill_scores_every_month_by_a_model_that_never_saw_it(tmp_path):
+    """2023-03..2024-02 retrained month by month (what `taxi-assets materialize --partition-range`
+    does), on small months made from the real ones: every month after the first is scored by the
+    decision before it, and model_performance has one line per model that served."""
+    from taxi_assets_tests.helpers import sampled_months
+
+    months = [f"2023-{m:02d}" for m in range(2, 13)] + ["2024-01", "2024-02"]
+    folder = sampled_months(tmp_path / "trips", months, rows=2_000)
+    (tmp_path / "home").mkdir()
+    defs = build_defs(trip_source=LocalTripSource(directory=str(folder)))
+    job = defs.resolve_implicit_global_asset_job_def()
+    with dg.instance_for_test(temp_dir=str(tmp_path / "home")) as instance:
+
+        def run(month, assets, config=None):
+            result = job.execute_in_process(
+                instance=instance, partition_key=month, asset_selection=[dg.AssetKey(a) for a in assets],
+                run_config=config, raise_on_error=False,
+            )  # fmt: skip
+            assert result.success, failure_messages(result)
+
+        run("2023-02", PREPARE)
+        for month in months[1:]:
+            run(month, ["trip_files", *CHAIN, "trip_predictions"], RETRAIN)
+        run(None, ["model_performance"])
+        scored = {m: latest_metadata(instance, "trip_predictions", m) for m in months[1:]}
+        decisions = {m: latest_metadata(instance, "production_model", m) for m in months[1:]}
+        performance = latest_metadata(instance, "model_performance", None)
+
+    assert scored["2023-03"] is None  # no decision before the first month of the backfill: nothing served it
+    for month in months[2:]:
+        assert scored[month]["model_trained_for"] < month, (month, scored[month])  # never a model that saw it
+        assert scored[month]["decided_for"] == months[months.index(month) - 1]
+        assert scored[month]["model"] == decisions[scored[month]["decided_for"]]["serving_model_version"]
+    rows = [row.data for row in performance["performance"].records]
+    served = {scored[month]["model"] for month in months[2:]}
+    assert sorted(row["model"] for row in rows) == sorted(served)  # one line per model that served
+    for row in rows:
+        for month in months[2:]:
+            if row.get(month) is not None:
+                assert scored[month]["model"] == row["model"] and row[month] == pytest.approx(
+                    scored[month]["rmse"], abs=1e-4
+                )

@@ -56,22 +56,21 @@ AFTER_INPUTS_UPDATE = (
     tags={"stage": "monitor"},
     code_version=CODE_VERSIONS["trip_predictions"],
     automation_condition=AFTER_INPUTS_UPDATE,
+    output_required=False,  # a month with no earlier decision is not scored (see below)
 )
-def trip_predictions(
-    context: dg.AssetExecutionContext, cleaned_trips: pd.DataFrame, predictions: PredictionStore
-) -> dg.MaterializeResult:
+def trip_predictions(context: dg.AssetExecutionContext, cleaned_trips: pd.DataFrame, predictions: PredictionStore):
     """Every cleaned trip of the month scored by the model that served when the month's file
     arrived (the newest production decision before the month: it never saw the month), with the
-    minutes each trip really took, as a Parquet file people can read without this code."""
+    minutes each trip really took, as a Parquet file people can read without this code. A month
+    before any decision (the first of a backfill) had no model serving it: nothing to score."""
     month = context.partition_key
     found = decision_before(context.instance, month)
     if found is None:
-        raise dg.Failure(
-            description=f"trip_predictions partition {month}: no production decision before {month}, so no model "
-            f"served when its file arrived; retrain {previous_month(month)} first "
-            f"(`taxi-assets materialize --partition {previous_month(month)} --select ...,production_model`)",
-            allow_retries=False,
+        context.log.info(
+            f"trip_predictions {month}: no production decision before {month}, so no model served when its file "
+            f"arrived; nothing to score (retrain {previous_month(month)} to score {month})"
         )
+        return
     decided_for, decision = found
     if decision.model_partition >= month:  # a decision before M holds models of M-1 or older
         raise dg.Failure(description=f"trip_predictions {month}: {decision.name} was trained for {month}")
@@ -82,7 +81,7 @@ def trip_predictions(
         f"trip_predictions {month}: {realized['rows']:,} trips scored by {decision.name} "
         f"(decided for {decided_for}), RMSE {realized['rmse']:.3f}"
     )
-    return dg.MaterializeResult(metadata=_metadata(month, scored, realized, decision, decided_for, location))
+    yield dg.MaterializeResult(metadata=_metadata(month, scored, realized, decision, decided_for, location))
 
 
 def _metadata(month, scored, realized, decision, decided_for, location) -> dict:
@@ -145,8 +144,8 @@ def _partitioned_check(function):
 def serving_model_performs(context: dg.AssetCheckExecutionContext, config: ServingModelCheckConfig):
     month = context.partition_key
     recorded = latest_metadata(context.instance, "trip_predictions", month)
-    if recorded is None:
-        raise dg.Failure(description=f"trip_predictions {month} has no materialization to check", allow_retries=False)
+    if recorded is None:  # the month had no model serving it: nothing was scored
+        return dg.AssetCheckResult(passed=True, description=f"{month} was not scored: no model served it")
     share = recorded.get("share_over_15_minutes_at_selection")
     verdict = judge(
         month,
