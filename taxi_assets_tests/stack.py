@@ -175,3 +175,18 @@ class GraphQL:
             "mutation($id: String!) { stopRunningSchedule(id: $id) { __typename } }", {"id": schedule["id"]}
         )["stopRunningSchedule"]
         assert stopped["__typename"] == "ScheduleStateResult", stopped
+
+
+def run_command(command: list, timeout: float, **options) -> subprocess.CompletedProcess:
+    """``subprocess.run`` in a session of its own, whose whole process group is killed if it runs
+    past ``timeout``: a command's children (step processes) never outlive a test that gave up."""
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True, **options
+    )
+    try:
+        out, err = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        out, err = process.communicate()
+        raise subprocess.TimeoutExpired(command, timeout, out, err) from None
+    return subprocess.CompletedProcess(command, process.returncode, out, err)

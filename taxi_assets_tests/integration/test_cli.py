@@ -2,7 +2,6 @@
 
 import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -11,6 +10,7 @@ import pytest
 
 from taxi_assets.model_store import read_value
 from taxi_assets_tests.helpers import COURSE_SHAPES, DATA_DIR, REPO_ROOT
+from taxi_assets_tests.stack import run_command
 
 BIN = Path(sys.executable).parent
 
@@ -33,7 +33,7 @@ def run(args, home: Path, data_dir: Path = DATA_DIR, env: dict | None = None):
     # set_tracking_uri writes the environment); a user's shell would not have it.
     inherited = {key: value for key, value in os.environ.items() if not key.startswith("MLFLOW_")}
     env = {**inherited, "DAGSTER_HOME": str(home), "TAXI_DATA_DIR": str(data_dir), **(env or {})}
-    return subprocess.run(args, cwd=home.parent / "elsewhere", env=env, capture_output=True, text=True, timeout=1800)
+    return run_command(args, 1800, cwd=home.parent / "elsewhere", env=env)
 
 
 def runs_by_status(home: Path):
@@ -120,23 +120,19 @@ def test_dagster_definitions_validate_and_dg_check_defs(project_home):
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Validation successful" in result.stdout + result.stderr
     # The dg CLI, from the project (it finds definitions.py through pyproject.toml's [tool.dg]).
-    checked = subprocess.run(
+    checked = run_command(
         [BIN / "dg", "check", "defs"],
+        1800,
         cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=1800,
         env={**os.environ, "DAGSTER_HOME": str(project_home), "VIRTUAL_ENV": str(BIN.parent)},
     )
     assert checked.returncode == 0 and "All definitions loaded successfully" in checked.stdout + checked.stderr, (
         checked.stderr
     )
-    launched = subprocess.run(
+    launched = run_command(
         [BIN / "dg", "launch", "--assets", "raw_trips,cleaned_trips", "--partition", "2024-01"],
+        1800,
         cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=1800,
         env={
             **os.environ,
             "DAGSTER_HOME": str(project_home),

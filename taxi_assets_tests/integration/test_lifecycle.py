@@ -25,7 +25,7 @@ import pytest
 import yaml
 
 from taxi_assets_tests.helpers import DATA_DIR, REPO_ROOT, TINY_BUDGET
-from taxi_assets_tests.stack import GraphQL, Processes, wait_for
+from taxi_assets_tests.stack import GraphQL, Processes, run_command, wait_for
 
 BIN = Path(sys.executable).parent
 # Trees as deep and slow as the course's space allows: a trial that is still boosting when
@@ -65,13 +65,11 @@ def stack(tmp_path_factory):
         "VIRTUAL_ENV": str(BIN.parent),  # the project's environment, as `source .venv/bin/activate` sets it
     }
     # README command 1: 2024-02 prepared by hand (and 2024-01's trips), no model, from another folder.
-    prepared = subprocess.run(
+    prepared = run_command(
         [BIN / "taxi-assets", "materialize", "--partition", "2024-02"],
+        1800,
         cwd=elsewhere,
         env=env,
-        capture_output=True,
-        text=True,
-        timeout=1800,
     )
     assert prepared.returncode == 0, prepared.stdout + prepared.stderr
     processes = Processes(root, env)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import pytest
 from taxi_assets.lib.catalog import CODE_VERSIONS
 from taxi_assets.lib.history import latest_metadata, observed_version, recorded_version
 from taxi_assets_tests.helpers import DATA_DIR, mlflow_client
+from taxi_assets_tests.stack import run_command
 
 BIN = Path(sys.executable).parent
 
@@ -23,7 +23,7 @@ def cli(instance, *args, data_dir=DATA_DIR):
     home = Path(instance.storage_directory()).resolve().parent
     env = {**os.environ, "DAGSTER_HOME": str(home), "TAXI_DATA_DIR": str(data_dir)}
     env.pop("MLFLOW_TRACKING_URI", None)
-    return subprocess.run([BIN / "taxi-assets", *args], env=env, capture_output=True, text=True, timeout=1200)
+    return run_command([BIN / "taxi-assets", *args], 1200, env=env)
 
 
 @pytest.mark.parametrize(("registered", "asset"), [("taxi-duration-xgboost", "xgboost_model"),

@@ -8,10 +8,10 @@ where nothing else has imported it already.
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 
 from taxi_assets_tests.helpers import DATA_DIR, REPO_ROOT
+from taxi_assets_tests.stack import run_command
 
 SCRIPT = """
 import sys
@@ -32,11 +32,9 @@ print("matplotlib:", sorted(name for name in sys.modules if name.split(".")[0] =
 
 
 def test_data_preparation_never_imports_matplotlib():
-    done = subprocess.run(
+    done = run_command(
         [sys.executable, "-c", SCRIPT],
-        capture_output=True,
-        text=True,
-        timeout=600,
+        600,
         cwd=REPO_ROOT,
         env={**os.environ, "TAXI_DATA_DIR": str(DATA_DIR)},
     )

@@ -3,7 +3,6 @@ from the real green ones (the TLC's yellow files name the datetimes ``tpep_*``, 
 ``ehail_fee`` or ``trip_type``, and add ``Airport_fee``)."""
 
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import pytest
 from taxi_assets.lib.sources import HttpTripSource, LocalTripSource, S3TripSource, trip_source_from_env
 from taxi_assets.model_store import read_value
 from taxi_assets_tests.helpers import COURSE_SHAPES, DATA_DIR, REPO_ROOT, failure_messages, run_months
+from taxi_assets_tests.stack import run_command
 
 
 def yellow_shaped(green: pd.DataFrame) -> pd.DataFrame:
@@ -91,7 +91,7 @@ def test_taxi_assets_materialize_runs_on_yellow_files(yellow_folder, tmp_path):
     (home / "dagster.yaml").write_text((REPO_ROOT / "dagster.yaml").read_text())
     env = {**os.environ, "DAGSTER_HOME": str(home), "TAXI_DATA_DIR": str(yellow_folder), "TAXI_TRIP_TYPE": "yellow"}
     command = [str(Path(sys.executable).parent / "taxi-assets"), "materialize", "--partition", "2024-02"]
-    done = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=1800)
+    done = run_command(command, 1800, env=env, cwd=tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "for 2024-02: SUCCESS" in done.stdout
     assert "training_set             materialized" in done.stdout
