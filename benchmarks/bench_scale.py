@@ -128,7 +128,7 @@ def fixed_boosting_seconds(home: Path) -> float:
     """30 rounds of depth-10 hist boosting on the stored training set (no budget involved)."""
     import xgboost as xgb
 
-    from taxi_assets.model_store import read_value
+    from taxi_assets.lib.model_store import read_value
 
     with dg.DagsterInstance.from_config(str(home)) as instance:
         dataset = read_value(instance, "training_set", "2024-02")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import functools
+import inspect
+import logging
 from pathlib import Path
 
 import dagster as dg
@@ -10,21 +12,31 @@ import dagster as dg
 
 def build_defs(**resources) -> dg.Definitions:
     """Everything in ``taxi_assets/defs``; keyword arguments replace resources by key (tests pass
-    their own trip source, IO manager, tracking store or SMTP server)."""
+    their own trip source, IO manager, tracking store or SMTP server), every other field kept."""
+    quiet_location_name()
     loaded = dg.load_from_defs_folder(path_within_project=Path(__file__).parent)
     if resources:
-        loaded = dg.Definitions(
-            assets=loaded.assets,
-            asset_checks=loaded.asset_checks,
-            jobs=loaded.jobs,
-            sensors=loaded.sensors,
-            schedules=loaded.schedules,
-            resources={**(loaded.resources or {}), **resources},
-        )
+        fields = [name for name in inspect.signature(dg.Definitions.__new__).parameters if name != "cls"]
+        kept = {name: getattr(loaded, name) for name in fields}
+        loaded = dg.Definitions(**{**kept, "resources": {**(loaded.resources or {}), **resources}})
     # Steps run in the launching process: data preparation is a few hundred milliseconds of pandas
     # per step, and a process per step would spend more on imports than on work. The jobs that
     # train (model_training, retraining) use the multiprocess executor.
     return dg.Definitions.merge(loaded, dg.Definitions(executor=dg.in_process_executor))
+
+
+class _LocationNameNote(logging.Filter):
+    """Drops Dagster's note that the code location is registered under another name than
+    pyproject.toml's (``taxi_assets.definitions`` when a CLI loads it with ``-m``): the name only
+    matters for app-managed (UI-built) components, and this project has none."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "configured on this project does not match the name" not in record.getMessage()
+
+
+@functools.cache
+def quiet_location_name() -> None:
+    logging.getLogger("dagster.components.core.component_tree").addFilter(_LocationNameNote())
 
 
 @functools.cache

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import dagster as dg
 
+from taxi_assets.lib.model_store import ModelNotFoundError, load_trained_model, serving_model
 from taxi_assets.ml.predictor import TripDurationPredictor
-from taxi_assets.model_store import ModelNotFoundError, load_trained_model, serving_model
 
 __all__ = ["ModelNotFoundError", "load_model", "predictions"]
 

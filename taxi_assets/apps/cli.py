@@ -42,11 +42,10 @@ def _expand_partitions(partitions: Sequence[str], ranges: Sequence[str]) -> list
 def _code_location():
     """The code location, loaded by module name the way Dagster's own CLI loads it (this module
     never imports it): step processes rebuild it from the same reference."""
-    from dagster._core.definitions.reconstruct import ReconstructableRepository
-
     from taxi_assets.lib.catalog import CODE_LOCATION_MODULE
+    from taxi_assets.lib.dagster_private import code_location
 
-    return ReconstructableRepository.for_module(CODE_LOCATION_MODULE, "defs", working_directory=None)
+    return code_location(CODE_LOCATION_MODULE)
 
 
 def _execute(instance, asset_names: list[str], month: str, run_config: dict | None, verbose: bool = False):
@@ -127,6 +126,7 @@ def _run(instance, asset_names: list[str], month: str, run_config: dict | None =
 def materialize(
     selection: str, months: list[str], with_previous_month: bool, run_config: dict | None = None, verbose: bool = False
 ) -> int:
+    """One run per month of the selected assets (the previous month prepared first when needed)."""
     import dagster as dg
 
     from taxi_assets.lib.catalog import MODEL_ASSETS
@@ -228,17 +228,8 @@ def rebuild_model(model: str, version: str) -> int:
     return 0 if rebuilt.equal else 1
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="taxi-assets",
-        description="Materialize months of the taxi asset graph, or serve the production model. Runs on the Dagster "
-        "instance at DAGSTER_HOME; materialize exits 1 if any run fails.",
-    )
-    commands = parser.add_subparsers(dest="command", required=True)
-    run = commands.add_parser(
-        "materialize",
-        help="materialize assets for one or more months; exits 1 if any run fails",
-    )
+def _add_materialize(commands) -> None:
+    run = commands.add_parser("materialize", help="materialize assets for one or more months; exits 1 if any run fails")
     run.add_argument(
         "--select",
         default=DEFAULT_SELECTION,
@@ -256,6 +247,35 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="do not materialize the previous month's raw_trips/cleaned_trips when training_set needs them",
     )
+
+
+def _run_config(parser: argparse.ArgumentParser, path: str | None) -> dict | None:
+    """The run config in the YAML file at ``path`` (None without one); a clear error otherwise."""
+    if not path:
+        return None
+    import yaml
+
+    try:
+        with open(path) as file:
+            config = yaml.safe_load(file) or {}
+    except OSError as error:
+        parser.error(f"cannot read the run config {path}: {error.strerror}")
+    except yaml.YAMLError as error:
+        parser.error(f"the run config {path} is not valid YAML: {error}")
+    if not isinstance(config, dict):
+        parser.error(f"the run config {path} must be a mapping (ops: ...), as in the Launchpad")
+    return config
+
+
+def run_materialize(args, parser: argparse.ArgumentParser) -> int:
+    months = _expand_partitions(args.partition, args.partition_range)
+    if not months:
+        parser.error("give at least one --partition or --partition-range")
+    run_config = _run_config(parser, args.config)
+    return materialize(args.select, months, not args.no_previous_month, run_config, args.verbose)
+
+
+def _add_serve(commands) -> None:
     serve = commands.add_parser(
         "serve", help="serve the production model over HTTP (POST /invocations and /predict, GET /ping and /health)"
     )
@@ -265,11 +285,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--port-file", metavar="FILE", help="write the port it listens on to FILE once bound (useful with --port 0)"
     )
     serve.add_argument(
-        "--reload-interval",
-        type=float,
-        default=5.0,
+        "--reload-interval", type=float, default=5.0,
         help="seconds between checks for a new production model (0: never)",
-    )
+    )  # fmt: skip
     serve.add_argument(
         "--no-auth",
         action="store_true",
@@ -277,12 +295,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--host (127.0.0.1, ::1, localhost)",
     )
     serve.add_argument(
-        "--body-timeout",
-        type=float,
-        default=30.0,
-        metavar="SECONDS",
+        "--body-timeout", type=float, default=30.0, metavar="SECONDS",
         help="answer 408 when a request's body has not all arrived within SECONDS (default 30)",
+    )  # fmt: skip
+
+
+def run_serve(args, parser: argparse.ArgumentParser) -> int:
+    from taxi_assets.apps.server import serve
+
+    if not args.body_timeout > 0:
+        parser.error(f"--body-timeout must be a positive number of seconds, got {args.body_timeout:g}")
+    return serve(
+        args.host, args.port, args.reload_interval, args.port_file, no_auth=args.no_auth, body_timeout=args.body_timeout
     )
+
+
+def _add_watching(commands) -> None:
     performance = commands.add_parser(
         "performance", help="print the realized error of the models that served, month by month (trip_predictions)"
     )
@@ -297,57 +325,40 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     again.add_argument("model", help="xgboost, LinearRegression, ... or a registered name (taxi-duration-...)")
     again.add_argument("version", help="the registered version")
-    args = parser.parse_args(argv)
 
-    if not os.environ.get("DAGSTER_HOME"):
+
+COMMANDS = {
+    "materialize": run_materialize,
+    "serve": run_serve,
+    "performance": lambda args, parser: print_performance(args.month),
+    "lineage": lambda args, parser: print_lineage(args.model, args.version),
+    "rebuild": lambda args, parser: rebuild_model(args.model, args.version),
+}
+
+
+def _check_dagster_home(parser: argparse.ArgumentParser) -> None:
+    home = os.environ.get("DAGSTER_HOME")
+    if not home:
         parser.error("DAGSTER_HOME is not set; export DAGSTER_HOME=$PWD uses the project's dagster.yaml")
-    if not os.path.isdir(os.environ["DAGSTER_HOME"]):
+    if not os.path.isdir(home):
         parser.error(
-            f"DAGSTER_HOME={os.environ['DAGSTER_HOME']} is not a folder; point it at the project's checkout "
-            "(export DAGSTER_HOME=$PWD) or at a folder with your dagster.yaml"
+            f"DAGSTER_HOME={home} is not a folder; point it at the project's checkout (export DAGSTER_HOME=$PWD) "
+            "or at a folder with your dagster.yaml"
         )
-    if args.command == "performance":
-        return print_performance(args.month)
-    if args.command == "lineage":
-        return print_lineage(args.model, args.version)
-    if args.command == "rebuild":
-        return rebuild_model(args.model, args.version)
-    if args.command == "serve":
-        from taxi_assets.apps.server import serve as run_server
 
-        if not args.body_timeout > 0:
-            parser.error(f"--body-timeout must be a positive number of seconds, got {args.body_timeout:g}")
 
-        return run_server(
-            args.host,
-            args.port,
-            args.reload_interval,
-            args.port_file,
-            no_auth=args.no_auth,
-            body_timeout=args.body_timeout,
-        )
-    if args.command == "materialize":
-        months = _expand_partitions(args.partition, args.partition_range)
-        if not months:
-            parser.error("give at least one --partition or --partition-range")
-        run_config = None
-        if args.config:
-            import yaml
-
-            try:
-                with open(args.config) as file:
-                    run_config = yaml.safe_load(file) or {}
-            except OSError as error:
-                parser.error(f"cannot read the run config {args.config}: {error.strerror}")
-            except yaml.YAMLError as error:
-                parser.error(f"the run config {args.config} is not valid YAML: {error}")
-            if not isinstance(run_config, dict):
-                parser.error(f"the run config {args.config} must be a mapping (ops: ...), as in the Launchpad")
-        return materialize(
-            args.select, months, with_previous_month=not args.no_previous_month, run_config=run_config,
-            verbose=args.verbose,
-        )  # fmt: skip
-    return 2
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="taxi-assets",
+        description="Materialize months of the taxi asset graph, serve the production model, and watch and trace "
+        "the models. Runs on the Dagster instance at DAGSTER_HOME; materialize exits 1 if any run fails.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    for add in (_add_materialize, _add_serve, _add_watching):
+        add(commands)
+    args = parser.parse_args(argv)
+    _check_dagster_home(parser)
+    return COMMANDS[args.command](args, parser)
 
 
 if __name__ == "__main__":

@@ -43,7 +43,7 @@ from pydantic_core import from_json
 from taxi_assets.ml.trip_record import TripError, describe, plain_pairs, records_from_columns, validate_records
 
 if TYPE_CHECKING:
-    from taxi_assets.model_store import LoadedModel
+    from taxi_assets.lib.model_store import LoadedModel
 
 logger = logging.getLogger("taxi_assets.server")
 
@@ -617,7 +617,7 @@ def serve(
     import dagster as dg
     import uvicorn
 
-    from taxi_assets.model_store import load_production_model
+    from taxi_assets.lib.model_store import load_production_model
 
     token = api_token(no_auth, host)  # first: a refused start does no work
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -4,6 +4,33 @@ on a Dagster upgrade, so each says why it is needed and what public API would re
 
 from __future__ import annotations
 
+__all__ = [
+    "DagsterSqliteStorage",
+    "LocalArtifactStorage",
+    "LocalComputeLogManager",
+    "code_location",
+    "failed_check_evaluations",
+    "stale_status_resolver",
+]
+
+
+# Dagster's local storages, subclassed by lib/instance.py so that relative paths in dagster.yaml
+# mean "inside DAGSTER_HOME" (Dagster's YAML cannot join an environment variable with a path, and
+# these classes have no public import path). Imported here because a subclass needs its base when
+# its module loads.
+from dagster._core.storage.local_compute_log_manager import LocalComputeLogManager
+from dagster._core.storage.root import LocalArtifactStorage
+from dagster._core.storage.sqlite_storage import DagsterSqliteStorage
+
+
+def code_location(module: str, attribute: str = "defs"):
+    """The code location as Dagster's own CLI loads it, by module name (``taxi-assets
+    materialize`` runs jobs whose step processes rebuild it from that reference, without this
+    process importing the code location). Public API runs jobs in-process only."""
+    from dagster._core.definitions.reconstruct import ReconstructableRepository
+
+    return ReconstructableRepository.for_module(module, attribute, working_directory=None)
+
 
 def stale_status_resolver(instance, asset_graph):
     """Dagster's own answer to "is this partition missing, unsynced or fresh, and why": the

@@ -6,26 +6,35 @@ empty instance and created a new ``.dagster_home/`` where it stood. Dagster's YA
 environment variable with a path, hence these three thin subclasses: the project's
 ``dagster.yaml`` names them with ``base_dir: .dagster_home``, and every process that reads that
 file (CLI, webserver, daemon, code server, run and step workers) finds the same state. Absolute
-paths are used as given. Nothing here imports the code location.
+paths are used as given. Without ``DAGSTER_HOME`` (``dg dev``, ``dg check defs`` run in the
+project), they mean the project's folder, where this dagster.yaml lives: the project's instance.
+Nothing here imports the code location.
 """
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
-from dagster._core.storage.local_compute_log_manager import LocalComputeLogManager
-from dagster._core.storage.root import LocalArtifactStorage
-from dagster._core.storage.sqlite_storage import DagsterSqliteStorage
+from taxi_assets.lib.dagster_private import DagsterSqliteStorage, LocalArtifactStorage, LocalComputeLogManager
+
+PROJECT = Path(__file__).resolve().parents[2]  # the checkout (or site-packages, when installed)
 
 
 def under_dagster_home(path: str) -> str:
-    """``path`` if absolute, else inside ``$DAGSTER_HOME`` (where this dagster.yaml was read)."""
+    """``path`` if absolute, else inside ``$DAGSTER_HOME`` (where this dagster.yaml was read), or
+    inside the project's folder when DAGSTER_HOME is not set and the package runs from a checkout
+    (Dagster's tools then read the project's dagster.yaml from there)."""
     if os.path.isabs(path):
         return path
     home = os.environ.get("DAGSTER_HOME")
-    if not home:
-        raise RuntimeError(f"{path!r} is relative to DAGSTER_HOME, which is not set")
-    return os.path.join(os.path.abspath(os.path.expanduser(home)), path)
+    if home:
+        return os.path.join(os.path.abspath(os.path.expanduser(home)), path)
+    if (PROJECT / "dagster.yaml").is_file() and (PROJECT / "pyproject.toml").is_file():
+        return str(PROJECT / path)
+    raise SystemExit(
+        f"DAGSTER_HOME is not set: export DAGSTER_HOME=<the folder with your dagster.yaml> ({path!r} is relative to it)"
+    )
 
 
 class HomeSqliteStorage(DagsterSqliteStorage):

@@ -1,5 +1,3 @@
-"""Plain ML logic for taxi_assets: no Dagster imports here.
-
-Each module is one step of the course's notebook, written as functions over pandas frames and
-scipy matrices so it can be unit-tested and reused outside the asset graph.
-"""
+"""Plain ML logic and the decisions over plain data (no Dagster imports): the trip schema, cleaning,
+features, the training set, search and training, the champion, which months to retrain, decay,
+lineage. Unit-tested directly and usable outside the asset graph."""

@@ -103,7 +103,7 @@ def _request(month: str, kind: str, assets: tuple[str, ...], states: dict[str, M
         "previous_decision": earlier.decision if kind != "prepare" else None,
         "code": {asset: code.get(asset) for asset in assets},
     }
-    reasons = (["new file version"] if state.changed else []) + [f"{a} unsynced" for a in state.unsynced]
+    reasons = (["new file version"] if state.changed else []) + [f"{a} unsynced" for a in state.unsynced if a in assets]
     return Request(month, kind, assets, run_key(kind, month, inputs), "; ".join(reasons) or "requested")
 
 

@@ -5,8 +5,8 @@ import dagster as dg
 import pandas as pd
 import pytest
 
+from taxi_assets.lib.model_store import read_value
 from taxi_assets.lib.sources import LocalTripSource
-from taxi_assets.model_store import read_value
 from taxi_assets_tests.helpers import failure_messages, run_months
 
 MONTH = "2024-02"

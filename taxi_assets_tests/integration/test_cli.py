@@ -8,7 +8,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from taxi_assets.model_store import read_value
+from taxi_assets.lib.model_store import read_value
 from taxi_assets_tests.helpers import COURSE_SHAPES, DATA_DIR, REPO_ROOT
 from taxi_assets_tests.stack import run_command
 

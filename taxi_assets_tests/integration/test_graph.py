@@ -7,11 +7,11 @@ import pytest
 
 from taxi_assets.definitions import build_defs
 from taxi_assets.lib.io_managers import LocalValueIOManager
+from taxi_assets.lib.model_store import read_value
 from taxi_assets.lib.sources import LocalTripSource
 from taxi_assets.ml import course_reference
 from taxi_assets.ml.cleaning import clean
 from taxi_assets.ml.schema import PICKUP, validate_trips
-from taxi_assets.model_store import read_value
 from taxi_assets_tests.helpers import COURSE_SHAPES, DATA_DIR, failure_messages, run_months
 
 

@@ -13,9 +13,9 @@ import pytest
 
 import taxi_assets
 from taxi_assets.definitions import build_defs
+from taxi_assets.lib.model_store import ModelNotFoundError, read_value
 from taxi_assets.ml.hyperparameters import SKLEARN_MODELS, short_name
 from taxi_assets.ml.schema import PICKUP
-from taxi_assets.model_store import ModelNotFoundError, read_value
 from taxi_assets_tests.helpers import (
     COURSE_SHAPES,
     REPO_ROOT,
@@ -243,8 +243,8 @@ def test_compiled_lookup_returns_exactly_the_boosters_predictions(trained_instan
     import numpy as np
     import pandas as pd
 
+    from taxi_assets.lib.model_store import read_value
     from taxi_assets.ml.predictor import compile_lookup
-    from taxi_assets.model_store import read_value
 
     predictor = read_value(trained_instance, "xgboost_model", "2024-02").predictor
     cleaned = read_value(trained_instance, "cleaned_trips", "2024-02")
@@ -381,7 +381,7 @@ import json, sys
 from importlib.metadata import version
 import numpy as np
 import dagster as dg
-from taxi_assets.model_store import read_value
+from taxi_assets.lib.model_store import read_value
 
 home = sys.argv[1]
 out = {"versions": {name: version(name) for name in ("xgboost", "scikit-learn", "numpy", "skops")}, "models": {}}

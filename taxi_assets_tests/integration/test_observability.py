@@ -14,11 +14,11 @@ import pytest
 from taxi_assets.definitions import build_defs
 from taxi_assets.defs.observability.sensors import email_on_failure
 from taxi_assets.lib.alerts import AlertDeliveryError, EmailAlerts, alerts_from_env
+from taxi_assets.lib.model_store import read_value
 from taxi_assets.lib.sources import LocalTripSource
 from taxi_assets.ml import quality
 from taxi_assets.ml.cleaning import clean
 from taxi_assets.ml.schema import PICKUP, validate_trips
-from taxi_assets.model_store import read_value
 from taxi_assets_tests.helpers import DATA_DIR, failure_messages, mlflow_client, run_months, runs_of
 from taxi_assets_tests.servers import SmtpServer
 

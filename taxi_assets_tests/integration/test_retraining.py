@@ -16,13 +16,13 @@ from taxi_assets.definitions import build_defs
 from taxi_assets.defs.automation import hourly_retraining_schedule, new_trip_data_sensor
 from taxi_assets.defs.serving.assets import ProductionModelConfig, production_model
 from taxi_assets.lib.catalog import MONTH_TAG
+from taxi_assets.lib.model_store import read_value
 from taxi_assets.lib.sources import LocalTripSource
 from taxi_assets.lib.tracking import MlflowTracking
 from taxi_assets.ml.champion import ProductionModel
 from taxi_assets.ml.predictor import TrainedModel, TripDurationPredictor
 from taxi_assets.ml.retraining import CHAIN
 from taxi_assets.ml.trip_files import file_content_version
-from taxi_assets.model_store import read_value
 from taxi_assets_tests.helpers import (
     DATA_DIR,
     TINY_BUDGET,

@@ -259,7 +259,7 @@ def surfaces(server):
     import mlflow.pyfunc
 
     import taxi_assets
-    from taxi_assets.model_store import serving_model
+    from taxi_assets.lib.model_store import serving_model
 
     instance = server["instance"]
     serving = serving_model(instance)
@@ -383,7 +383,7 @@ def test_invocations_speak_mlflows_protocol_with_the_pyfuncs_predictions(server,
     import mlflow.pyfunc
     import pandas as pd
 
-    from taxi_assets.model_store import serving_model
+    from taxi_assets.lib.model_store import serving_model
 
     instance = server["instance"]
     serving = serving_model(instance)
@@ -596,7 +596,7 @@ def test_mlflows_scoring_client_works_against_no_auth(server, open_server):
     import pandas as pd
     from mlflow.pyfunc.scoring_server.client import ScoringServerClient
 
-    from taxi_assets.model_store import serving_model
+    from taxi_assets.lib.model_store import serving_model
 
     instance = server["instance"]
     serving = serving_model(instance)

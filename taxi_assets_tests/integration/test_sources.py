@@ -8,6 +8,7 @@ import dagster as dg
 import pandas as pd
 import pytest
 
+from taxi_assets.lib.model_store import read_value
 from taxi_assets.lib.sources import (
     HttpTripSource,
     LocalTripSource,
@@ -17,7 +18,6 @@ from taxi_assets.lib.sources import (
 )
 from taxi_assets.ml.schema import validate_trips
 from taxi_assets.ml.trip_files import MonthNotAvailableError
-from taxi_assets.model_store import read_value
 from taxi_assets_tests.helpers import DATA_DIR, failure_messages, run_months
 from taxi_assets_tests.servers import FileServer, moto_s3_server
 

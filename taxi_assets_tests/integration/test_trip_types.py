@@ -10,8 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from taxi_assets.lib.model_store import read_value
 from taxi_assets.lib.sources import HttpTripSource, LocalTripSource, S3TripSource, trip_source_from_env
-from taxi_assets.model_store import read_value
 from taxi_assets_tests.helpers import COURSE_SHAPES, DATA_DIR, REPO_ROOT, failure_messages, run_months
 from taxi_assets_tests.stack import run_command
 

@@ -18,9 +18,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from taxi_assets.apps import server
+from taxi_assets.lib.model_store import LoadedModel
 from taxi_assets.ml.predictor import DistanceLookup, TripDurationPredictor
 from taxi_assets.ml.trip_record import FIELDS, TripError, plain_pairs, validate_records
-from taxi_assets.model_store import LoadedModel
 
 TOKEN = "unit-test-token-0123456789"
 TRIP = {"PULocationID": 236, "DOLocationID": 239, "trip_distance": 1.98}

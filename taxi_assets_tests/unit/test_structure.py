@@ -64,11 +64,59 @@ def test_no_import_cycles():
     assert not cycles, cycles
 
 
+LAYERS = ("ml", "lib", "defs", "apps")  # upwards: each may import only the ones before it
+TOP_LEVEL = {"taxi_assets", "taxi_assets.definitions"}  # the package's entry points
+
+
 def layer(name: str) -> str:
-    for prefix in ("taxi_assets.ml", "taxi_assets.lib", "taxi_assets.defs", "taxi_assets.apps"):
+    for prefix in (f"taxi_assets.{name}" for name in LAYERS):
         if name == prefix or name.startswith(prefix + "."):
             return prefix.rsplit(".", 1)[1]
     return name
+
+
+def test_every_module_is_in_a_layer():
+    """Nothing lives outside the four layers but the package's two entry points."""
+    assert {name for name in MODULES if layer(name) not in LAYERS} == TOP_LEVEL
+
+
+def test_dagsters_private_api_is_used_in_one_module():
+    """`dagster._...` breaks first on an upgrade: only lib/dagster_private.py may import it."""
+    users = {
+        name
+        for name, path in MODULES.items()
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, (ast.Import, ast.ImportFrom))
+        and any(part.startswith("dagster._") for part in _imported(node))
+    }
+    assert users == {"taxi_assets.lib.dagster_private"}
+
+
+def _imported(node) -> list[str]:
+    if isinstance(node, ast.ImportFrom):
+        return [node.module or ""]
+    return [alias.name for alias in node.names]
+
+
+def test_build_defs_keeps_every_field_of_the_loaded_definitions():
+    import inspect
+
+    import dagster as dg
+
+    from taxi_assets.definitions import build_defs
+    from taxi_assets.lib.sources import LocalTripSource
+
+    source = LocalTripSource(directory="/nowhere")
+    plain, replaced = build_defs(), build_defs(trip_source=source)
+    fields = [name for name in inspect.signature(dg.Definitions.__new__).parameters if name != "cls"]
+    for name in fields:
+        if name == "resources":
+            assert replaced.resources["trip_source"] is source
+            assert set(replaced.resources) == set(plain.resources)
+        elif name not in ("assets", "asset_checks", "jobs", "sensors", "schedules"):
+            assert getattr(replaced, name) == getattr(plain, name), name
+        else:
+            assert len(list(getattr(replaced, name) or [])) == len(list(getattr(plain, name) or [])), name
 
 
 @pytest.mark.parametrize("name", sorted(MODULES))
@@ -85,12 +133,14 @@ def test_layers_import_only_downwards(name):
         assert "import dagster" not in source and "from dagster" not in source
     if layer(name) == "lib":
         assert not {t for t in targets if layer(t) in ("defs", "apps")}, f"{name} imports {sorted(targets)}"
+    if layer(name) == "apps":
+        assert not {t for t in targets if t == "taxi_assets.definitions"}, f"{name} imports the code location"
 
 
 def test_clients_never_build_the_code_location():
     script = (
         "import sys\n"
-        "import taxi_assets, taxi_assets.apps.server, taxi_assets.apps.api, taxi_assets.apps.cli, taxi_assets.model_store\n"
+        "import taxi_assets, taxi_assets.apps.server, taxi_assets.apps.api, taxi_assets.apps.cli, taxi_assets.lib.model_store, taxi_assets.apps.lineage\n"
         "loaded = sorted(m for m in sys.modules if m == 'taxi_assets.definitions' or m.startswith('taxi_assets.defs'))\n"
         "print(loaded)\n"
         "assert not loaded, loaded\n"

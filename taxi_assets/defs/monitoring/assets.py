@@ -17,6 +17,7 @@ from taxi_assets.lib.evaluation import evaluation_charts
 from taxi_assets.lib.history import latest_metadata, metadata_by_partition
 from taxi_assets.lib.metadata import charts as charts_metadata
 from taxi_assets.lib.metadata import table
+from taxi_assets.lib.model_store import decision_before
 from taxi_assets.lib.months import monthly_partitions, previous_month
 from taxi_assets.lib.predictions import PredictionStore
 from taxi_assets.ml.monitoring import (
@@ -31,7 +32,6 @@ from taxi_assets.ml.monitoring import (
     score_trips,
     worst_trips,
 )
-from taxi_assets.model_store import decision_before
 
 # After a run that updated an input has finished (never while it runs: after the month's
 # retraining), once both inputs exist. A month whose previous month has no decision is left to a

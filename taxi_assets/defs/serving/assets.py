@@ -13,6 +13,7 @@ from taxi_assets.lib.evaluation import evaluation_charts
 from taxi_assets.lib.history import rmse_history
 from taxi_assets.lib.lifecycle import Stopwatch, step_budget
 from taxi_assets.lib.metadata import charts as charts_metadata
+from taxi_assets.lib.model_store import newest_decision, read_value
 from taxi_assets.lib.months import (
     month_start,
     monthly_partitions,
@@ -24,7 +25,6 @@ from taxi_assets.lib.tracking import MlflowTracking
 from taxi_assets.ml.budget import Budget
 from taxi_assets.ml.champion import ChampionDecision, ProductionModel, decide
 from taxi_assets.ml.monitoring import realized_error
-from taxi_assets.model_store import newest_decision, read_value
 
 # What production_model keeps back from compiling for writing its value and its metadata.
 OUTPUT_RESERVE_SECONDS = 5.0

@@ -2,7 +2,7 @@
 
 import dagster as dg
 
-from taxi_assets.model_store import newest_decision
+from taxi_assets.lib.model_store import newest_decision
 
 
 @dg.asset_check(asset="production_model", blocking=False)

@@ -6,8 +6,8 @@ from typing import Any
 import dagster as dg
 from pydantic import Field
 
+from taxi_assets.lib.model_store import ModelNotFoundError, serving_model
 from taxi_assets.ml.trip_record import MAX_TRIP_DISTANCE_MILES, TripError, validate_records
-from taxi_assets.model_store import ModelNotFoundError, serving_model
 
 
 class TripInput(dg.Config):
