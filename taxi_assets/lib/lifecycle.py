@@ -1,18 +1,8 @@
-"""Long steps that keep their promises: a time budget for the whole step, and no work (or MLflow
-run) outliving the Dagster run it belongs to.
-
-* :func:`step_budget` gives a step its :class:`~taxi_assets.ml.budget.Budget`: the step's
-  configured seconds from now, and a stop request that a watcher thread raises once the run is no
-  longer running (terminated from the UI, failed because its worker died, ended by run
-  monitoring). The training loops look at it between boosting rounds, tree batches and chunks.
-* An interrupt (the UI's Terminate, or SIGTERM / Ctrl-C to the process) inside such a step marks
-  the run CANCELING first, so Dagster ends it CANCELED, not FAILED: someone stopped it.
-
-Dagster's own machinery does the rest: the code server fails runs whose worker died, run
-monitoring fails runs past their ``dagster/max_runtime``, and run retries re-execute failures.
-What it cannot do is reach into a Python process stuck in one C call, or end MLflow runs; that is
-this module and :mod:`taxi_assets.lib.tracking`.
-"""
+"""Long steps that keep their promises: :func:`step_budget` gives a step its time budget and a stop
+request raised once its run stops running (terminated, failed, ended by run monitoring), which the
+training loops check between rounds, tree batches and chunks; an interrupt (Terminate, SIGTERM,
+Ctrl-C) marks the run CANCELING so it ends CANCELED, not FAILED. Dagster does the rest (dead
+workers, max runtime, retries); MLflow runs are ended in :mod:`taxi_assets.lib.tracking`."""
 
 from __future__ import annotations
 
