@@ -133,6 +133,8 @@ def materialize(
     from taxi_assets.lib.months import NEEDS_PREVIOUS_MONTH, PREVIOUS_MONTH_ASSETS, has_previous_month, previous_month
 
     asset_names = [name.strip() for name in selection.split(",") if name.strip()]
+    if asset_names == ["all"]:
+        asset_names = list(MONTHLY_ASSETS)
     known = set(MONTHLY_ASSETS)
     unknown = [name for name in asset_names if name not in known]
     if unknown:
@@ -166,7 +168,48 @@ def materialize(
             continue
         if training and not _run(instance, training, month, run_config, verbose):
             ok = False
+    if ok and "production_model" in asset_names:
+        print_summary(instance, months[-1])
     return 0 if ok else 1
+
+
+def print_summary(instance, month: str) -> None:
+    """What a person reads in five seconds after training a month: each model's RMSE, which one
+    serves and why, the batch predictions, where MLflow's store is, and what to run next."""
+    from taxi_assets.lib.history import latest_metadata
+    from taxi_assets.lib.tracking import tracking_uri_for
+
+    decision = latest_metadata(instance, "production_model", month) or {}
+    sklearn = latest_metadata(instance, "sklearn_models", month) or {}
+    xgb = latest_metadata(instance, "xgboost_model", month) or {}
+    rmse = {key.removesuffix("_rmse"): value for key, value in sklearn.items() if key.endswith("_rmse")}
+    rmse.pop("best", None)
+    rmse |= {"xgboost": xgb["rmse"]} if "rmse" in xgb else {}
+    serving = decision.get("serving_model_version", "?")
+    print(
+        f"\n{month}: validation RMSE (minutes) "
+        + ", ".join(f"{n} {v:.3f}" for n, v in sorted(rmse.items(), key=lambda x: x[1]))
+    )
+    print(f"Serves: {serving} ({decision.get('decision', '?')}: {decision.get('reason', '?')})")
+    scored = latest_metadata(instance, "trip_predictions", month)
+    if scored:
+        print(f"Batch predictions: {scored['dagster/row_count']:,} trips of {month} scored by {scored['model']} "
+              f"(RMSE {scored['rmse']:.3f}): {scored['file']}")  # fmt: skip
+    print(f"MLflow store: {tracking_uri_for(instance)}")
+    print(NEXT_STEPS)
+
+
+# The course's own request, word for word (ids as strings): the first thing its students send.
+COURSE_REQUEST = (
+    '{"inputs": [{"DOLocationID": "239", "PULocationID": "236", "trip_distance": 1.98}, '
+    '{"DOLocationID": "170", "PULocationID": "65", "trip_distance": 6.54}]}'
+)
+NEXT_STEPS = f"""Next:
+  .venv/bin/dg dev -h 127.0.0.1 -p 3000         # the UI (lineage, runs, charts) on http://127.0.0.1:3000
+  export TAXI_API_TOKEN=$(python3 -c 'import secrets; print(secrets.token_urlsafe(32))')
+  .venv/bin/taxi-assets serve &                 # the model that serves, on http://127.0.0.1:8000
+  curl -s http://127.0.0.1:8000/predict -H "Authorization: Bearer $TAXI_API_TOKEN" \\
+    -d '{COURSE_REQUEST}'"""
 
 
 PERFORMANCE_COLUMNS = (
@@ -234,7 +277,8 @@ def _add_materialize(commands) -> None:
         "--select",
         default=DEFAULT_SELECTION,
         metavar="ASSETS",
-        help=f"comma-separated monthly assets, from: {', '.join(MONTHLY_ASSETS)} (default: {DEFAULT_SELECTION})",
+        help=f"comma-separated monthly assets, from: {', '.join(MONTHLY_ASSETS)}, or all "
+        f"(default: {DEFAULT_SELECTION})",
     )
     run.add_argument("--partition", action="append", default=[], metavar="YYYY-MM", help="a month; repeatable")
     run.add_argument(
@@ -337,9 +381,15 @@ COMMANDS = {
 
 
 def _check_dagster_home(parser: argparse.ArgumentParser) -> None:
+    """The instance at DAGSTER_HOME; without it, the project's own (as Dagster's tools use it when
+    run in the project), when the package runs from a checkout that has a dagster.yaml."""
+    from taxi_assets.lib.instance import PROJECT
+
     home = os.environ.get("DAGSTER_HOME")
+    if not home and (PROJECT / "dagster.yaml").is_file() and (PROJECT / "pyproject.toml").is_file():
+        home = os.environ["DAGSTER_HOME"] = str(PROJECT)
     if not home:
-        parser.error("DAGSTER_HOME is not set; export DAGSTER_HOME=$PWD uses the project's dagster.yaml")
+        parser.error("DAGSTER_HOME is not set; export DAGSTER_HOME=<the folder with your dagster.yaml>")
     if not os.path.isdir(home):
         parser.error(
             f"DAGSTER_HOME={home} is not a folder; point it at the project's checkout (export DAGSTER_HOME=$PWD) "
