@@ -163,3 +163,44 @@ def test_fixed_params_must_be_in_the_space():
     with pytest.raises(ValueError, match=r"learning_rate = 2 is outside the course's space \[0.04979, 1\]"):
         check_fixed_xgboost_params({"learning_rate": 2})
     check_fixed_xgboost_params(DEEPEST_XGBOOST)  # the corner of the space is in it
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "LinearRegression",
+        "Lasso",
+        "LinearSVR",
+        "ExtraTreesRegressor",
+        "GradientBoostingRegressor",
+        "RandomForestRegressor",
+    ],
+)
+@pytest.mark.parametrize("cut", [False, True])
+def test_every_model_refits_from_its_fit_record_to_the_same_predictions(name, cut):
+    """What `taxi-assets rebuild` relies on, for every model the course trains, including forests
+    and gradient boosting a budget stopped early: the fit record refits the same model."""
+    from taxi_assets.ml.lineage import fit_record, refit
+
+    _, X, y, _ = synthetic(rows=1_500)
+    budget = expired() if cut else Budget()
+    result = training.tune_sklearn(name, X, y, X, y, max_evaluations=2, random_state=3, budget=budget)
+    record = fit_record("sklearn", result.best_model, result.best_params, None, None)
+    again = refit(name, record, X, y, X, y)
+    np.testing.assert_allclose(again.predict(X), result.best_model.predict(X), rtol=0, atol=1e-6)
+
+
+def test_xgboost_refits_from_its_fit_record_to_the_same_booster():
+    from taxi_assets.ml.lineage import fit_record, refit
+
+    _, X, y, _ = synthetic(rows=1_500)
+    result = training.tune_xgboost(X, y, X, y, 2, 10, 5, fixed_params={"max_depth": 6})
+    record = fit_record("xgboost", result.best_model, result.best_params, result.best_iteration, 10)
+    again = refit("xgboost", record, X, y, X, y)
+    import xgboost as xgb
+
+    rounds = (0, result.best_iteration + 1)
+    np.testing.assert_array_equal(
+        again.predict(xgb.DMatrix(X), iteration_range=rounds),
+        result.best_model.predict(xgb.DMatrix(X), iteration_range=rounds),
+    )
