@@ -38,7 +38,7 @@ class PredictionStore(dg.ConfigurableResource):
 
 
 class LocalPredictionStore(PredictionStore):
-    """Files under ``base_dir`` (default: ``predictions/`` beside the Dagster instance's storage)."""
+    """Files under base_dir (default: a predictions folder beside the Dagster instance's storage)."""
 
     base_dir: str | None = Field(default=None, description="Folder of the predictions; default: under the instance.")
     _root: str | None = PrivateAttr(default=None)
@@ -85,7 +85,7 @@ def under_instance(instance) -> str:
 
 
 class S3PredictionStore(PredictionStore):
-    """Objects ``s3://<bucket>/<prefix>/YYYY/MM.parquet`` (S3 writes an object whole or not at all)."""
+    """Objects s3://<bucket>/<prefix>/YYYY/MM.parquet (S3 writes an object whole or not at all)."""
 
     bucket: str = Field(description="Bucket (the bucket of asset values).")
     prefix: str = Field(default="taxi_assets/predictions", description="Key prefix of the predictions.")

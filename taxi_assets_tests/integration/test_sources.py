@@ -44,16 +44,19 @@ def test_local_source_reads_both_layouts(tmp_path):
 
 def test_http_source_retries_503_with_backoff_then_succeeds(instance):
     with FileServer(DATA_DIR) as server:
-        server.fail_first["2024/02.parquet"] = 2
+        server.fail_first["2024/02.parquet"] = 3
         # A timeout no busy machine reaches: only the scripted 503s may cause retries here.
         source = HttpTripSource(base_url=server.url, file_template=COURSE_LAYOUT, timeout_seconds=300)
         [result] = run_months(instance, ["2024-02"], ["raw_trips"], trip_source=source)
 
     assert result.success, failure_messages(result)
-    # Two attempts met a 503; the third downloaded the file.
-    assert server.requests == {"GET 2024/02.parquet": 3}
+    # The observation's HEAD met a 503 (the run went on without it); two downloads met a 503;
+    # the third downloaded the file.
+    assert server.requests == {"HEAD 2024/02.parquet": 1, "GET 2024/02.parquet": 3}
     retries = [e for e in result.all_events if e.event_type_value == "STEP_UP_FOR_RETRY"]
     assert len(retries) == 2
+    logged = [entry.user_message for entry in instance.all_logs(result.run_id)]
+    assert any(message.startswith("trip_files partition 2024-02: not observed (HTTP 503") for message in logged)
     pd.testing.assert_frame_equal(read_value(instance, "raw_trips", "2024-02"), reference_month())
     [record] = instance.fetch_materializations(dg.AssetKey("raw_trips"), limit=1).records
     assert record.asset_materialization.metadata["source"].value == f"{server.url}/2024/02.parquet"
@@ -67,7 +70,8 @@ def test_http_source_missing_month_fails_without_retry(instance):
     message = failure_messages(result)
     assert "raw_trips partition 2024-03: no trip file for 2024-03" in message
     assert f"{server.url}/2024/03.parquet (HTTP 404)" in message
-    assert server.requests == {"GET 2024/03.parquet": 1}
+    # The observation asked once (404: no version) and the download once; no retries.
+    assert server.requests == {"HEAD 2024/03.parquet": 1, "GET 2024/03.parquet": 1}
     assert not [e for e in result.all_events if e.event_type_value == "STEP_UP_FOR_RETRY"]
 
 

@@ -181,3 +181,12 @@ print("ok")
         env={k: v for k, v in __import__("os").environ.items() if k != "TAXI_SENSOR_INTERVAL_SECONDS"},
     )
     assert done.returncode == 0 and "ok" in done.stdout, done.stdout + done.stderr[-3000:]
+
+
+def test_resource_descriptions_read_as_plain_text():
+    """The UI shows a resource's docstring as its description, verbatim: no reST markup."""
+    from taxi_assets.definitions import build_defs
+
+    for name, resource in build_defs().resources.items():
+        description = getattr(resource, "description", None) or type(resource).__doc__ or ""
+        assert "`" not in description, (name, description)

@@ -60,13 +60,22 @@ def trip_files(context, trip_source: TripSource) -> dg.DataVersionsByPartition:
     """Observed by the new-data sensor (every tick) and at the start of every run that ingests a
     month, so raw_trips always records the version of the file it read."""
     if context.has_partition_key:
-        months = list(context.partition_keys)
-        versions = {month: trip_source.data_version(month) for month in months}
+        versions = {month: _observe(context, trip_source, month) for month in context.partition_keys}
     else:  # observed from the UI without a partition: every month the source has
         listed = trip_source.data_versions()
         versions = listed if listed is not None else {m: trip_source.data_version(m) for m in partition_keys()}
     with knowingly_beta():
         return dg.DataVersionsByPartition({month: version for month, version in versions.items() if version})
+
+
+def _observe(context, trip_source: TripSource, month: str) -> str | None:
+    """The month's file version, or None when the source is briefly unreachable: the run goes on,
+    and raw_trips (which retries) records the version of the file it reads."""
+    try:
+        return trip_source.data_version(month)
+    except TransientSourceError as error:
+        context.log.warning(f"trip_files partition {month}: not observed ({error}); raw_trips records what it reads")
+        return None
 
 
 @dg.asset(
