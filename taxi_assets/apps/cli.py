@@ -397,7 +397,8 @@ def _check_dagster_home(parser: argparse.ArgumentParser) -> None:
         )
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """Every command's arguments (parsing runs nothing)."""
     parser = argparse.ArgumentParser(
         prog="taxi-assets",
         description="Materialize months of the taxi asset graph, serve the production model, and watch and trace "
@@ -406,6 +407,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     for add in (_add_materialize, _add_serve, _add_watching):
         add(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     _check_dagster_home(parser)
     return COMMANDS[args.command](args, parser)

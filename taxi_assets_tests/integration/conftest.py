@@ -55,3 +55,16 @@ def served_instance(trained_instance):
     """The trained instance with 2024-02's production decision made once (the model that serves)."""
     trained_instance.decision_result = decide(trained_instance)
     return trained_instance
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Debian's Chromium, headless, through Playwright (for the UI tests)."""
+    from playwright.sync_api import sync_playwright
+
+    from taxi_assets_tests.integration.test_ui import CHROMIUM, CHROMIUM_ARGS
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()

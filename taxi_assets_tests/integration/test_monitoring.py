@@ -238,6 +238,34 @@ def test_automation_scores_a_month_after_its_retraining(monitored):
     assert third.get_requested_partitions(dg.AssetKey("trip_predictions")) == set()
 
 
+def test_the_ui_draws_realized_error_over_time(monitored, browser):
+    """model_performance's chart, one click from its page in dagster-webserver (the screenshot in
+    docs/monitoring.md comes from here, after the decayed month above)."""
+    from taxi_assets_tests.integration.test_ui import SCREENSHOTS, running_webserver
+
+    instance, defs = monitored["instance"], monitored["defs"]
+    job = defs.resolve_implicit_global_asset_job_def()
+    assert job.execute_in_process(instance=instance, asset_selection=[dg.AssetKey("model_performance")]).success
+    with running_webserver(monitored["home"]) as url:
+        context = browser.new_context(viewport={"width": 1400, "height": 900})
+        page = context.new_page()
+        page.goto(f"{url}/assets/model_performance")
+        row = page.locator("tr", has=page.get_by_text("charts", exact=True))
+        row.get_by_text("[Show Markdown]").first.click(timeout=120_000)
+        image = page.get_by_role("dialog").locator('img[src^="data:image/png;base64,"]').first
+        image.wait_for(timeout=120_000)
+        # Decoded and laid out by the browser (an event), not merely present in the page.
+        page.wait_for_function(
+            """() => [...document.querySelectorAll('[role="dialog"] img')].some(
+                 i => i.complete && i.naturalWidth === 800 && i.getBoundingClientRect().width > 300)""",
+            timeout=120_000,
+        )
+        assert image.get_attribute("alt") == "realized rmse by month"
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(SCREENSHOTS / "monitoring.png"))
+        context.close()
+
+
 @pytest.mark.production  # a dozen retrainings: minutes, so with the long end-to-end runs
 def test_a_backfill_scores_every_month_by_a_model_that_never_saw_it(tmp_path):
     """2023-03..2024-02 retrained month by month (what `taxi-assets materialize --partition-range`
