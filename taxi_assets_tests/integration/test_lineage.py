@@ -71,6 +71,11 @@ def test_lineage_prints_the_chain_from_files_to_decisions(served_instance):
     assert f"run: dagster {tags['dagster.run_id']}" in text and "trials: 2; best #" in text
     assert "served: 2024-02 (promoted)" in text
     assert cli(served_instance, "lineage", "catboost").returncode == 1
+    # Kept beside the UI screenshots: the README's lineage section shows this output.
+    from taxi_assets_tests.integration.test_ui import SCREENSHOTS
+
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    (SCREENSHOTS / "lineage.txt").write_text(text)
 
 
 @pytest.mark.parametrize("model", ["xgboost", "LinearRegression"])
