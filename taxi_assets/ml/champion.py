@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 
 @dataclass(frozen=True)
 class ChampionDecision:
@@ -32,6 +34,37 @@ def decide(challenger_rmse: float, champion_rmse: float | None, tolerance: float
         champion_rmse,
         f"challenger RMSE {challenger_rmse:.4f} > champion {champion_rmse:.4f} + tolerance {tolerance}: champion stays",
     )
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """What one month's decision compared and chose, on the month's validation trips."""
+
+    scores: dict[str, float]  # each new model's RMSE
+    challenger: str  # the best new model
+    decision: ChampionDecision
+    serving_predicted: np.ndarray  # the minutes of the model that serves after the decision
+    at_selection: dict[str, float]  # its realized error (RMSE, MAE, p90, share over 15 minutes)
+
+
+def compare(
+    actual: np.ndarray,
+    predicted: dict[str, np.ndarray],
+    champion_predicted: np.ndarray | None,
+    tolerance: float = 0.0,
+) -> Comparison:
+    """The best of the new models (by RMSE) against the champion's predictions on the same trips;
+    ``champion_predicted`` None when nothing served before."""
+    from taxi_assets.ml.monitoring import realized_error
+    from taxi_assets.ml.training import regression_metrics
+
+    scores = {name: regression_metrics(actual, values)["rmse"] for name, values in predicted.items()}
+    challenger = min(scores, key=scores.__getitem__)
+    champion_rmse = regression_metrics(actual, champion_predicted)["rmse"] if champion_predicted is not None else None
+    decision = decide(scores[challenger], champion_rmse, tolerance)
+    serving = predicted[challenger] if decision.promote else champion_predicted
+    assert serving is not None
+    return Comparison(scores, challenger, decision, serving, realized_error(actual, serving))
 
 
 @dataclass

@@ -23,8 +23,7 @@ from taxi_assets.lib.months import (
 )
 from taxi_assets.lib.tracking import MlflowTracking
 from taxi_assets.ml.budget import Budget
-from taxi_assets.ml.champion import ChampionDecision, ProductionModel, decide
-from taxi_assets.ml.monitoring import realized_error
+from taxi_assets.ml.champion import ChampionDecision, Comparison, ProductionModel, compare
 
 # What production_model keeps back from compiling for writing its value and its metadata.
 OUTPUT_RESERVE_SECONDS = 5.0
@@ -107,12 +106,11 @@ def _move_champion_alias(instance, mlflow: MlflowTracking, serving: ProductionMo
     )
 
 
-def _decision_charts(
-    instance, month, scores, decision, challenger, champion, candidates, serving, actual, serving_predicted
-):
-    chart_scores = dict(scores)
+def _decision_charts(instance, month, compared: Comparison, challenger, champion, candidates, serving, actual):
+    decision = compared.decision
+    chart_scores = dict(compared.scores)
     champion_label = f"champion: {champion.name} ({champion.model_partition})" if champion is not None else None
-    if champion_label is not None:
+    if champion_label is not None and decision.champion_rmse is not None:
         chart_scores[champion_label] = decision.champion_rmse
     return {
         "rmse_by_model": charts.bars(
@@ -128,7 +126,7 @@ def _decision_charts(
             "Validation RMSE of each model across months",
             "RMSE (minutes)",
         ),
-        **evaluation_charts(f"serving: {serving.name}", month, actual.to_numpy(), serving_predicted),
+        **evaluation_charts(f"serving: {serving.name}", month, actual.to_numpy(), compared.serving_predicted),
     }
 
 
@@ -144,6 +142,33 @@ def _compared_lineage(mlflow: MlflowTracking, challenger, champion) -> dict[str,
         "challenger": lineage(challenger.registered_model, challenger.model_version),
         "champion": lineage(champion.registered_model, champion.model_version) if champion else {},
     }
+
+
+def _record_in_mlflow(context, mlflow: MlflowTracking, compared: Comparison, serving, serves, compared_models, charts):
+    """The decision's MLflow run: RMSEs, what serves, its charts, and the lineage of both models
+    it compared (returned, for the metadata)."""
+    decision, month = compared.decision, context.partition_key
+    with mlflow.step_run(
+        context,
+        "production_model",
+        run_name=f"production_model-{month}",
+        extra_tags={"decision": "promoted" if decision.promote else "kept", "serves": str(serves).lower()},
+    ):
+        rmses = {"challenger_rmse": decision.challenger_rmse, "serving_rmse": serving.rmse}
+        if decision.champion_rmse is not None:
+            rmses["champion_rmse"] = decision.champion_rmse
+        mlflow.log_metrics(rmses)
+        mlflow.log_params(
+            {
+                "serving_model": serving.name,
+                "serving_model_partition": serving.model_partition,
+                "tolerance_minutes": context.op_config["tolerance_minutes"],
+            }
+        )
+        mlflow.log_charts(charts)
+        lineage = _compared_lineage(mlflow, *compared_models)
+        mlflow.set_tags({f"{role}.{key}": value for role, tags in lineage.items() for key, value in tags.items()})
+    return lineage
 
 
 def _compiled_for_serving(serving: ProductionModel, features, expected, budget: Budget) -> tuple[ProductionModel, str]:
@@ -187,66 +212,32 @@ def production_model(
     month is not worse than the champion's on the same month (within the tolerance); otherwise
     the champion stays. The decision is metadata and, for the newest month, the MLflow registry
     alias ``champion``: deciding an older month again (a backfill) never moves what serves."""
-    from taxi_assets.ml.training import regression_metrics
-
     month = context.partition_key
     clock = Stopwatch()
     with step_budget(context, config.timeout_seconds) as budget:
         materialized = context.instance.get_materialized_partitions(dg.AssetKey("cleaned_trips"))
         features, actual = _validation_rows(cleaned_trips, month, materialized)
-
-        candidates = list(sklearn_models.values()) + [xgboost_model]
-        predicted = {model.name: _predictions(model, features, len(actual)) for model in candidates}
-        scores = {name: regression_metrics(actual, values)["rmse"] for name, values in predicted.items()}
-        challenger = min(candidates, key=lambda model: scores[model.name])
+        candidates = {model.name: model for model in [*sklearn_models.values(), xgboost_model]}
         champion = _previous_decision(context, month)
-        champion_predicted = _predictions(champion, features, -1) if champion is not None else None
-        champion_rmse = (
-            regression_metrics(actual, champion_predicted)["rmse"] if champion_predicted is not None else None
+        compared = compare(
+            actual.to_numpy(),
+            {name: _predictions(model, features, len(actual)) for name, model in candidates.items()},
+            _predictions(champion, features, -1) if champion is not None else None,
+            config.tolerance_minutes,
         )
-        decision = decide(scores[challenger.name], champion_rmse, config.tolerance_minutes)
+        challenger, decision = candidates[compared.challenger], compared.decision
         context.log.info(f"production_model {month}: {decision.reason}")
-        serving = _serving(decision, challenger, champion, month)
-        serving_predicted = predicted[challenger.name] if decision.promote else champion_predicted
-        at_selection = realized_error(actual, serving_predicted)
-        serving = dataclasses.replace(serving, share_over_15_minutes=at_selection["share_over_15_minutes"])
-
+        serving = dataclasses.replace(
+            _serving(decision, challenger, champion, month),
+            share_over_15_minutes=compared.at_selection["share_over_15_minutes"],
+        )
         serves, alias = _move_champion_alias(context.instance, mlflow, serving, month)
         decision_charts = _decision_charts(
-            context.instance,
-            month,
-            scores,
-            decision,
-            challenger,
-            champion,
-            candidates,
-            serving,
-            actual,
-            serving_predicted,
+            context.instance, month, compared, challenger, champion, list(candidates.values()), serving, actual
         )
-        with mlflow.step_run(
-            context,
-            "production_model",
-            run_name=f"production_model-{month}",
-            extra_tags={"decision": "promoted" if decision.promote else "kept", "serves": str(serves).lower()},
-        ):
-            mlflow.log_metrics(
-                {"challenger_rmse": decision.challenger_rmse, "serving_rmse": serving.rmse}
-                | ({"champion_rmse": champion_rmse} if champion_rmse is not None else {})
-            )
-            mlflow.log_params(
-                {
-                    "serving_model": serving.name,
-                    "serving_model_partition": serving.model_partition,
-                    "tolerance_minutes": config.tolerance_minutes,
-                }
-            )
-            mlflow.log_charts(decision_charts)
-            compared = _compared_lineage(mlflow, challenger, champion)
-            mlflow.set_tags({f"{role}.{key}": value for role, tags in compared.items() for key, value in tags.items()})
-
+        lineage = _record_in_mlflow(context, mlflow, compared, serving, serves, (challenger, champion), decision_charts)
         serving, compiled = _compiled_for_serving(
-            serving, features, serving_predicted, budget.until(OUTPUT_RESERVE_SECONDS)
+            serving, features, compared.serving_predicted, budget.until(OUTPUT_RESERVE_SECONDS)
         )
         context.log.info(f"production_model {month}: lookup table: {compiled}")
 
@@ -259,7 +250,7 @@ def production_model(
             "challenger": f"{challenger.name} ({month})",
             "challenger_rmse": decision.challenger_rmse,
             "champion": f"{champion.name} ({champion.model_partition})" if champion else "none",
-            "champion_rmse": champion_rmse if champion_rmse is not None else float("nan"),
+            "champion_rmse": decision.champion_rmse if decision.champion_rmse is not None else float("nan"),
             "serving_model": serving.name,
             "serving_model_partition": serving.model_partition,
             "serving_model_version": f"{serving.registered_model} v{serving.model_version}",
@@ -268,9 +259,9 @@ def production_model(
             "tolerance_minutes": config.tolerance_minutes,
             "validation_rows": len(actual),
             "serving_lookup_table": compiled,
-            "serving_share_over_15_minutes": at_selection["share_over_15_minutes"],
-            "challenger_lineage": dg.MetadataValue.json(compared["challenger"]),
-            "champion_lineage": dg.MetadataValue.json(compared["champion"]),
+            "serving_share_over_15_minutes": compared.at_selection["share_over_15_minutes"],
+            "challenger_lineage": dg.MetadataValue.json(lineage["challenger"]),
+            "champion_lineage": dg.MetadataValue.json(lineage["champion"]),
             "budget_seconds": config.timeout_seconds,
             "step_seconds": clock.seconds(),
         },
