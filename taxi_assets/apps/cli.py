@@ -199,8 +199,8 @@ def print_summary(instance, month: str) -> None:
     print(NEXT_STEPS)
 
 
-# The course's own request, word for word (ids as strings): the first thing its students send.
-COURSE_REQUEST = (
+# Two trips, in the request the course's students send first (ids as strings), word for word.
+SAMPLE_REQUEST = (
     '{"inputs": [{"DOLocationID": "239", "PULocationID": "236", "trip_distance": 1.98}, '
     '{"DOLocationID": "170", "PULocationID": "65", "trip_distance": 6.54}]}'
 )
@@ -209,7 +209,7 @@ NEXT_STEPS = f"""Next:
   export TAXI_API_TOKEN=$(python3 -c 'import secrets; print(secrets.token_urlsafe(32))')
   .venv/bin/taxi-assets serve &                 # the model that serves, on http://127.0.0.1:8000
   curl -s http://127.0.0.1:8000/predict -H "Authorization: Bearer $TAXI_API_TOKEN" \\
-    -d '{COURSE_REQUEST}'"""
+    -d '{SAMPLE_REQUEST}'"""
 
 
 PERFORMANCE_COLUMNS = (

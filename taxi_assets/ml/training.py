@@ -284,18 +284,11 @@ def tune_xgboost(
     budget: Budget = UNLIMITED,
     run_trial: TrialRunner = _run_directly,
 ) -> TuningResult:
-    """TPE over the course's Booster space with early stopping on the validation set.
+    """TPE over the Booster space with early stopping on the validation set; the best trial's
+    booster is the model (trained on the training rows, stopped at its best validation round).
 
-    ``budget`` bounds the search: no trial starts after it, and a trial still boosting then stops
-    at its best round so far. The space allows 100-deep trees and 1,000 rounds at a learning rate
-    of 0.05, one of which alone can take minutes on two cores. ``fixed_params`` fixes some of the
-    space's hyperparameters instead of searching them.
-
-    A trial's RMSE is XGBoost's own validation RMSE at its best round (what early stopping
-    minimizes), so scoring costs nothing beyond boosting. The best trial's booster is kept as the
-    final model: it was trained on the training rows with the best hyperparameters and stopped
-    where validation RMSE was lowest, which is what a retrain would produce, at no extra cost.
-    """
+    ``budget`` bounds the search: no trial starts after it, and one still boosting stops at its
+    best round so far. ``fixed_params`` fixes hyperparameters instead of searching them."""
     import xgboost as xgb
 
     from taxi_assets.ml.hyperparameters import xgboost_space
