@@ -144,6 +144,7 @@ def test_dagster_definitions_validate_and_dg_check_defs(project_home):
     assert runs_by_status(project_home)[-1] == (dg.DagsterRunStatus.SUCCESS, "2024-01")
 
 
+@pytest.mark.production  # the whole chain through the CLI's processes
 def test_state_follows_dagster_home_from_any_folder(project_home):
     """The README's set-up, then the CLI, load_model and the server from another folder: all see
     the same instance, and none creates anything where it runs (the fixture checks)."""

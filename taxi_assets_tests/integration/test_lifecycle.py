@@ -27,6 +27,10 @@ import yaml
 from taxi_assets_tests.helpers import DATA_DIR, REPO_ROOT, TINY_BUDGET
 from taxi_assets_tests.stack import GraphQL, Processes, run_command, wait_for
 
+# dg dev (webserver, daemon, code server) and runs launched through it: the long tier, beside the
+# production-like stack (`pytest -m production`, .ci/run's last step).
+pytestmark = pytest.mark.production
+
 BIN = Path(sys.executable).parent
 # Trees as deep and slow as the course's space allows: a trial that is still boosting when
 # something happens to its run.

@@ -78,7 +78,8 @@ def test_lineage_prints_the_chain_from_files_to_decisions(served_instance):
     (SCREENSHOTS / "lineage.txt").write_text(text)
 
 
-@pytest.mark.parametrize("model", ["xgboost", "LinearRegression"])
+# XGBoost's refit is a deep search's best trial again (minutes): with the long runs.
+@pytest.mark.parametrize("model", [pytest.param("xgboost", marks=pytest.mark.production), "LinearRegression"])
 def test_rebuild_fits_the_same_model_from_its_lineage(trained_instance, model):
     done = cli(trained_instance, "rebuild", model, "1")
     assert done.returncode == 0, done.stdout + done.stderr[-3000:]

@@ -201,6 +201,7 @@ def test_load_model_errors(instance, trained_instance):
         taxi_assets.load_model("catboost", instance=trained_instance)
 
 
+@pytest.mark.production  # the multiprocess executor: a process per step
 def test_model_training_job_runs_the_fan_out_in_parallel_processes(tmp_path):
     # The model_training job (multiprocess executor) through the CLI's own entry point.
     from taxi_assets.apps import cli

@@ -82,6 +82,7 @@ def selected(request) -> list[str]:
     return [key.to_user_string() for key in request.asset_selection]
 
 
+@pytest.mark.production  # three retrainings, month by month
 def test_sensor_starts_calmly_then_retrains_what_changed_once(instance, tmp_path):
     """The real folder: 13 of the 14 real months (copies), then 2024-02 lands, is touched, and
     2024-01's content changes: each file version is trained once, and only where it matters."""
@@ -388,6 +389,7 @@ def test_automation_ships_as_documented(monkeypatch):
     assert sensor.job_name == hourly_retraining_schedule.job_name == "retraining"
 
 
+@pytest.mark.production  # retrainings of four months
 def test_retraining_an_older_month_never_moves_what_serves(instance, tmp_path):
     """2024-02's decision, then a retraining of 2023-12: the MLflow champion alias, the server,
     load_model() and the predict job all still answer with 2024-02's decision."""
