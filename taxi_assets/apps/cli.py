@@ -195,6 +195,8 @@ def print_summary(instance, month: str) -> None:
     if scored:
         print(f"Batch predictions: {scored['dagster/row_count']:,} trips of {month} scored by {scored['model']} "
               f"(RMSE {scored['rmse']:.3f}): {scored['file']}")  # fmt: skip
+    else:
+        print(f"Batch predictions: none for {month} (no model served before it); the next month is scored by {serving}")
     print(f"MLflow store: {tracking_uri_for(instance)}")
     print(NEXT_STEPS)
 
