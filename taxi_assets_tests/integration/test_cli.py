@@ -41,6 +41,7 @@ def runs_by_status(home: Path):
         return [(run.status, run.tags.get("dagster/partition")) for run in reversed(instance.get_runs())]
 
 
+@pytest.mark.production  # the long tier: a chain of CLI processes
 def test_dagster_asset_materialize_cli(project_home):
     first = run(
         [
@@ -87,6 +88,7 @@ def test_dagster_asset_materialize_cli(project_home):
         assert [record.status.value for record in checks] == ["SUCCEEDED"]
 
 
+@pytest.mark.production  # the long tier: a chain of CLI processes
 def test_taxi_assets_materialize_reports_and_exits_by_outcome(project_home, tmp_path):
     ok = run([BIN / "taxi-assets", "materialize", "--partition", "2024-02"], project_home)
     assert ok.returncode == 0, ok.stdout + ok.stderr
@@ -115,6 +117,7 @@ def test_taxi_assets_materialize_reports_and_exits_by_outcome(project_home, tmp_
     assert usage.returncode != 0 and "unknown partition '2024-13'" in usage.stderr + usage.stdout
 
 
+@pytest.mark.production  # the long tier: Dagster's CLIs loading the code location
 def test_dagster_definitions_validate_and_dg_check_defs(project_home):
     result = run([BIN / "dagster", "definitions", "validate", "-w", REPO_ROOT / "workspace.yaml"], project_home)
     assert result.returncode == 0, result.stdout + result.stderr

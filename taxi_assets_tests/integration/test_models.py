@@ -295,6 +295,7 @@ def step_seconds(instance, run_id) -> dict[str, float]:
 BUDGET_SLACK_SECONDS = 20
 
 
+@pytest.mark.production  # the long tier: budgets built to bind
 def test_budgets_bound_whole_steps_even_for_the_deepest_configuration(instance):
     from taxi_assets.ml.hyperparameters import DEEPEST_XGBOOST
 

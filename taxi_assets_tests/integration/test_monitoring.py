@@ -238,6 +238,7 @@ def test_automation_scores_a_month_after_its_retraining(monitored):
     assert third.get_requested_partitions(dg.AssetKey("trip_predictions")) == set()
 
 
+@pytest.mark.production  # the long tier: dagster-webserver and Chromium
 def test_the_ui_draws_realized_error_over_time(monitored, browser):
     """model_performance's chart, one click from its page in dagster-webserver (the screenshot in
     docs/monitoring.md comes from here, after the decayed month above)."""

@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 import sys
 
+import pytest
+
 from taxi_assets_tests.helpers import DATA_DIR, REPO_ROOT
 from taxi_assets_tests.stack import run_command
 
@@ -31,6 +33,7 @@ print("matplotlib:", sorted(name for name in sys.modules if name.split(".")[0] =
 """
 
 
+@pytest.mark.production  # the long tier: a dagster asset materialize process
 def test_data_preparation_never_imports_matplotlib():
     done = run_command(
         [sys.executable, "-c", SCRIPT],

@@ -84,6 +84,7 @@ def test_predicts_the_course_samples(server):
 @pytest.mark.parametrize(
     "headers_token",
     [None, "wrong-token", TOKEN + "x", ""],
+    ids=["none", "wrong", "token-plus-one", "empty"],  # the token is random: not in test ids
 )
 def test_missing_or_wrong_token_is_401(server, headers_token):
     status, body = Client(server["port"]).request("POST", "/predict", GOOD, token=headers_token)
@@ -206,6 +207,7 @@ def test_unknown_location_pair_still_predicts(server):
     assert status == 200 and len(body["predictions"]) == 1
 
 
+@pytest.mark.production  # the long tier: a retraining while the server serves
 def test_hot_reload_while_a_client_keeps_sending(server):
     answers: list[tuple[int, str | None]] = []  # (status, the run whose model answered)
     stop = threading.Event()

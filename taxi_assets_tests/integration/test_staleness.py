@@ -58,6 +58,7 @@ def months(tmp_path_factory):
         yield {"instance": instance, "defs": defs, "folder": folder, "root": root, "source": source}
 
 
+@pytest.mark.production  # the long tier: dagster-webserver and Chromium
 def test_a_changed_file_makes_its_month_unsynced_in_graphql_naming_the_file(months, browser_page):
     root, instance = months["root"], months["instance"]
     home = Path(instance.storage_directory()).resolve().parent

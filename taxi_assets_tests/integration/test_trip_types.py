@@ -84,6 +84,7 @@ def test_the_environment_picks_the_trip_type_for_every_source(monkeypatch):
         trip_source_from_env()
 
 
+@pytest.mark.production  # the long tier: a chain of CLI processes
 def test_taxi_assets_materialize_runs_on_yellow_files(yellow_folder, tmp_path):
     """As a user would: the CLI with TAXI_TRIP_TYPE=yellow and the folder of yellow files."""
     home = tmp_path / "home"

@@ -17,6 +17,9 @@ import pytest
 from taxi_assets_tests.helpers import DATA_DIR, REPO_ROOT
 from taxi_assets_tests.stack import Processes
 
+# dagster-webserver driven by Chromium: the long tier (`pytest -m production`).
+pytestmark = pytest.mark.production
+
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 # Without the background-networking flags Chromium keeps trying Google's hosts, which this
 # machine's closed network refuses.
