@@ -60,6 +60,9 @@ def main() -> None:
             for asset in timings:
                 wall, steps = materialize(job, instance, "2024-02", [asset])
                 timings[asset].append((steps[asset], wall))
+        scored = instance.fetch_materializations(dg.AssetKey("trip_predictions"), limit=1).records[0]
+        metadata = {key: value.value for key, value in scored.asset_materialization.metadata.items()}
+    realized, chosen = float(metadata["rmse"]), float(metadata["validation_rmse_at_selection"])
     step = {asset: median([s for s, _ in runs]) for asset, runs in timings.items()}
     wall = {asset: median([w for _, w in runs]) for asset, runs in timings.items()}
     rows = [
@@ -70,8 +73,12 @@ def main() -> None:
     rows.append(["retraining 2024-01 (default config)", f"{sum(retraining_steps.values()):.1f} (sum of steps)",
                  f"{retraining_wall:.1f}", "", "100 %"])  # fmt: skip
     load = os.getloadavg()[0]
-    body = f"Month 2024-02, medians of {args.repeat} alternating runs; load average at the end {load:.1f}.\n\n" + table(
-        ["asset", "step s", "run s", "vs cleaned_trips", "vs retraining"], rows
+    body = (
+        f"Month 2024-02, medians of {args.repeat} alternating runs; load average at the end {load:.1f}.\n\n"
+        + table(["asset", "step s", "run s", "vs cleaned_trips", "vs retraining"], rows)
+        + f"\n\nThe model chosen for 2024-01 ({metadata['model']}) on 2024-02's trips: realized RMSE {realized:.3f} "
+        f"against {chosen:.3f} when it was chosen ({100 * (realized / chosen - 1):+.1f} %; the decay check's "
+        "default tolerance is 10 %)."
     )
     print(body)
     append_results("trip_predictions cost (bench_monitoring.py)", body)
