@@ -148,7 +148,7 @@ class MlflowTracking(dg.ConfigurableResource):
             # fan-out) must not run them at the same time.
             from mlflow.exceptions import MlflowException
 
-            client = mlflow.MlflowClient(self.uri)
+            client = mlflow.MlflowClient(self.uri, registry_uri=self.uri)
             client.search_registered_models(max_results=1)
             if client.get_experiment_by_name(self.experiment_name) is None:
                 try:
@@ -215,7 +215,7 @@ class MlflowTracking(dg.ConfigurableResource):
         (FAILED or KILLED); returns their ids. For runs whose process died before it could."""
         import mlflow
 
-        client = mlflow.MlflowClient(self.uri)
+        client = mlflow.MlflowClient(self.uri, registry_uri=self.uri)
         experiment = client.get_experiment_by_name(self.experiment_name)
         if experiment is None:
             return []
@@ -269,7 +269,7 @@ class MlflowTracking(dg.ConfigurableResource):
                 pip_requirements=["taxi_assets", "scikit-learn", "xgboost", "skops", "pandas", "scipy"],
             )
         version = str(info.registered_model_version)
-        client = mlflow.MlflowClient(self.uri)
+        client = mlflow.MlflowClient(self.uri, registry_uri=self.uri)
         for key, value in {**self.dagster_tags(context, asset), **(lineage or {})}.items():
             client.set_model_version_tag(registered_model, version, key, value)
         return version
@@ -281,7 +281,8 @@ class MlflowTracking(dg.ConfigurableResource):
         import mlflow
 
         self._activate()
-        return dict(mlflow.MlflowClient(self.uri).get_model_version(registered_model, version).tags)
+        client = mlflow.MlflowClient(self.uri, registry_uri=self.uri)
+        return dict(client.get_model_version(registered_model, version).tags)
 
     def log_metrics(self, metrics: dict[str, float]) -> None:
         import mlflow
@@ -321,7 +322,7 @@ class MlflowTracking(dg.ConfigurableResource):
         import mlflow
 
         self._activate()
-        client = mlflow.MlflowClient(self.uri)
+        client = mlflow.MlflowClient(self.uri, registry_uri=self.uri)
         holders = [
             model
             for model in client.search_registered_models(filter_string=f"name LIKE '{REGISTERED_MODEL_PREFIX}%'")

@@ -116,7 +116,9 @@ def stack(tmp_path_factory):
                     "env": env,
                     "elsewhere": elsewhere,
                     "processes": processes,
-                    "mlflow": mlflow.MlflowClient(f"sqlite:///{home}/.dagster_home/mlflow/mlflow.db"),
+                    "mlflow": mlflow.MlflowClient(
+                        uri := f"sqlite:///{home}/.dagster_home/mlflow/mlflow.db", registry_uri=uri
+                    ),
                 }
         finally:
             processes.stop_all()

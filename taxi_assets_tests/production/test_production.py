@@ -189,7 +189,7 @@ def test_production_like_stack(tmp_path):
         # MLflow: the run's models in the server's registry (PostgreSQL), their artifacts in S3.
         import mlflow
 
-        client = mlflow.MlflowClient(stack.mlflow_uri)
+        client = mlflow.MlflowClient(stack.mlflow_uri, registry_uri=stack.mlflow_uri)  # not a registry another test set
         experiment = client.get_experiment_by_name("taxi-duration")
         parents = [
             run
