@@ -40,6 +40,21 @@ def run_months(
     ]
 
 
+def materializer(job, instance: dg.DagsterInstance):
+    """``run(month, assets, config=None, tags=None)``: materialize ``assets`` of ``job`` for one
+    month in-process, assert the run succeeded, and return it."""
+
+    def run(month: str, assets: Sequence[str], config=None, tags=None) -> dg.ExecuteInProcessResult:
+        result = job.execute_in_process(
+            instance=instance, partition_key=month, asset_selection=[dg.AssetKey(a) for a in assets],
+            run_config=config, tags=tags, raise_on_error=False,
+        )  # fmt: skip
+        assert result.success, failure_messages(result)
+        return result
+
+    return run
+
+
 def failure_messages(result: dg.ExecuteInProcessResult) -> str:
     """Every step failure's message with its chain of causes."""
     messages = []

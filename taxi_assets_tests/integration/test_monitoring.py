@@ -22,7 +22,7 @@ from taxi_assets.lib.catalog import MONTH_TAG, REASON_TAG
 from taxi_assets.lib.history import latest_metadata
 from taxi_assets.lib.sources import LocalTripSource
 from taxi_assets.ml.retraining import CHAIN
-from taxi_assets_tests.helpers import DATA_DIR, TINY_BUDGET, failure_messages
+from taxi_assets_tests.helpers import DATA_DIR, TINY_BUDGET, materializer
 from taxi_assets_tests.integration.test_serving import TOKEN, Client
 from taxi_assets_tests.servers import SmtpServer, inference_server
 from taxi_assets_tests.stack import wait_for
@@ -59,15 +59,8 @@ def monitored(tmp_path_factory):
     defs = build_defs(trip_source=LocalTripSource(directory=str(folder)))
     job = defs.resolve_implicit_global_asset_job_def()
 
-    def run(month, assets, config=None, tags=None):
-        result = job.execute_in_process(
-            instance=instance, partition_key=month, asset_selection=[dg.AssetKey(a) for a in assets],
-            run_config=config, tags=tags, raise_on_error=False,
-        )  # fmt: skip
-        assert result.success, failure_messages(result)
-        return result
-
     with dg.instance_for_test(temp_dir=str(home), overrides={"nux": {"enabled": False}}) as instance:
+        run = materializer(job, instance)
         run("2023-12", PREPARE)
         run("2024-01", ["trip_files", *CHAIN], RETRAIN)
         scored = run("2024-02", [*PREPARE, "training_set", "trip_predictions"])
@@ -280,13 +273,7 @@ def test_a_backfill_scores_every_month_by_a_model_that_never_saw_it(tmp_path):
     defs = build_defs(trip_source=LocalTripSource(directory=str(folder)))
     job = defs.resolve_implicit_global_asset_job_def()
     with dg.instance_for_test(temp_dir=str(tmp_path / "home")) as instance:
-
-        def run(month, assets, config=None):
-            result = job.execute_in_process(
-                instance=instance, partition_key=month, asset_selection=[dg.AssetKey(a) for a in assets],
-                run_config=config, raise_on_error=False,
-            )  # fmt: skip
-            assert result.success, failure_messages(result)
+        run = materializer(job, instance)
 
         run("2023-02", PREPARE)
         for month in months[1:]:

@@ -17,7 +17,7 @@ from taxi_assets.defs.automation import new_trip_data_sensor
 from taxi_assets.lib.dagster_private import stale_status_resolver
 from taxi_assets.lib.sources import LocalTripSource
 from taxi_assets.ml.retraining import CHAIN
-from taxi_assets_tests.helpers import REPO_ROOT, TINY_BUDGET, failure_messages, sampled_months
+from taxi_assets_tests.helpers import REPO_ROOT, TINY_BUDGET, materializer, sampled_months
 from taxi_assets_tests.integration.test_ui import CHROMIUM, CHROMIUM_ARGS, SCREENSHOTS, pytest_configure_chromium
 from taxi_assets_tests.stack import GraphQL, Processes
 
@@ -38,13 +38,7 @@ def months(tmp_path_factory):
     defs = build_defs(trip_source=source)
     job = defs.resolve_implicit_global_asset_job_def()
     with dg.instance_for_test(temp_dir=str(root / "home"), overrides={"nux": {"enabled": False}}) as instance:
-
-        def run(month, assets, config=None):
-            result = job.execute_in_process(
-                instance=instance, partition_key=month, asset_selection=[dg.AssetKey(a) for a in assets],
-                run_config=config, raise_on_error=False,
-            )  # fmt: skip
-            assert result.success, failure_messages(result)
+        run = materializer(job, instance)
 
         run("2023-12", ["trip_files", "raw_trips", "cleaned_trips"])
         for month in ("2024-01", "2024-02"):
