@@ -5,17 +5,17 @@ Set-up: a watched folder with 2023-12 and 2024-01, and a DAGSTER_HOME holding th
 dagster.yaml (SQLite instance, local MLflow store, queued runs). 2024-01 is trained with the
 default budgets first (`taxi-assets materialize`), so a champion is serving. Then the stack a
 user runs starts: `dagster dev` (webserver and daemon; the new-data sensor is on by default and
-ticks every 30 s) and `taxi-assets serve` (default reload interval, 5 s). Once the sensor's first
+ticks every 10 s) and `taxi-assets serve` (default reload interval, 1 s). Once the sensor's first
 tick has recorded the files present, 2024-02's file is moved into the folder (one atomic rename)
 and the clock starts; it stops when the server's /health names the 2024-02 model.
 
 Each stage comes from the instance's own records: the sensor's tick (file -> run created), the
 run's start (created -> RUN_START: queue, daemon, run worker), every step (STEP_START ->
 STEP_SUCCESS), and the server's reload (production_model materialized -> served).
-Goal (2 cores, default budgets): at most 3 minutes from file to served model, XGBoost RMSE on
-2024-02 at most 5.15.
+Goal (2 cores, default budgets; issue 22): the median of three runs at most 60 s from file to served
+model, XGBoost RMSE on 2024-02 at most 5.15.
 
-Usage: python benchmarks/bench_freshness.py [--repeat N]
+Usage: python benchmarks/bench_freshness.py [--repeat N]   (the goal is judged with --repeat 3)
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ from dagster._core.scheduler.instigation import InstigatorType  # noqa: E402
 BIN = Path(sys.executable).parent
 MONTH, PREVIOUS = "2024-02", "2024-01"
 ALL_ASSETS = "raw_trips,cleaned_trips,training_set,sklearn_models,xgboost_model,production_model"
-GOAL_SECONDS, GOAL_RMSE = 180.0, 5.15
+GOAL_SECONDS, GOAL_RMSE = 60.0, 5.15
 # The course's Mage pipelines on the same data, triggered by hand, with much smaller budgets
 # (the issue's figures): data 6.7 s, two sklearn models 57.6 s, XGBoost 82-127 s (3 evaluations).
 MAGE = {"data preparation": "6.7 s", "scikit-learn models": "57.6 s", "xgboost": "82-127 s"}
@@ -242,13 +242,13 @@ def main() -> None:
     totals = [result["total"] for result in results]
     rmses = [result["xgboost_rmse"] for result in results]
     rows.append(["**file to served model**", " / ".join(f"**{value:.1f} s**" for value in totals),
-                 "PASS" if max(totals) <= GOAL_SECONDS else "FAIL"])  # fmt: skip
+                 "PASS" if statistics.median(totals) <= GOAL_SECONDS else "FAIL"])  # fmt: skip
     rows.append(["XGBoost validation RMSE, 2024-02", " / ".join(f"{value:.3f}" for value in rmses),
-                 "PASS" if max(rmses) <= GOAL_RMSE else "FAIL"])  # fmt: skip
+                 "PASS" if statistics.median(rmses) <= GOAL_RMSE else "FAIL"])  # fmt: skip
     body = "\n\n".join(
         [
             table(["stage", "seconds (each run)" if len(results) > 1 else "seconds", "goal"], rows),
-            f"Goal: file to served model <= {GOAL_SECONDS:.0f} s, XGBoost RMSE <= {GOAL_RMSE} (default budgets). "
+            f"Goal: median file to served model <= {GOAL_SECONDS:.0f} s, median XGBoost RMSE <= {GOAL_RMSE} (default budgets). "
             f"Median file to served {statistics.median(totals):.1f} s over {len(results)} run(s); the retraining run "
             f"itself {statistics.median([r['run_seconds'] for r in results]):.1f} s. Served after the drop: "
             + "; ".join(f"{r['decision']}" for r in results)

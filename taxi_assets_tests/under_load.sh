@@ -5,6 +5,8 @@
 #
 #   bash taxi_assets_tests/under_load.sh                 README command 2 under the hog
 #   bash taxi_assets_tests/under_load.sh --production    the production marker under the hog
+#   bash taxi_assets_tests/under_load.sh --ci            all of .ci/run (lint, fresh install, both
+#                                                        tiers) under the hog, as CI=true
 #
 # Prints the hog's CPU time at the end, so a run can show the hog really had its core.
 set -euo pipefail
@@ -17,6 +19,8 @@ started=$(date +%s)
 
 if [ "${1:-}" = "--production" ]; then
     command="TAXI_DATA_DIR=../shared/data/taxi/green .venv/bin/python -m pytest -m production"
+elif [ "${1:-}" = "--ci" ]; then
+    command="CI=true bash .ci/run"
 else
     command=$(python3 -m taxi_assets_tests.readme_commands 2)
 fi

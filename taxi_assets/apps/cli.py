@@ -331,7 +331,7 @@ def _add_serve(commands) -> None:
         "--port-file", metavar="FILE", help="write the port it listens on to FILE once bound (useful with --port 0)"
     )
     serve.add_argument(
-        "--reload-interval", type=float, default=5.0,
+        "--reload-interval", type=float, default=1.0,
         help="seconds between checks for a new production model (0: never)",
     )  # fmt: skip
     serve.add_argument(

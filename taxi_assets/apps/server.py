@@ -542,7 +542,7 @@ async def _receive_body(receive) -> bytes:
 
 
 def create_app(
-    holder: ModelHolder, token: str | None, reload_interval: float = 5.0, body_timeout: float = BODY_TIMEOUT_SECONDS
+    holder: ModelHolder, token: str | None, reload_interval: float = 1.0, body_timeout: float = BODY_TIMEOUT_SECONDS
 ) -> ServingApp:
     """The ASGI application serving ``holder``'s model; ``token`` None serves without one (--no-auth)."""
     return ServingApp(holder, token, reload_interval, body_timeout)
@@ -607,7 +607,7 @@ def _write_port_file(path: str, port: int) -> None:
 def serve(
     host: str = "127.0.0.1",
     port: int = 8000,
-    reload_interval: float = 5.0,
+    reload_interval: float = 1.0,
     port_file: str | None = None,
     no_auth: bool = False,
     body_timeout: float = BODY_TIMEOUT_SECONDS,
