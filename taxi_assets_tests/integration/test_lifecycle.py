@@ -230,7 +230,7 @@ def test_killed_run_worker_is_failed_mlflow_runs_ended_and_month_retried(stack):
     statuses = {r.info.run_name: r.info.status for r in mlflow_runs(client, run_id) if "trial" not in r.data.tags}
     assert statuses["xgboost-2024-02"] == "FAILED", statuses
 
-    # The daemon re-executes it from the failed step, and the month is retrained.
+    # The daemon re-executes it (whole: see RETRAINING_RUN_TAGS), and the month is retrained.
     def retry():
         runs = [run for run in instance.get_runs() if run.tags.get("dagster/parent_run_id") == run_id]
         return runs and finished(instance, runs[0].run_id)
