@@ -51,6 +51,7 @@ MAX_BATCH = 50_000
 MAX_BODY_BYTES = 8 * 1024 * 1024
 MIN_TOKEN_CHARACTERS = 16
 BODY_TIMEOUT_SECONDS = 30.0
+RELOAD_INTERVAL_SECONDS = 1.0  # how often the server looks for a new production decision
 FORMATS = ("dataframe_records", "dataframe_split", "inputs", "instances")
 PREDICT_SHAPE = 'body must be a JSON object {"inputs": [{"PULocationID": .., "DOLocationID": .., "trip_distance": ..}]}'
 INVOCATION_SHAPE = (
@@ -542,7 +543,10 @@ async def _receive_body(receive) -> bytes:
 
 
 def create_app(
-    holder: ModelHolder, token: str | None, reload_interval: float = 1.0, body_timeout: float = BODY_TIMEOUT_SECONDS
+    holder: ModelHolder,
+    token: str | None,
+    reload_interval: float = RELOAD_INTERVAL_SECONDS,
+    body_timeout: float = BODY_TIMEOUT_SECONDS,
 ) -> ServingApp:
     """The ASGI application serving ``holder``'s model; ``token`` None serves without one (--no-auth)."""
     return ServingApp(holder, token, reload_interval, body_timeout)
@@ -607,7 +611,7 @@ def _write_port_file(path: str, port: int) -> None:
 def serve(
     host: str = "127.0.0.1",
     port: int = 8000,
-    reload_interval: float = 1.0,
+    reload_interval: float = RELOAD_INTERVAL_SECONDS,
     port_file: str | None = None,
     no_auth: bool = False,
     body_timeout: float = BODY_TIMEOUT_SECONDS,
