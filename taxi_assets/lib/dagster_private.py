@@ -10,6 +10,7 @@ __all__ = [
     "LocalComputeLogManager",
     "code_location",
     "failed_check_evaluations",
+    "in_step_subprocess",
     "stale_status_resolver",
 ]
 
@@ -69,3 +70,24 @@ def failed_check_evaluations(instance, asset: str, check: str, limit: int = 100)
         metadata = {name: getattr(value, "value", value) for name, value in (data.metadata if data else {}).items()}
         found.append((record.id, record.partition, record.create_timestamp, record.run_id, metadata))
     return found
+
+
+def _step_command():
+    """This process's step command when it is one step's own process, started by Dagster's
+    multiprocess executor (not a run worker, a code server or a test running steps in-process),
+    else None. Public API does not say which process a step runs in; the child's entry point is the
+    executor's ``_execute_command_in_child_process(event_queue, command)``."""
+    import multiprocessing
+
+    from dagster._core.executor import child_process_executor
+
+    process = multiprocessing.current_process()
+    if getattr(process, "_target", None) is not child_process_executor._execute_command_in_child_process:
+        return None
+    return process._args[1]  # type: ignore[attr-defined]
+
+
+def in_step_subprocess() -> bool:
+    """Whether this process is one step's own process: only such a process may be exited to end a
+    step that cannot be interrupted."""
+    return _step_command() is not None

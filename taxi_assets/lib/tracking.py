@@ -113,6 +113,8 @@ class MlflowTracking(dg.ConfigurableResource):
 
     _uri: str | None = PrivateAttr(default=None)
     _artifacts: str | None = PrivateAttr(default=None)
+    # The MLflow runs this process has open (a step's parent run and its current trial).
+    _open_runs: list[str] = PrivateAttr(default_factory=list)
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
         uri = self.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
@@ -181,7 +183,7 @@ class MlflowTracking(dg.ConfigurableResource):
             mlflow.end_run("KILLED")
         tags = {**self.dagster_tags(context, asset), **(extra_tags or {})}
         run = mlflow.start_run(run_name=run_name, tags=tags)
-        with _ended_by_outcome(mlflow):
+        with self._open(run.info.run_id), _ended_by_outcome(mlflow):
             yield run
 
     def trial_runner(self, context, asset: str, extra_tags: dict[str, str] | None = None, on_trial=None):
@@ -198,8 +200,8 @@ class MlflowTracking(dg.ConfigurableResource):
         def run_trial(params, evaluate):
             counter["n"] += 1
             number = counter["n"]
-            mlflow.start_run(run_name=f"trial-{number}", nested=True, tags={**tags, "trial": str(number)})
-            with _ended_by_outcome(mlflow):
+            trial = mlflow.start_run(run_name=f"trial-{number}", nested=True, tags={**tags, "trial": str(number)})
+            with self._open(trial.info.run_id), _ended_by_outcome(mlflow):
                 mlflow.log_params(params)
                 began = time.perf_counter()
                 metrics = evaluate()
@@ -209,6 +211,26 @@ class MlflowTracking(dg.ConfigurableResource):
             return metrics
 
         return run_trial
+
+    @contextmanager
+    def _open(self, run_id: str):
+        self._open_runs.append(run_id)
+        try:
+            yield
+        finally:
+            self._open_runs.remove(run_id)
+
+    def end_open_runs(self, status: str = "KILLED") -> list[str]:
+        """End the MLflow runs this process has open with ``status``, from any thread (MLflow's
+        active runs belong to the thread that started them): for a step that must exit in the
+        middle of a native call (:func:`taxi_assets.lib.lifecycle.exit_stuck_step`)."""
+        import mlflow
+
+        client = mlflow.MlflowClient(self.uri, registry_uri=self.uri)
+        ended = list(reversed(self._open_runs))  # trials before their parent
+        for run_id in ended:
+            client.set_terminated(run_id, status=status)
+        return ended
 
     def end_runs_of(self, dagster_run_id: str, status: str) -> list[str]:
         """End every MLflow run still RUNNING that a Dagster run started, with ``status``

@@ -69,3 +69,45 @@ def test_an_interrupt_whose_cancel_report_fails_is_logged_and_still_raised():
     [message] = context.log.errors
     assert "run r2 was interrupted, but marking it CANCELING failed (OSError: read-only database)" in message
     assert "run retries may start again a run someone stopped" in message
+
+
+class Canceling:
+    """A run storage that reports the run CANCELING at once."""
+
+    def get_run_by_id(self, run_id):
+        return dg.DagsterRun(job_name="retraining", run_id=run_id, status=dg.DagsterRunStatus.CANCELING)
+
+
+def test_a_step_that_does_not_stop_after_its_run_stopped_is_handed_to_on_stuck():
+    called = threading.Event()
+    reasons: list[str] = []
+
+    def on_stuck(reason):
+        reasons.append(reason)
+        called.set()
+
+    with RunWatch(Canceling(), "r3", poll_seconds=0.01, on_stuck=on_stuck, grace_seconds=0.05):  # type: ignore[arg-type]
+        assert called.wait(60), "on_stuck was never called for a step still inside its block"
+    assert reasons == ["run r3 is CANCELING"]
+
+
+def test_a_step_that_stops_within_the_grace_is_left_alone():
+    stuck: list[str] = []
+    with RunWatch(Canceling(), "r4", poll_seconds=0.01, on_stuck=stuck.append, grace_seconds=3600) as watch:  # type: ignore[arg-type]
+        while watch.stop_reason() is None:  # the step sees the stop request and ends
+            threading.Event().wait(0.01)
+    watch._thread.join(timeout=60)
+    assert not watch._thread.is_alive() and stuck == []
+
+
+def test_a_stuck_step_running_in_process_is_not_exited():
+    """A test's in-process run shares its process with the caller: exiting would end the caller."""
+    from taxi_assets.lib.lifecycle import exit_stuck_step
+
+    context, ended = Context(), []
+    context.log.warning = context.log.errors.append  # type: ignore[attr-defined]
+    exit_stuck_step(context, "xgboost-2024-02", lambda: ended.append(1) or [])("run r2 is CANCELING")
+    assert ended == []
+    assert context.log.errors == [
+        "run r2 is CANCELING, and step xgboost-2024-02 did not stop within 2 s; it runs inside this process, so it stops at its next check"
+    ]

@@ -14,7 +14,7 @@ from taxi_assets.lib import charts
 from taxi_assets.lib.catalog import CODE_VERSIONS
 from taxi_assets.lib.evaluation import contributions_chart, evaluation_charts, model_metadata
 from taxi_assets.lib.history import rmse_history
-from taxi_assets.lib.lifecycle import Stopwatch, step_budget
+from taxi_assets.lib.lifecycle import Stopwatch, exit_stuck_step, step_budget
 from taxi_assets.lib.metadata import charts as charts_metadata
 from taxi_assets.lib.months import monthly_partitions
 from taxi_assets.lib.tracking import REGISTERED_MODEL_PREFIX, MlflowTracking
@@ -118,8 +118,9 @@ def _train_tracked(context, mlflow: MlflowTracking, dataset, tune, *, training: 
     anything raises, KILLED if the run is stopped."""
     clock = Stopwatch()
     month, name = context.partition_key, training.name
+    stuck = exit_stuck_step(context, f"{name}-{month}", mlflow.end_open_runs)
     with (
-        step_budget(context, training.seconds) as budget,
+        step_budget(context, training.seconds, on_stuck=stuck) as budget,
         mlflow.step_run(context, training.asset, run_name=f"{name}-{month}", extra_tags={"model": name}) as run,
     ):
         search = budget.until(post_search_reserve(training.kind, training.seconds))
