@@ -226,9 +226,7 @@ def exit_stuck_step(context, step: str, end_tracking: Callable[[], list[str]]) -
         except Exception as error:  # the exit must happen even if the tracking store is gone
             context.log.error(f"{waited}; ending its runs failed ({type(error).__name__}: {error}); exiting")
         finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os._exit(STUCK_EXIT_CODE)
+            _exit_without_teardown(STUCK_EXIT_CODE)
 
     return stop
 
@@ -236,10 +234,11 @@ def exit_stuck_step(context, step: str, end_tracking: Callable[[], list[str]]) -
 _quick_exit_registered = threading.Lock()
 
 
-def _exit_without_teardown() -> None:
+def _exit_without_teardown(code: int = 0) -> None:
+    """End this process now, its printed output flushed, without the interpreter's teardown."""
     sys.stdout.flush()
     sys.stderr.flush()
-    os._exit(0)
+    os._exit(code)
 
 
 def exit_quickly_after_step() -> None:
