@@ -118,6 +118,27 @@ def alerts_from_env() -> EmailAlerts:
     return EmailAlerts(**values)
 
 
+WILL_RETRY_TAG = "dagster/will_retry"  # set by Dagster on a failed run it is going to retry
+
+
+def alert_held_back(status: str, tags: dict[str, str]) -> str | None:
+    """Why a run's failure event is not emailed now (None: email it). Two cases:
+
+    - run retries will re-execute the run: only its last attempt is a failure someone must hear of;
+    - the run as stored is not failed: the failure event was written but the status was not (the
+      two are separate writes; the chaos soak saw PostgreSQL go away between them, the run left
+      STARTING). Run monitoring ends such a run later, and that failure is judged again.
+    """
+    if status != "FAILURE":
+        return (
+            f"its stored status is {status}, not FAILURE; run monitoring will end it, and that failure is judged again"
+        )
+    if tags.get(WILL_RETRY_TAG) == "true":
+        attempt = int(tags.get("dagster/retry_number", "0")) + 1
+        return f"failed (attempt {attempt}); run retries will re-execute it, so no alert yet"
+    return None
+
+
 @dataclass
 class FailureReport:
     """What went wrong in one run, gathered from its event log."""

@@ -2,10 +2,8 @@
 
 import dagster as dg
 
-from taxi_assets.lib.alerts import AlertDeliveryError, EmailAlerts, failure_report
+from taxi_assets.lib.alerts import AlertDeliveryError, EmailAlerts, alert_held_back, failure_report
 from taxi_assets.lib.tracking import MlflowTracking
-
-WILL_RETRY_TAG = "dagster/will_retry"  # set by Dagster on a failed run it is going to retry
 
 
 @dg.run_failure_sensor(
@@ -19,11 +17,9 @@ WILL_RETRY_TAG = "dagster/will_retry"  # set by Dagster on a failed run it is go
 def email_on_failure(context: dg.RunFailureSensorContext, alerts: EmailAlerts):
     # The run as stored now: the instance tags a failed run that run retries will re-execute.
     run = context.instance.get_run_by_id(context.dagster_run.run_id) or context.dagster_run
-    if run.tags.get(WILL_RETRY_TAG) == "true":
-        attempt = int(run.tags.get("dagster/retry_number", "0")) + 1
-        context.log.info(
-            f"run {run.run_id} failed (attempt {attempt}); run retries will re-execute it, so no alert yet"
-        )
+    held_back = alert_held_back(run.status.value, dict(run.tags))
+    if held_back:
+        context.log.info(f"run {run.run_id}: no alert: {held_back}")
         return
     if not alerts.enabled:
         context.log.info(f"run {run.run_id} failed; email alerts are off (set TAXI_SMTP_HOST and TAXI_ALERT_TO)")
