@@ -27,6 +27,9 @@ locals {
     { name = "DAGSTER_PG_USERNAME", value = aws_db_instance.main.username },
     { name = "DAGSTER_PG_PASSWORD_SECRET_ARN", value = "${local.pg_secret}:password::" },
     { name = "DAGSTER_MAX_CONCURRENT_RUNS", value = tostring(var.max_concurrent_runs) },
+    # The daemon skips a backfill's iteration while the code location cannot load (a code server
+    # restarting) instead of failing the backfill and canceling its runs (found by the chaos soak).
+    { name = "DAGSTER_BACKFILL_RETRY_DEFINITION_CHANGED_ERROR", value = "1" },
     { name = "DAGSTER_CODE_LOCATION_HOST", value = "code-location.${var.name}.internal" },
     { name = "DAGSTER_CURRENT_IMAGE", value = local.image },
     # Read by the code location and handed to the run launcher with every run: run tasks are
@@ -55,7 +58,9 @@ locals {
       secrets = [{ name = "TAXI_SMTP_PASSWORD", valueFrom = aws_secretsmanager_secret.smtp_password.arn }]
     }
     webserver = {
-      command = ["dagster-webserver", "-h", "0.0.0.0", "-p", "3000", "-w", "workspace.yaml"]
+      # The webserver keeps a pooled database connection; after a failover the first request on it
+      # failed (500, found by the chaos soak). Connections older than 10 s are replaced before use.
+      command = ["dagster-webserver", "-h", "0.0.0.0", "-p", "3000", "-w", "workspace.yaml", "--db-pool-recycle", "10"]
       port    = 3000, cpu = 1024, memory = 2048, role = aws_iam_role.dagster.arn, secrets = []
     }
     daemon = {
