@@ -4,7 +4,9 @@
 - moto's S3 (trip files in one bucket; asset values, compute logs and MLflow artifacts in another),
 - an MLflow tracking server (backend store in PostgreSQL, artifacts in the S3 bucket),
 - the code location as ``dagster code-server start``, ``dagster-webserver`` and ``dagster-daemon``
-  on ``deploy/dagster.yaml`` with the production resources (``TAXI_ENV=production``).
+  on ``deploy/dagster.yaml`` with the production resources (``TAXI_ENV=production``),
+- and, when asked for (``start("serve")``), the inference server ``taxi-assets serve`` on the same
+  instance, with ``TAXI_API_TOKEN`` from ``environment``.
 
 Each service can be killed and started again on the same port (what ECS does to a task: the
 service's address stays), which the production test and the chaos soak use.
@@ -18,6 +20,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import urllib.error
 import urllib.request
 from contextlib import ExitStack
 from pathlib import Path
@@ -123,7 +126,7 @@ class ProductionStack:
     """The whole stack (see the module's docstring), started by ``with``; ``env`` is what every
     Dagster process gets, ``graphql`` talks to the webserver, ``s3`` to the buckets."""
 
-    SERVICES = ("mlflow", "code-server", "webserver", "daemon")
+    SERVICES = ("mlflow", "code-server", "webserver", "daemon")  # started by ``with``; "serve" on demand
 
     def __init__(self, root: Path, environment: dict[str, str] | None = None):
         self.root, self.extra = root, environment or {}
@@ -173,6 +176,7 @@ class ProductionStack:
                 "DAGSTER_PG_USERNAME": self.pg["user"],
                 "DAGSTER_PG_PASSWORD": self.pg["password"],
                 "DAGSTER_MAX_CONCURRENT_RUNS": "2",
+                "DAGSTER_BACKFILL_RETRY_DEFINITION_CHANGED_ERROR": "1",  # as deploy/: see ecs.tf
                 "TAXI_ENV": "production",
                 "TAXI_S3_BUCKET": ASSETS_BUCKET,
                 "TAXI_DATA_S3_BUCKET": TRIPS_BUCKET,
@@ -204,10 +208,20 @@ class ProductionStack:
             ],
             "webserver": [
                 str(BIN / "dagster-webserver"), "-w", str(self.workspace), "-h", "127.0.0.1", "-p", str(port),
+                "--db-pool-recycle", "10",  # as deploy/terraform/ecs.tf
             ],
+            "serve": [str(BIN / "taxi-assets"), "serve", "--port", str(port)],
         }[service]  # fmt: skip
 
     def _ready(self, service: str, port: int) -> bool:
+        if service == "serve":  # listening: any answer, 503 before the first decision included
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=10):
+                    return True
+            except urllib.error.HTTPError:
+                return True
+            except OSError:
+                return False
         if service == "mlflow":
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=10) as response:

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
@@ -114,8 +115,14 @@ class GraphQL:
             data=json.dumps({"query": query, "variables": variables or {}}).encode(),
             headers={"Content-Type": "application/json"},
         )
-        with urllib.request.urlopen(request, timeout=30) as response:
-            answer = json.loads(response.read())
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                answer = json.loads(response.read())
+        except urllib.error.HTTPError as error:  # 500 is a resolver's exception: say which (same type)
+            body = error.read()[:3000].decode(errors="replace")
+            raise urllib.error.HTTPError(
+                error.url, error.code, f"{error.reason}: {body}", error.headers, None
+            ) from None
         assert "errors" not in answer, answer
         return answer["data"]
 
