@@ -116,15 +116,23 @@ class FileServer:
         self.httpd.server_close()
 
 
+def _reset_moto(endpoint: str) -> None:
+    """moto keeps its buckets in module state, shared by every server in this process: start each
+    server empty (the chaos soak's files reached the next test's sensor before this)."""
+    urllib.request.urlopen(urllib.request.Request(f"{endpoint}/moto-api/reset", method="POST"), timeout=30).close()
+
+
 @contextmanager
 def moto_s3_server():
-    """moto's standalone S3 on 127.0.0.1 (port 0: the system picks it); yields the endpoint URL."""
+    """moto's standalone S3 on 127.0.0.1 (port 0: the system picks it), empty; yields the endpoint URL."""
     from moto.server import ThreadedMotoServer
 
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
+    endpoint = f"http://127.0.0.1:{server.get_host_and_port()[1]}"
     try:
-        yield f"http://127.0.0.1:{server.get_host_and_port()[1]}"
+        _reset_moto(endpoint)
+        yield endpoint
     finally:
         server.stop()
 
