@@ -31,6 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import cast
 
+from dagster._core.execution.backfill import BULK_ACTION_TERMINAL_STATUSES
+
 from taxi_assets.defs.automation import RETRAINING_RUN_TAGS
 from taxi_assets.lib.months import next_month
 from taxi_assets_tests.helpers import DATA_DIR
@@ -64,6 +66,7 @@ SMALL_BUDGETS = {
 }
 PREPARED = ("raw_trips", "cleaned_trips")  # every month, the first one included
 TRAINED = ("training_set", "sklearn_models", "xgboost_model", "production_model", "trip_predictions")
+BACKFILL_ENDED = {status.value for status in BULK_ACTION_TERMINAL_STATUSES}  # Dagster's own list
 ACTIVE = ("QUEUED", "NOT_STARTED", "STARTING", "STARTED", "CANCELING")
 COURSE_BODY = {
     "inputs": [
@@ -368,8 +371,7 @@ def _inject_all(stack: ProductionStack, supervisor: Supervisor, outcome: Outcome
     """Each fault at its time while the backfill runs; the ones still due when it has ended are
     not injected (the report counts what was)."""
     rng, started = random.Random(seed + 1), time.monotonic()
-    terminal = ("COMPLETED", "COMPLETED_SUCCESS", "COMPLETED_FAILED", "FAILED", "CANCELED")
-    running = lambda: backfill_status(stack, backfill) not in terminal  # noqa: E731 - None (unknown) counts as running
+    running = lambda: backfill_status(stack, backfill) not in BACKFILL_ENDED  # noqa: E731 - None (unknown) counts as running
     for fault in outcome.faults:
         while time.monotonic() - started < fault.at:
             time.sleep(0.5)
@@ -401,10 +403,12 @@ def _quiet_for(stack: ProductionStack, seconds: float) -> bool:
 def _settle(stack: ProductionStack, backfill: str) -> str | None:
     """Wait for the backfill to end, then for every run to end (run monitoring fails a run whose
     worker died within its poll interval, or its start timeout for a run that never started)."""
-    terminal = ("COMPLETED", "COMPLETED_SUCCESS", "COMPLETED_FAILED", "FAILED", "CANCELED")
-    status = _wait(
-        lambda: (backfill_status(stack, backfill) or "") in terminal and backfill_status(stack, backfill), 5400
-    )
+
+    def ended() -> str | None:
+        status = backfill_status(stack, backfill)
+        return status if status in BACKFILL_ENDED else None
+
+    status = _wait(ended, 5400)
     _wait(lambda: _quiet_for(stack, 60), 1200)
     return status
 
