@@ -202,14 +202,13 @@ def _inject(fault: Fault, stack: ProductionStack, supervisor: Supervisor, rng: r
         supervisor.postgres_back = threading.Timer(POSTGRES_DOWN_SECONDS, lambda: stack.restart("postgres"))
         supervisor.postgres_back.start()
         return True
-    if fault.kind == "code-server-between-runs":
-        # Killed when no run worker is alive: a code server that dies takes its runs' workers
-        # with it, and under DefaultRunLauncher nothing fails those runs before their max runtime
-        # (an hour). Known and not fixed (see the session note); CI's short soak spares them.
-        while running() and run_workers():
+    if fault.kind == "code-server-under-a-run":
+        # Killed while a run worker is alive, so the run is lost with it: run monitoring must fail
+        # it (lib/run_launcher.py asks the restarted server) and run retries re-execute it.
+        while running() and not run_workers():
             time.sleep(0.2)
         supervisor.kill("code-server")
-        fault.target = "code-server (no run worker alive)"
+        fault.target = "code-server (with a run worker alive)"
         return True
     if fault.kind != "run":
         supervisor.kill(fault.kind)
@@ -347,6 +346,8 @@ def soak(root: Path, first: str, last: str, faults: dict[str, int], seed: int, g
                 supervisor.stopping.set()
                 supervisor.join(timeout=300)
             outcome.conditions = end_conditions(stack, months, smtp, outcome)
+    # Nothing was done by hand during the soak; what a person would have to fix is what did not hold.
+    outcome.needed_a_person = [f"{what}: {detail}" for what, held, detail in outcome.conditions if not held]
     return outcome
 
 

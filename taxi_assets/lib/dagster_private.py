@@ -5,15 +5,22 @@ on a Dagster upgrade, so each says why it is needed and what public API would re
 from __future__ import annotations
 
 __all__ = [
+    "CheckRunHealthResult",
     "DagsterSqliteStorage",
     "LocalArtifactStorage",
     "LocalComputeLogManager",
+    "WorkerStatus",
     "code_location",
+    "code_server_runs",
     "failed_check_evaluations",
     "in_step_subprocess",
     "stale_status_resolver",
 ]
 
+
+# What a run launcher's worker health check answers (lib/run_launcher.py's CodeServerRunLauncher);
+# Dagster's run monitoring reads it. No public import path.
+from dagster._core.launcher import CheckRunHealthResult, WorkerStatus
 
 # Dagster's local storages, subclassed by lib/instance.py so that relative paths in dagster.yaml
 # mean "inside DAGSTER_HOME" (Dagster's YAML cannot join an environment variable with a path, and
@@ -22,6 +29,36 @@ __all__ = [
 from dagster._core.storage.local_compute_log_manager import LocalComputeLogManager
 from dagster._core.storage.root import LocalArtifactStorage
 from dagster._core.storage.sqlite_storage import DagsterSqliteStorage
+
+
+def code_server_runs(run) -> tuple[str | None, list[str] | None]:
+    """The address of the code server that launched ``run`` (its ``.dagster/grpc_info`` tag; None
+    for a run no code server launched, e.g. one executed in a CLI's own process) and the run ids
+    that server is executing now, or None when nothing answers there. Public API has no
+    way to ask a code server which run workers it holds; Dagster's own launcher reads the same tag
+    to terminate a run."""
+    import json
+
+    from dagster._core.errors import DagsterUserCodeUnreachableError
+    from dagster._core.storage.tags import GRPC_INFO_TAG
+    from dagster._grpc.client import DagsterGrpcClient
+    from dagster._grpc.types import GetCurrentRunsResult
+    from dagster._serdes import deserialize_value
+
+    info = json.loads(run.tags.get(GRPC_INFO_TAG) or "{}")
+    if not info.get("socket") and not info.get("port"):
+        return None, None
+    address = info.get("socket") or f"{info.get('host')}:{info.get('port')}"
+    client = DagsterGrpcClient(
+        port=info.get("port"),
+        socket=info.get("socket"),
+        host=info.get("host") or "localhost",
+        use_ssl=bool(info.get("use_ssl", False)),
+    )
+    try:
+        return address, list(deserialize_value(client.get_current_runs(), GetCurrentRunsResult).current_runs)
+    except DagsterUserCodeUnreachableError:
+        return address, None
 
 
 def code_location(module: str, attribute: str = "defs"):

@@ -1,0 +1,87 @@
+"""Dagster's default run launcher, plus the worker health check it lacks.
+
+Under ``DefaultRunLauncher`` a run's worker is a child process of the code server that launched it
+(``dagster api grpc``). When that server dies with its workers (its container lost, SIGKILL,
+redeployed), nothing fails the runs: they stay STARTED until their ``dagster/max_runtime`` (an hour
+for retrainings), each holding one of the queue's slots, and run retries never see them (found by
+the chaos soak, which stalled on two such runs). ECS's launcher answers Dagster's run monitoring
+("is this run's worker alive?") from the task's state; this one asks the code server, over the
+address Dagster records on each run, which runs it is executing. A run it does not know has lost
+its worker: run monitoring marks it failed, and run retries re-execute it. A server that does not
+answer is given ``unreachable_timeout_seconds`` to come back (a restart) before its runs count as
+lost (``dagster dev`` restarted: its servers come back on new ports).
+
+Assumes what every deployment here does: a code server's run workers live and die with it (one
+container, one process group). Nothing here imports the code location.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import dagster as dg
+
+from taxi_assets.lib.dagster_private import CheckRunHealthResult, WorkerStatus, code_server_runs
+
+UNREACHABLE_TIMEOUT_SECONDS = 300
+
+
+def run_worker_lost(
+    run_id: str, server_runs: list[str] | None, unreachable_seconds: float, timeout_seconds: float
+) -> tuple[bool, str]:
+    """Whether a STARTED run's worker is gone, and why. ``server_runs`` is what the run's code
+    server says it executes (None: it did not answer, for ``unreachable_seconds`` so far)."""
+    if server_runs is not None:
+        if run_id in server_runs:
+            return False, "its code server is executing it"
+        return True, (
+            "its code server does not know it: the server restarted since it launched the run, "
+            "and a code server's run workers end with it"
+        )
+    if unreachable_seconds >= timeout_seconds:
+        return True, f"its code server has not answered for {unreachable_seconds:.0f} s (limit {timeout_seconds:.0f} s)"
+    return False, f"its code server has not answered for {unreachable_seconds:.0f} s; asked again on the next check"
+
+
+class CodeServerRunLauncher(dg.DefaultRunLauncher):
+    """``DefaultRunLauncher`` whose runs' workers Dagster's run monitoring can check (see above)."""
+
+    def __init__(self, inst_data=None, unreachable_timeout_seconds: int = UNREACHABLE_TIMEOUT_SECONDS):
+        super().__init__(inst_data=inst_data)
+        self.unreachable_timeout_seconds = unreachable_timeout_seconds
+        self._silent_since: dict[str, float] = {}  # server address -> first unanswered check
+        self._lock = threading.Lock()
+
+    @classmethod
+    def config_type(cls):
+        return {
+            "unreachable_timeout_seconds": dg.Field(
+                int,
+                default_value=UNREACHABLE_TIMEOUT_SECONDS,
+                description="How long a code server may not answer before its runs count as lost.",
+            )
+        }
+
+    @classmethod
+    def from_config_value(cls, inst_data, config_value):
+        return cls(inst_data=inst_data, **config_value)
+
+    @property
+    def supports_check_run_worker_health(self) -> bool:
+        return True
+
+    def check_run_worker_health(self, run) -> CheckRunHealthResult:
+        address, server_runs = code_server_runs(run)
+        if address is None:  # executed in some other process (a CLI's own): not ours to judge
+            return CheckRunHealthResult(WorkerStatus.RUNNING, f"{run.run_id} was not launched by a code server")
+        now = time.monotonic()
+        with self._lock:
+            if server_runs is None:
+                silent_for = now - self._silent_since.setdefault(address, now)
+            else:
+                self._silent_since.pop(address, None)
+                silent_for = 0.0
+        lost, why = run_worker_lost(run.run_id, server_runs, silent_for, self.unreachable_timeout_seconds)
+        message = f"run worker of {run.run_id} at code server {address}: {why}"
+        return CheckRunHealthResult(WorkerStatus.NOT_FOUND if lost else WorkerStatus.RUNNING, message)

@@ -1,0 +1,136 @@
+"""A run whose code server dies with it is failed and retried, not left STARTED for its max runtime.
+
+A standalone code server (``dagster api grpc``, as deploy/ runs it) on a Unix socket, the daemon
+on the project's own dagster.yaml (its run launcher, run monitoring and run retries), a run of a
+job that waits in its step. The code server's process group is SIGKILLed (its container lost) and a
+new server starts at the same address: the daemon's run monitoring asks it, it does not know the
+run, the run is failed with that reason, and run retries re-execute it to success.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import uuid
+from pathlib import Path
+
+import dagster as dg
+import pytest
+import yaml
+
+from taxi_assets.lib.run_launcher import CodeServerRunLauncher
+from taxi_assets_tests.helpers import REPO_ROOT
+from taxi_assets_tests.stack import Processes, wait_for
+
+pytestmark = pytest.mark.production  # the daemon: the long tier
+
+BIN = Path(sys.executable).parent
+
+WAITING_JOB = """
+import os, time
+from pathlib import Path
+import dagster as dg
+
+@dg.op
+def wait_for_release(context):
+    (Path(os.environ["TEST_STARTED_DIR"]) / context.run_id).touch()
+    while not Path(os.environ["TEST_RELEASE_FILE"]).exists():
+        time.sleep(0.2)
+
+@dg.job(tags={"dagster/max_retries": "1"})
+def waits():
+    wait_for_release()
+
+defs = dg.Definitions(jobs=[waits])
+"""
+
+
+@pytest.fixture
+def daemon_and_code_server(tmp_path, monkeypatch):
+    home, started = tmp_path / "home", tmp_path / "started"
+    home.mkdir()
+    started.mkdir()
+    shutil.copy(REPO_ROOT / "dagster.yaml", home / "dagster.yaml")
+    (tmp_path / "code.py").write_text(WAITING_JOB)
+    sockets = Path(tempfile.mkdtemp(prefix="taxi-grpc-", dir="/tmp"))  # short: a socket path is at most 107 bytes
+    socket = sockets / "code.sock"
+    workspace = tmp_path / "workspace.yaml"
+    workspace.write_text(
+        yaml.safe_dump({"load_from": [{"grpc_server": {"socket": str(socket), "location_name": "waits"}}]})
+    )
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("TAXI_", "DAGSTER_"))} | {
+        "DAGSTER_HOME": str(home),
+        "TEST_STARTED_DIR": str(started),
+        "TEST_RELEASE_FILE": str(tmp_path / "release"),
+    }
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    processes = Processes(tmp_path, env)
+
+    def start_code_server() -> None:
+        socket.unlink(missing_ok=True)
+        processes.start(
+            "code-server",
+            [
+                str(BIN / "dagster"),
+                "api",
+                "grpc",
+                "-f",
+                str(tmp_path / "code.py"),
+                "-a",
+                "defs",
+                "--socket",
+                str(socket),
+            ],
+        )
+        health = [str(BIN / "dagster"), "api", "grpc-health-check", "--socket", str(socket)]
+        wait_for(lambda: subprocess.run(health, env=env, capture_output=True).returncode == 0, 180, "the code server")
+
+    try:
+        start_code_server()
+        processes.start("daemon", [str(BIN / "dagster-daemon"), "run", "-w", str(workspace)])
+        yield env, workspace, started, tmp_path / "release", start_code_server, processes
+    finally:
+        processes.stop_all()
+        shutil.rmtree(sockets, ignore_errors=True)
+
+
+def test_a_run_whose_code_server_died_is_failed_and_retried(daemon_and_code_server):
+    env, workspace, started, release, start_code_server, processes = daemon_and_code_server
+    instance = dg.DagsterInstance.get()
+    assert isinstance(instance.run_launcher, CodeServerRunLauncher)  # the project's dagster.yaml
+    run_id = str(uuid.uuid4())
+    launch = [str(BIN / "dagster"), "job", "launch", "-w", str(workspace), "-j", "waits", "--run-id", run_id]
+    launched = subprocess.run(launch, env=env, capture_output=True, text=True, timeout=300)
+    assert launched.returncode == 0, launched.stdout + launched.stderr
+
+    # Queued, dequeued by the daemon, started by the code server: its step is waiting.
+    wait_for(lambda: (started / run_id).exists(), 300, "the run's step to start", interval=1)
+    run = instance.get_run_by_id(run_id)
+    assert run is not None and run.status == dg.DagsterRunStatus.STARTED
+    alive = instance.run_launcher.check_run_worker_health(run)
+    assert alive.status.value == "RUNNING", alive
+
+    processes.kill("code-server")  # the whole group: the server, the run worker, its step process
+    start_code_server()  # the same address, a new server that never heard of the run
+
+    def failed():
+        run = instance.get_run_by_id(run_id)
+        return run is not None and run.status == dg.DagsterRunStatus.FAILURE
+
+    wait_for(failed, 300, "run monitoring to fail the run", interval=1)
+    messages = [record.message for record in instance.all_logs(run_id)]
+    assert any("code server does not know it" in message for message in messages), messages[-10:]
+
+    # Run retries re-execute it on the new server; released, the retry succeeds.
+    release.touch()
+
+    def retried_to_success():
+        retries = instance.get_runs(dg.RunsFilter(tags={"dagster/parent_run_id": run_id}))
+        return retries and retries[0].status == dg.DagsterRunStatus.SUCCESS
+
+    wait_for(retried_to_success, 300, "the retry to succeed", interval=1)
+    in_flight = instance.get_runs(dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.QUEUED]))
+    assert not in_flight, [run.run_id for run in in_flight]
