@@ -107,12 +107,16 @@ class Outcome:
     retries: int = 0
     runs: int = 0
     conditions: list[tuple[str, bool, str]] = field(default_factory=list)
-    needed_a_person: list[str] = field(default_factory=list)
     backfill_status: str = ""
 
     @property
     def held(self) -> bool:
         return all(ok for _, ok, _ in self.conditions)
+
+    @property
+    def needed_a_person(self) -> list[str]:
+        """Nothing is done by hand during a soak: what a person would have to fix is what did not hold."""
+        return [f"{what}: {detail}" for what, held, detail in self.conditions if not held]
 
 
 def _children(pid: int) -> list[int]:
@@ -346,8 +350,6 @@ def soak(root: Path, first: str, last: str, faults: dict[str, int], seed: int, g
                 supervisor.stopping.set()
                 supervisor.join(timeout=300)
             outcome.conditions = end_conditions(stack, months, smtp, outcome)
-    # Nothing was done by hand during the soak; what a person would have to fix is what did not hold.
-    outcome.needed_a_person = [f"{what}: {detail}" for what, held, detail in outcome.conditions if not held]
     return outcome
 
 
