@@ -52,4 +52,7 @@ EXPOSE 4000 3000 8080
 HEALTHCHECK --interval=30s --timeout=10s --start-period=60s --retries=3 \
     CMD ["dagster", "api", "grpc-health-check", "-p", "4000"]
 
-CMD ["dagster", "code-server", "start", "-h", "0.0.0.0", "-p", "4000", "-m", "taxi_assets.definitions", "--location-name", "taxi_assets"]
+# `dagster api grpc`, not `dagster code-server start`: the run launcher's worker health check
+# (taxi_assets/lib/run_launcher.py) asks the server which runs it executes, and the proxy that
+# `code-server start` runs does not answer that. New code arrives as a new image, not a reload.
+CMD ["dagster", "api", "grpc", "-h", "0.0.0.0", "-p", "4000", "-m", "taxi_assets.definitions", "--location-name", "taxi_assets"]

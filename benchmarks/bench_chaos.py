@@ -64,7 +64,7 @@ def summary(outcomes: dict[str, Outcome]) -> str:
                 f"{outcome.seconds:.0f} s",
                 outcome.backfill_status,
                 outcome.runs,
-                outcome.retries,
+                f"{outcome.retries} (one run at most {outcome.most_retries_of_a_run})",
                 restarts,
                 "; ".join(outcome.unplanned_deaths) or "none",
                 "; ".join(outcome.needed_a_person) or "nothing",

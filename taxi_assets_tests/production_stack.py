@@ -3,7 +3,7 @@
 - a throwaway PostgreSQL 15 cluster (initdb/pg_ctl, as the ``postgres`` user when we are root),
 - moto's S3 (trip files in one bucket; asset values, compute logs and MLflow artifacts in another),
 - an MLflow tracking server (backend store in PostgreSQL, artifacts in the S3 bucket),
-- the code location as ``dagster code-server start``, ``dagster-webserver`` and ``dagster-daemon``
+- the code location as ``dagster api grpc`` (as the Dockerfile runs it), ``dagster-webserver`` and ``dagster-daemon``
   on ``deploy/dagster.yaml`` with the production resources (``TAXI_ENV=production``),
 - and, when asked for (``start("serve")``), the inference server ``taxi-assets serve`` on the same
   instance, with ``TAXI_API_TOKEN`` from ``environment``.
@@ -203,7 +203,7 @@ class ProductionStack:
                 "--artifacts-destination", f"s3://{ASSETS_BUCKET}/mlflow",
             ],
             "code-server": [
-                str(BIN / "dagster"), "code-server", "start", "-h", "127.0.0.1", "-p", str(port),
+                str(BIN / "dagster"), "api", "grpc", "-h", "127.0.0.1", "-p", str(port),
                 "-m", "taxi_assets.definitions", "--location-name", "taxi_assets",
             ],
             "webserver": [

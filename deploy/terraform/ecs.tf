@@ -52,7 +52,8 @@ locals {
 
   services = {
     code-location = {
-      command = ["dagster", "code-server", "start", "-h", "0.0.0.0", "-p", "4000", "-m", "taxi_assets.definitions", "--location-name", "taxi_assets"]
+      # As the Dockerfile: `dagster api grpc` answers the run launcher's worker health check.
+      command = ["dagster", "api", "grpc", "-h", "0.0.0.0", "-p", "4000", "-m", "taxi_assets.definitions", "--location-name", "taxi_assets"]
       port    = 4000, cpu = 1024, memory = 4096, role = aws_iam_role.dagster.arn
       # Sensors (the failure alert among them) are evaluated here, in the code location's server.
       secrets = [{ name = "TAXI_SMTP_PASSWORD", valueFrom = aws_secretsmanager_secret.smtp_password.arn }]

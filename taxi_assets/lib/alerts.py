@@ -119,16 +119,23 @@ def alerts_from_env() -> EmailAlerts:
 
 
 WILL_RETRY_TAG = "dagster/will_retry"  # set by Dagster on a failed run it is going to retry
+# Set on a run once its failure alert went out. Dagster's sensors deliver at least once: a tick
+# whose cursor was not saved (the daemon killed, PostgreSQL gone after the send) is run again, and
+# the chaos soak saw one failure emailed twice that way. The tag makes the email once per run.
+ALERT_SENT_TAG = "taxi/failure_alert_sent"
 
 
 def alert_held_back(status: str, tags: dict[str, str]) -> str | None:
-    """Why a run's failure event is not emailed now (None: email it). Two cases:
+    """Why a run's failure event is not emailed now (None: email it). Three cases:
 
     - run retries will re-execute the run: only its last attempt is a failure someone must hear of;
     - the run as stored is not failed: the failure event was written but the status was not (the
       two are separate writes; the chaos soak saw PostgreSQL go away between them, the run left
-      STARTING). Run monitoring ends such a run later, and that failure is judged again.
+      STARTING). Run monitoring ends such a run later, and that failure is judged again;
+    - its alert already went out (a sensor tick run again after its email was sent).
     """
+    if tags.get(ALERT_SENT_TAG):
+        return f"its failure alert was already sent ({tags[ALERT_SENT_TAG]})"
     if status != "FAILURE":
         return (
             f"its stored status is {status}, not FAILURE; run monitoring will end it, and that failure is judged again"

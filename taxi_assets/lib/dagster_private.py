@@ -15,6 +15,7 @@ __all__ = [
     "failed_check_evaluations",
     "in_step_subprocess",
     "stale_status_resolver",
+    "would_retry",
 ]
 
 
@@ -31,14 +32,17 @@ from dagster._core.storage.root import LocalArtifactStorage
 from dagster._core.storage.sqlite_storage import DagsterSqliteStorage
 
 
-def code_server_runs(run) -> tuple[str | None, list[str] | None]:
+def code_server_runs(run) -> tuple[str | None, list[str] | None, str | None]:
     """The address of the code server that launched ``run`` (its ``.dagster/grpc_info`` tag; None
-    for a run no code server launched, e.g. one executed in a CLI's own process) and the run ids
-    that server is executing now, or None when nothing answers there. Public API has no
+    for a run no code server launched, e.g. one executed in a CLI's own process), the run ids
+    that server is executing now (None when it did not say), and why it did not say (the gRPC
+    status: UNAVAILABLE when nothing answers there; UNIMPLEMENTED from the proxy that
+    ``dagster code-server start`` runs, which does not forward the question). Public API has no
     way to ask a code server which run workers it holds; Dagster's own launcher reads the same tag
     to terminate a run."""
     import json
 
+    import grpc
     from dagster._core.errors import DagsterUserCodeUnreachableError
     from dagster._core.storage.tags import GRPC_INFO_TAG
     from dagster._grpc.client import DagsterGrpcClient
@@ -47,7 +51,7 @@ def code_server_runs(run) -> tuple[str | None, list[str] | None]:
 
     info = json.loads(run.tags.get(GRPC_INFO_TAG) or "{}")
     if not info.get("socket") and not info.get("port"):
-        return None, None
+        return None, None, None
     address = info.get("socket") or f"{info.get('host')}:{info.get('port')}"
     client = DagsterGrpcClient(
         port=info.get("port"),
@@ -56,9 +60,10 @@ def code_server_runs(run) -> tuple[str | None, list[str] | None]:
         use_ssl=bool(info.get("use_ssl", False)),
     )
     try:
-        return address, list(deserialize_value(client.get_current_runs(), GetCurrentRunsResult).current_runs)
-    except DagsterUserCodeUnreachableError:
-        return address, None
+        return address, list(deserialize_value(client.get_current_runs(), GetCurrentRunsResult).current_runs), None
+    except DagsterUserCodeUnreachableError as error:
+        cause = error.__cause__
+        return address, None, cause.code().name if isinstance(cause, grpc.Call) else "UNAVAILABLE"
 
 
 def code_location(module: str, attribute: str = "defs"):
@@ -128,3 +133,19 @@ def in_step_subprocess() -> bool:
     """Whether this process is one step's own process: only such a process may be exited to end a
     step that cannot be interrupted."""
     return _step_command() is not None
+
+
+def would_retry(instance, run) -> bool:
+    """Whether Dagster's run retries will re-execute the failed ``run``: the decision the instance
+    stores as the run's ``dagster/will_retry`` tag, made again for a run whose tag was never
+    written (the failure and the tag are separate writes; the chaos soak saw PostgreSQL go away
+    between them, and the retry daemon makes the same decision when it finds no tag). No public
+    API answers it."""
+    from dagster._core.events import RunFailureReason
+    from dagster._core.execution.retries import auto_reexecution_should_retry_run
+    from dagster._core.storage.tags import RUN_FAILURE_REASON_TAG
+
+    if not instance.run_retries_enabled:
+        return False
+    reason = run.tags.get(RUN_FAILURE_REASON_TAG)
+    return auto_reexecution_should_retry_run(instance, run, RunFailureReason(reason) if reason else None)

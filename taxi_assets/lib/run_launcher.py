@@ -11,6 +11,11 @@ its worker: run monitoring marks it failed, and run retries re-execute it. A ser
 answer is given ``unreachable_timeout_seconds`` to come back (a restart) before its runs count as
 lost (``dagster dev`` restarted: its servers come back on new ports).
 
+The server must be ``dagster api grpc`` (what the Dockerfile, ECS and ``dagster dev`` run): the
+proxy that ``dagster code-server start`` runs answers "unimplemented" to that question, and its
+runs are then never judged (the first version counted that answer as silence and failed every run
+still going five minutes after the daemon started; found by CI's chaos soak).
+
 Assumes what every deployment here does: a code server's run workers live and die with it (one
 container, one process group). Nothing here imports the code location.
 """
@@ -28,10 +33,20 @@ UNREACHABLE_TIMEOUT_SECONDS = 300
 
 
 def run_worker_lost(
-    run_id: str, server_runs: list[str] | None, unreachable_seconds: float, timeout_seconds: float
+    run_id: str,
+    server_runs: list[str] | None,
+    unreachable_seconds: float,
+    timeout_seconds: float,
+    can_list: bool = True,
 ) -> tuple[bool, str]:
     """Whether a STARTED run's worker is gone, and why. ``server_runs`` is what the run's code
-    server says it executes (None: it did not answer, for ``unreachable_seconds`` so far)."""
+    server says it executes (None: it did not answer, for ``unreachable_seconds`` so far);
+    ``can_list`` is False when the server answered that it cannot say."""
+    if not can_list:
+        return False, (
+            "its code server cannot list the runs it executes (the proxy of `dagster code-server start`); "
+            "serve the location with `dagster api grpc` for this check"
+        )
     if server_runs is not None:
         if run_id in server_runs:
             return False, "its code server is executing it"
@@ -72,16 +87,17 @@ class CodeServerRunLauncher(dg.DefaultRunLauncher):
         return True
 
     def check_run_worker_health(self, run) -> CheckRunHealthResult:
-        address, server_runs = code_server_runs(run)
+        address, server_runs, unanswered = code_server_runs(run)
         if address is None:  # executed in some other process (a CLI's own): not ours to judge
             return CheckRunHealthResult(WorkerStatus.RUNNING, f"{run.run_id} was not launched by a code server")
+        can_list = unanswered != "UNIMPLEMENTED"
         now = time.monotonic()
         with self._lock:
-            if server_runs is None:
+            if server_runs is None and can_list:
                 silent_for = now - self._silent_since.setdefault(address, now)
-            else:
+            else:  # the server answered
                 self._silent_since.pop(address, None)
                 silent_for = 0.0
-        lost, why = run_worker_lost(run.run_id, server_runs, silent_for, self.unreachable_timeout_seconds)
+        lost, why = run_worker_lost(run.run_id, server_runs, silent_for, self.unreachable_timeout_seconds, can_list)
         message = f"run worker of {run.run_id} at code server {address}: {why}"
         return CheckRunHealthResult(WorkerStatus.NOT_FOUND if lost else WorkerStatus.RUNNING, message)

@@ -294,6 +294,32 @@ def test_failed_run_is_emailed_over_starttls_with_auth(instance, data_copy, smtp
     assert f"http://127.0.0.1:3999/runs/{run_id}" in body
     assert "raw_trips: raw_trips partition 2024-02:" in body and "02.parquet is not a readable Parquet file" in body
     assert any(f"INFO - failure alert for run {run_id} sent to ml-oncall@example.com" in line for line in lines)
+    # The same failure judged again (a tick run again after its cursor was lost): no second email.
+    again = send_alert(instance, result, alerts_for(smtp), capfd)
+    assert len(smtp.messages) == 1 and not any("sent to" in line for line in again)
+
+
+def test_a_failure_whose_retry_decision_was_never_stored_waits_for_the_retry(tmp_path, data_copy, smtp, capfd):
+    """The failure and its dagster/will_retry tag are separate writes; the chaos soak saw PostgreSQL
+    go away between them and the run emailed, then retried and succeeded. Without the tag, the
+    sensor makes Dagster's retry decision itself."""
+    (data_copy / "2024" / "02.parquet").write_bytes(b"PAR1 truncated")
+    defs = build_defs(trip_source=LocalTripSource(directory=str(data_copy)))
+    job = defs.resolve_implicit_global_asset_job_def()
+    home = tmp_path / "home"
+    home.mkdir()
+    with dg.instance_for_test(temp_dir=str(home), overrides={"run_retries": {"enabled": False}}) as writer:
+        result = job.execute_in_process(
+            instance=writer,
+            partition_key="2024-02",
+            asset_selection=[dg.AssetKey("trip_files"), dg.AssetKey("raw_trips")],
+            tags={"dagster/max_retries": "2"},
+            raise_on_error=False,
+        )
+        assert not result.success and "dagster/will_retry" not in writer.get_run_by_id(result.run_id).tags
+    with dg.instance_for_test(temp_dir=str(home), overrides={"run_retries": {"enabled": True}}) as instance:
+        lines = send_alert(instance, result, alerts_for(smtp), capfd)
+        assert smtp.messages == [] and any("run retries will re-execute it, so no alert yet" in line for line in lines)
 
 
 def test_failed_blocking_check_is_named_in_the_alert(instance, data_copy, smtp, capfd):

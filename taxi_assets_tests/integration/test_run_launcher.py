@@ -4,7 +4,8 @@ A standalone code server (``dagster api grpc``, as deploy/ runs it) on a Unix so
 on the project's own dagster.yaml (its run launcher, run monitoring and run retries), a run of a
 job that waits in its step. The code server's process group is SIGKILLed (its container lost) and a
 new server starts at the same address: the daemon's run monitoring asks it, it does not know the
-run, the run is failed with that reason, and run retries re-execute it to success.
+run, the run is failed with that reason, and run retries re-execute it to success. Under the proxy
+of ``dagster code-server start`` (which cannot list its runs) a live run is never judged lost.
 """
 
 from __future__ import annotations
@@ -49,7 +50,8 @@ defs = dg.Definitions(jobs=[waits])
 
 
 @pytest.fixture
-def daemon_and_code_server(tmp_path, monkeypatch):
+def daemon_and_code_server(tmp_path, monkeypatch, request):
+    server = getattr(request, "param", ["api", "grpc"])  # as the Dockerfile runs it
     home, started = tmp_path / "home", tmp_path / "started"
     home.mkdir()
     started.mkdir()
@@ -75,8 +77,7 @@ def daemon_and_code_server(tmp_path, monkeypatch):
             "code-server",
             [
                 str(BIN / "dagster"),
-                "api",
-                "grpc",
+                *server,
                 "-f",
                 str(tmp_path / "code.py"),
                 "-a",
@@ -134,3 +135,32 @@ def test_a_run_whose_code_server_died_is_failed_and_retried(daemon_and_code_serv
     wait_for(retried_to_success, 300, "the retry to succeed", interval=1)
     in_flight = instance.get_runs(dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.QUEUED]))
     assert not in_flight, [run.run_id for run in in_flight]
+
+
+@pytest.mark.parametrize("daemon_and_code_server", [["code-server", "start"]], indirect=True)
+def test_a_code_server_that_cannot_list_its_runs_never_fails_a_live_one(daemon_and_code_server):
+    """`dagster code-server start` runs a proxy that answers UNIMPLEMENTED to GetCurrentRuns. The
+    first version of the check counted that as silence, and once the server had been "silent" for
+    the timeout every run still going was failed (CI's chaos soak; the stack then ran the proxy)."""
+    env, workspace, started, release, _, _ = daemon_and_code_server
+    instance = dg.DagsterInstance.get()
+    run_id = str(uuid.uuid4())
+    launch = [str(BIN / "dagster"), "job", "launch", "-w", str(workspace), "-j", "waits", "--run-id", run_id]
+    launched = subprocess.run(launch, env=env, capture_output=True, text=True, timeout=300)
+    assert launched.returncode == 0, launched.stdout + launched.stderr
+    wait_for(lambda: (started / run_id).exists(), 300, "the run's step to start", interval=1)
+    run = instance.get_run_by_id(run_id)
+    assert run is not None and run.status == dg.DagsterRunStatus.STARTED
+
+    impatient = CodeServerRunLauncher(unreachable_timeout_seconds=0)  # any silence would be too long
+    for _ in range(2):
+        health = impatient.check_run_worker_health(run)
+        assert health.status.value == "RUNNING" and "cannot list" in (health.msg or ""), health
+
+    release.touch()
+
+    def succeeded():
+        run = instance.get_run_by_id(run_id)
+        return run is not None and run.status == dg.DagsterRunStatus.SUCCESS
+
+    wait_for(succeeded, 300, "the run to succeed", interval=1)

@@ -13,7 +13,7 @@ The test plays Terraform and the ECS agent, and nothing else:
   the daemon its task metadata endpoint (``ECS_CONTAINER_METADATA_URI_V4``, a real HTTP server
   answering for the task moto started).
 
-Then the real processes of a deployment (``dagster code-server start``, ``dagster-webserver``,
+Then the real processes of a deployment (``dagster api grpc``, ``dagster-webserver``,
 ``dagster-daemon run``) with ``TAXI_ENV=production`` on a throwaway PostgreSQL, moto enforcing IAM
 on every call they make. A backfill of three months of ``data_preparation`` goes in through the
 webserver's GraphQL; the daemon's backfill and run-queue loops launch the runs. Checked in moto and

@@ -170,7 +170,7 @@ def test_the_images_install_path_from_the_lock_as_a_non_root_user(scratch):
 
         processes.start_on_a_free_port(
             "code-server",
-            lambda port: [str(bin_dir / "dagster"), "code-server", "start", "-h", "127.0.0.1", "-p", str(port),
+            lambda port: [str(bin_dir / "dagster"), "api", "grpc", "-h", "127.0.0.1", "-p", str(port),
                           "-m", "taxi_assets.definitions", "--location-name", "taxi_assets"],
             grpc_healthy,
             timeout=240,

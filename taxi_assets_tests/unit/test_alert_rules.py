@@ -24,3 +24,11 @@ def test_a_failure_event_for_a_run_not_stored_as_failed_is_not_emailed():
     for status in ("STARTING", "STARTED", "QUEUED"):
         reason = alert_held_back(status, {})
         assert reason is not None and status in reason and "run monitoring" in reason
+
+
+def test_a_run_whose_alert_went_out_is_not_emailed_again():
+    """A sensor tick is run again when its cursor was not saved (the daemon killed after the send):
+    the chaos soak saw one failure emailed twice."""
+    tags = {"dagster/will_retry": "false", "taxi/failure_alert_sent": "2026-12-03T07:00:00+00:00"}
+    reason = alert_held_back("FAILURE", tags)
+    assert reason is not None and "already sent" in reason and "07:00:00" in reason

@@ -1,8 +1,18 @@
 """Run-status sensors: failure alerts, and MLflow runs ended when their Dagster run ended badly."""
 
+from datetime import UTC, datetime
+
 import dagster as dg
 
-from taxi_assets.lib.alerts import AlertDeliveryError, EmailAlerts, alert_held_back, failure_report
+from taxi_assets.lib.alerts import (
+    ALERT_SENT_TAG,
+    WILL_RETRY_TAG,
+    AlertDeliveryError,
+    EmailAlerts,
+    alert_held_back,
+    failure_report,
+)
+from taxi_assets.lib.dagster_private import would_retry
 from taxi_assets.lib.tracking import MlflowTracking
 
 
@@ -15,9 +25,13 @@ from taxi_assets.lib.tracking import MlflowTracking
     "partition, failed steps and checks with their errors, and a link to the run. SMTP from TAXI_SMTP_*.",
 )
 def email_on_failure(context: dg.RunFailureSensorContext, alerts: EmailAlerts):
-    # The run as stored now: the instance tags a failed run that run retries will re-execute.
+    # The run as stored now: the instance tags a failed run that run retries will re-execute; a
+    # failed run whose tag was never written gets the same decision made here.
     run = context.instance.get_run_by_id(context.dagster_run.run_id) or context.dagster_run
-    held_back = alert_held_back(run.status.value, dict(run.tags))
+    tags = dict(run.tags)
+    if run.status == dg.DagsterRunStatus.FAILURE and WILL_RETRY_TAG not in tags:
+        tags[WILL_RETRY_TAG] = str(would_retry(context.instance, run)).lower()
+    held_back = alert_held_back(run.status.value, tags)
     if held_back:
         context.log.info(f"run {run.run_id}: no alert: {held_back}")
         return
@@ -32,6 +46,7 @@ def email_on_failure(context: dg.RunFailureSensorContext, alerts: EmailAlerts):
         # is retried on the next tick rather than dropped.
         context.log.error(f"failure alert for run {run.run_id} ({run.job_name}) not delivered: {error}")
         raise
+    context.instance.add_run_tags(run.run_id, {ALERT_SENT_TAG: datetime.now(UTC).isoformat(timespec="seconds")})
     context.log.info(f"failure alert for run {run.run_id} sent to {', '.join(alerts.recipient_list)}")
 
 
