@@ -98,19 +98,25 @@ def daemon_and_code_server(tmp_path, monkeypatch, request):
         shutil.rmtree(sockets, ignore_errors=True)
 
 
-def test_a_run_whose_code_server_died_is_failed_and_retried(daemon_and_code_server):
-    env, workspace, started, release, start_code_server, processes = daemon_and_code_server
-    instance = dg.DagsterInstance.get()
-    assert isinstance(instance.run_launcher, CodeServerRunLauncher)  # the project's dagster.yaml
+def launch_waiting_run(instance, env, workspace, started):
+    """Launch the waiting job as a user does (`dagster job launch`); return the run once it is
+    queued, dequeued by the daemon, started by the code server, and its step is waiting."""
     run_id = str(uuid.uuid4())
     launch = [str(BIN / "dagster"), "job", "launch", "-w", str(workspace), "-j", "waits", "--run-id", run_id]
     launched = subprocess.run(launch, env=env, capture_output=True, text=True, timeout=300)
     assert launched.returncode == 0, launched.stdout + launched.stderr
-
-    # Queued, dequeued by the daemon, started by the code server: its step is waiting.
     wait_for(lambda: (started / run_id).exists(), 300, "the run's step to start", interval=1)
     run = instance.get_run_by_id(run_id)
     assert run is not None and run.status == dg.DagsterRunStatus.STARTED
+    return run
+
+
+def test_a_run_whose_code_server_died_is_failed_and_retried(daemon_and_code_server):
+    env, workspace, started, release, start_code_server, processes = daemon_and_code_server
+    instance = dg.DagsterInstance.get()
+    assert isinstance(instance.run_launcher, CodeServerRunLauncher)  # the project's dagster.yaml
+    run = launch_waiting_run(instance, env, workspace, started)
+    run_id = run.run_id
     alive = instance.run_launcher.check_run_worker_health(run)
     assert alive.status.value == "RUNNING", alive
 
@@ -144,13 +150,8 @@ def test_a_code_server_that_cannot_list_its_runs_never_fails_a_live_one(daemon_a
     the timeout every run still going was failed (CI's chaos soak; the stack then ran the proxy)."""
     env, workspace, started, release, _, _ = daemon_and_code_server
     instance = dg.DagsterInstance.get()
-    run_id = str(uuid.uuid4())
-    launch = [str(BIN / "dagster"), "job", "launch", "-w", str(workspace), "-j", "waits", "--run-id", run_id]
-    launched = subprocess.run(launch, env=env, capture_output=True, text=True, timeout=300)
-    assert launched.returncode == 0, launched.stdout + launched.stderr
-    wait_for(lambda: (started / run_id).exists(), 300, "the run's step to start", interval=1)
-    run = instance.get_run_by_id(run_id)
-    assert run is not None and run.status == dg.DagsterRunStatus.STARTED
+    run = launch_waiting_run(instance, env, workspace, started)
+    run_id = run.run_id
 
     impatient = CodeServerRunLauncher(unreachable_timeout_seconds=0)  # any silence would be too long
     for _ in range(2):
