@@ -9,6 +9,8 @@ from pathlib import Path
 
 import dagster as dg
 
+from taxi_assets.lib.dagster_private import keep_code_server_cleanup_alive
+
 
 def build_defs(**resources) -> dg.Definitions:
     """Everything in ``taxi_assets/defs``; keyword arguments replace resources by key (tests pass
@@ -49,4 +51,6 @@ def defs() -> dg.Definitions:
     # Dagster calls this entry point each time it reconstructs the repository: six times in one
     # `dagster asset materialize` (CLI, job reconstruction, each step's context), each a full walk
     # of defs/ (about 0.3 s). One build per process; a reload starts a new process anyway.
+    # In a code server, its run-worker check must outlive a storage outage (see the function).
+    keep_code_server_cleanup_alive()
     return _project_defs()

@@ -149,3 +149,39 @@ def would_retry(instance, run) -> bool:
         return False
     reason = run.tags.get(RUN_FAILURE_REASON_TAG)
     return auto_reexecution_should_retry_run(instance, run, RunFailureReason(reason) if reason else None)
+
+
+def keep_code_server_cleanup_alive() -> None:
+    """Make the code server's run-worker check survive a storage outage (idempotent).
+
+    Dagster 1.13's code server (``dagster api grpc``) checks its run workers every half second in
+    one thread (``DagsterApiServer._check_for_orphaned_runs``): a dead worker's run is reported
+    failed and dropped from the runs it lists. When the instance's storage is unreachable at that
+    moment (PostgreSQL failing over), the error ends the thread for good: from then on the server
+    lists every run it ever launched, finished or dead, and a run whose worker died stays STARTED
+    until its max runtime (the chaos soak's PostgreSQL fault found it). Called where the code
+    location loads, so it runs inside the code server: an error is logged and the check runs again
+    on the next tick, and the dead worker's run is reported once the storage is back."""
+    import logging
+    import time
+
+    from dagster._grpc.server import DagsterApiServer
+
+    check = DagsterApiServer._check_for_orphaned_runs
+    if getattr(check, "keeps_going", False):
+        return
+    logged = {"at": 0.0}
+
+    def check_and_keep_going(self) -> None:
+        try:
+            check(self)
+        except Exception as error:  # the thread must outlive any one tick's error
+            if time.monotonic() - logged["at"] > 30:
+                logged["at"] = time.monotonic()
+                logging.getLogger("taxi_assets").warning(
+                    f"code server: checking its run workers failed; trying again every tick: {error!r:.300}"
+                )
+            time.sleep(1.0)  # a storage outage: do not spin
+
+    check_and_keep_going.keeps_going = True  # type: ignore[attr-defined]
+    DagsterApiServer._check_for_orphaned_runs = check_and_keep_going  # type: ignore[method-assign]
