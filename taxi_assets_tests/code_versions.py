@@ -25,6 +25,7 @@ LOCK = Path(__file__).resolve().parent / "code_versions.json"
 
 TRAINING = [
     "taxi_assets.ml.training:_tune",
+    "taxi_assets.ml.training:_seeded_trials",
     "taxi_assets.ml.training:regression_metrics",
     "taxi_assets.ml.hyperparameters",
     "taxi_assets.ml.predictor:TripDurationPredictor",
@@ -66,6 +67,12 @@ LOGIC: dict[str, list[str]] = {
         "taxi_assets.ml.training:XGBOOST_FIRST_TRIAL",
         "taxi_assets.ml.training:train_booster",
         "taxi_assets.ml.training:tune_xgboost",
+        "taxi_assets.ml.training:SEARCH_ROWS",
+        "taxi_assets.ml.training:ALL_ROWS_SHARE",
+        "taxi_assets.ml.training:_search_matrices",
+        "taxi_assets.ml.training:boost_on_all_rows",
+        "taxi_assets.defs.training.assets:_warm_start",
+        "taxi_assets.ml.warm_start",
     ],
     "production_model": [
         "taxi_assets.defs.serving.assets",

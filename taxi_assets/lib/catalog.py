@@ -19,7 +19,7 @@ CODE_VERSIONS = {
     "cleaned_trips": "1",
     "training_set": "1",
     "sklearn_models": "1",
-    "xgboost_model": "1",
+    "xgboost_model": "2",
     "production_model": "1",
     "trip_predictions": "1",
     "model_performance": "1",

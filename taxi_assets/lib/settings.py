@@ -42,7 +42,7 @@ def trip_type() -> TripType:
 
 def sensor_interval_seconds() -> int:
     """How often the new-data sensor asks the trip source for files (TAXI_SENSOR_INTERVAL_SECONDS)."""
-    return int(os.environ.get("TAXI_SENSOR_INTERVAL_SECONDS", "10"))
+    return int(os.environ.get("TAXI_SENSOR_INTERVAL_SECONDS", "5"))
 
 
 def retraining_run_config() -> dict:

@@ -19,19 +19,27 @@ CODE_PREFIX = PREFIX + "code_version."
 PATH_ASSETS = ("raw_trips", "cleaned_trips", "training_set")  # before the model's own asset
 
 
-def fit_record(kind: str, model: Any, best_params: dict, best_iteration: int | None, early_stopping_rounds: int | None):
+def fit_record(
+    kind: str,
+    model: Any,
+    best_params: dict,
+    best_iteration: int | None,
+    early_stopping_rounds: int | None,
+    sample: dict | None = None,
+):
     """What :func:`refit` needs to fit ``model`` again: the hyperparameters it was fitted with
     (trees actually grown where a budget stopped a forest or gradient boosting early), and for
-    XGBoost the rounds it boosted and its early stopping."""
+    XGBoost the rounds it boosted, its early stopping, and the sample it began on, if any."""
     params = dict(best_params)
     if kind == "xgboost":
-        return {
+        record = {
             "kind": kind,
             "params": params,
             "rounds": int(model.num_boosted_rounds()),
             "best_iteration": best_iteration,
             "early_stopping_rounds": early_stopping_rounds,
         }
+        return record | ({"sample": dict(sample)} if sample else {})
     if hasattr(model, "n_estimators_"):  # gradient boosting: the stages it kept
         params["n_estimators"] = int(model.n_estimators_)
     elif hasattr(model, "estimators_") and "n_estimators" in params:  # a forest: the trees it grew
@@ -41,20 +49,29 @@ def fit_record(kind: str, model: Any, best_params: dict, best_iteration: int | N
 
 def refit(name: str, fit: dict, X_train, y_train, X_val, y_val):
     """The model fitted again from its fit record, on the same rows: an XGBoost booster boosted
-    the same rounds with the same early stopping (on the validation rows), a scikit-learn model
-    fitted with the same hyperparameters and seed."""
+    the same rounds (on the same seeded sample first, if it began on one) with early stopping on
+    the validation rows, a scikit-learn model fitted with the same hyperparameters and seed."""
     import numpy as np
 
-    from taxi_assets.ml.training import fit_sklearn, train_booster
+    from taxi_assets.ml.training import _search_matrices, fit_sklearn, train_booster
 
     if fit["kind"] != "xgboost":
         return fit_sklearn(name, fit["params"], X_train, y_train)
     import xgboost as xgb
 
-    params = {**fit["params"], "num_boost_round": fit["rounds"]}
-    dtrain = xgb.DMatrix(X_train, label=np.asarray(y_train))
-    dvalid = xgb.DMatrix(X_val, label=np.asarray(y_val))
-    return train_booster(params, dtrain, dvalid, int(fit["early_stopping_rounds"] or fit["rounds"]))
+    sample, rounds = fit.get("sample"), int(fit["rounds"])
+    if not sample:
+        dtrain, dvalid, _ = _search_matrices(X_train, y_train, X_val, y_val, None, 0)
+        params = {**fit["params"], "num_boost_round": rounds}
+        return train_booster(params, dtrain, dvalid, int(fit["early_stopping_rounds"] or rounds))
+    dtrain, dvalid, _ = _search_matrices(X_train, y_train, X_val, y_val, sample["rows"], sample["seed"])
+    # Exactly the recorded rounds on the sample, then exactly the rest on all rows.
+    booster = train_booster({**fit["params"], "num_boost_round": sample["rounds"]}, dtrain, dvalid, rounds + 1)
+    if rounds == sample["rounds"]:
+        return booster
+    dall = xgb.DMatrix(X_train, label=np.asarray(y_train))
+    more = {**fit["params"], "num_boost_round": rounds - sample["rounds"]}
+    return train_booster(more, dall, dvalid, rounds + 1, start_from=booster)
 
 
 def as_tags(lineage: dict[str, Any]) -> dict[str, str]:

@@ -161,6 +161,7 @@ class TrainedModel:
     search_seconds: float | None = None  # the hyperparameter search's share of train_seconds
     budget_seconds: float | None = None  # the step's configured budget
     stopped_by: str = "trials"  # what ended the search: all trials ran, or the budget ("time")
+    final_fit: str = ""  # XGBoost: how the final booster was fitted (on a sample of rows, then all rows)
 
 
 def distance_thresholds(predictor: TripDurationPredictor) -> np.ndarray:

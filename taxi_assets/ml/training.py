@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from taxi_assets.ml.budget import UNLIMITED, Budget
+from taxi_assets.ml.warm_start import WarmStart, plan_warm_start
 
 TrialRunner = Callable[[dict[str, Any], Callable[[], dict[str, float]]], dict[str, float]]
 
@@ -61,6 +62,10 @@ class TuningResult:
     best_model: Any = None  # the best trial's fitted model (the final model)
     best_iteration: int | None = None  # XGBoost: the best boosting round (early stopping)
     stopped_by: str = "trials"  # "trials" (all ran) or "time" (the budget ended the search)
+    final_fit: str = ""  # how the final model was fitted (all rows, or a sample then all rows)
+    # XGBoost searched on a sample: {"rows", "seed", "rounds"} (the rounds boosted on the sample
+    # before the rest on all rows), what refitting needs (taxi_assets.ml.lineage.refit).
+    sample: dict[str, int] | None = None
 
 
 def _tune(
@@ -72,15 +77,18 @@ def _tune(
     budget: Budget,
     points_to_evaluate=None,
     estimate_trials: bool = True,
+    past_results=None,
 ):
     """TPE over ``space``; returns (best trial, history, seconds, stopped_by).
+
+    ``points_to_evaluate`` are evaluated first; ``past_results`` (``(point, loss)`` pairs, e.g. an
+    earlier month's trials) are given to TPE as finished trials: it models them, they are not run.
 
     The first trial always runs (a search must produce a model). After it, no trial starts once
     the budget has expired, nor, with ``estimate_trials``, when the slowest trial so far would
     not fit in the time left: fits that cannot stop part way must not start late.
     """
-    from hyperopt import STATUS_OK, Trials, fmin, space_eval, tpe
-    from hyperopt.fmin import generate_trials_to_calculate
+    from hyperopt import STATUS_OK, fmin, space_eval
 
     if max_evaluations < 1:
         raise ValueError(f"max_evaluations must be at least 1, got {max_evaluations}")
@@ -117,14 +125,13 @@ def _tune(
                 break
             objective(space_eval(space, seed))
     else:
-        # fmin ignores points_to_evaluate when given a Trials object, so seed the Trials; it then
-        # runs max_evals trials besides the seeded ones.
-        trials = generate_trials_to_calculate(seeds) if seeds else Trials()
+        trials, algo = _seeded_trials(seeds, list(past_results or []))
         fmin(
             objective,
             space,
-            algo=tpe.suggest,
-            max_evals=max_evaluations - len(seeds),
+            algo=algo,
+            # max_evals counts the Trials' finished and seeded trials too.
+            max_evals=len(trials) + max_evaluations - len(seeds),
             trials=trials,
             rstate=np.random.default_rng(random_state),
             show_progressbar=False,
@@ -132,6 +139,30 @@ def _tune(
         )
     best = min(history, key=lambda entry: entry["metrics"]["rmse"])
     return best, history, time.perf_counter() - start, stopped_by["reason"]
+
+
+def _seeded_trials(seeds: list[dict], past: list[tuple[dict, float]]):
+    """hyperopt Trials holding ``seeds`` to evaluate first and ``past`` as finished trials, and the
+    TPE to search with. fmin ignores points_to_evaluate when given a Trials object, hence this.
+    TPE draws from its prior until it has ``n_startup_jobs`` finished trials (20 by default);
+    with past results it models them from its first proposal on."""
+    from functools import partial
+
+    from hyperopt import JOB_STATE_DONE, STATUS_OK, Trials, tpe
+    from hyperopt.fmin import generate_trial
+
+    docs = [generate_trial(tid, point) for tid, point in enumerate(seeds)]
+    for tid, (point, loss) in enumerate(past, start=len(seeds)):
+        doc = generate_trial(tid, point)
+        doc.update(state=JOB_STATE_DONE, result={"loss": float(loss), "status": STATUS_OK})
+        docs.append(doc)
+    trials = Trials()
+    if docs:
+        trials.insert_trial_docs(docs)
+        trials.refresh()
+    if not past:
+        return trials, tpe.suggest
+    return trials, partial(tpe.suggest, n_startup_jobs=len(past) + len(seeds))
 
 
 # Fits that can stop part way: how many trees a tree ensemble grows between two looks at the
@@ -212,16 +243,19 @@ def tune_sklearn(
     return TuningResult(trial["params"], trial["metrics"], history, seconds, best["model"], stopped_by=stopped_by)
 
 
-# A known-good starting point evaluated first, so a small budget still ends well: deep trees with
-# a moderate learning rate suit 5,000 sparse one-hot PU_DO columns. TPE explores from there.
+# A known-good starting point evaluated first when no earlier month's search can be (a cold
+# start), so a small budget still ends well. Depth 8 at learning rate 0.5 stops after about 260
+# rounds: within 0.01 of the RMSE of depth 30 at rate 0.1 (the first trial before issue 22) on
+# 2023-06 and 2023-10, in about a third of the time (benchmarks/bench_warm_start.py). TPE explores
+# from there.
 XGBOOST_FIRST_TRIAL = {
     "colsample_bytree": 1.0,
     "gamma": 0.1,
-    "learning_rate": 0.1,
-    "max_depth": 30.0,
+    "learning_rate": 0.5,
+    "max_depth": 8.0,
     "min_child_weight": 3.0,
     "num_boost_round": 1000.0,
-    "reg_alpha": 0.0067,
+    "reg_alpha": 0.0068,
     "reg_lambda": 0.0025,
     "subsample": 1.0,
 }
@@ -248,9 +282,11 @@ def train_booster(
     early_stopping_rounds: int,
     nthread: int | None = None,
     budget: Budget = UNLIMITED,
+    start_from=None,
 ):
     """One boosting run with early stopping on ``dvalid``; it stops between rounds when the
-    budget ends. ``booster.best_iteration`` / ``best_score`` are the best round and its RMSE."""
+    budget ends. ``booster.best_iteration`` / ``best_score`` are the best round and its RMSE.
+    ``start_from``: a booster to add rounds to (its rounds count in ``best_iteration``)."""
     import xgboost as xgb
     from xgboost.callback import EarlyStopping
 
@@ -268,7 +304,14 @@ def train_booster(
         # Early stopping first: XGBoost asks callbacks in order and stops at the first that says
         # so, and the best round must be recorded even when the budget ends the first round.
         callbacks=[EarlyStopping(rounds=early_stopping_rounds), _budget_callback(budget)],
+        xgb_model=start_from,
     )
+
+
+# Above this many training rows the search runs on a sample (issue 22: a yellow-sized month is
+# 60x a green one); this share of the search's time is kept for boosting on all rows afterwards.
+SEARCH_ROWS = 250_000
+ALL_ROWS_SHARE = 0.4
 
 
 def tune_xgboost(
@@ -283,49 +326,97 @@ def tune_xgboost(
     seed_known_good: bool = True,
     budget: Budget = UNLIMITED,
     run_trial: TrialRunner = _run_directly,
+    warm_start: WarmStart | None = None,
+    search_rows: int | None = SEARCH_ROWS,
 ) -> TuningResult:
     """TPE over the Booster space with early stopping on the validation set; the best trial's
     booster is the model (trained on the training rows, stopped at its best validation round).
 
     ``budget`` bounds the search: no trial starts after it, and one still boosting stops at its
-    best round so far. ``fixed_params`` fixes hyperparameters instead of searching them."""
-    import xgboost as xgb
-
+    best round so far. ``fixed_params`` fixes hyperparameters instead of searching them.
+    ``warm_start`` (see :mod:`taxi_assets.ml.warm_start`) says where the search begins; without
+    it, the known-good configuration is the first trial when ``seed_known_good``. With more than
+    ``search_rows`` training rows, trials see a sample of them (and of the validation rows), and
+    the best trial's booster then goes on boosting on all training rows (:func:`boost_on_all_rows`)."""
     from taxi_assets.ml.hyperparameters import xgboost_space
 
     fixed = dict(fixed_params or {})
-    dtrain = xgb.DMatrix(X_train, label=np.asarray(y_train))
-    dvalid = xgb.DMatrix(X_val, label=np.asarray(y_val))
+    dtrain, dvalid, sampled = _search_matrices(X_train, y_train, X_val, y_val, search_rows, random_state)
+    search = budget.until(ALL_ROWS_SHARE * budget.remaining()) if sampled else budget
     best: dict[str, Any] = {"rmse": float("inf")}
 
     def evaluate(params):
-        booster = train_booster(params, dtrain, dvalid, early_stopping_rounds, budget=budget)
+        booster = train_booster(params, dtrain, dvalid, early_stopping_rounds, budget=search)
         rmse = float(booster.best_score)
         metrics = {"rmse": rmse, "mse": rmse * rmse, "best_iteration": float(booster.best_iteration)}
         if rmse < best["rmse"]:
             best.update(rmse=rmse, booster=booster)
         return metrics
 
-    first = None
-    if seed_known_good:
-        first = [{key: value for key, value in XGBOOST_FIRST_TRIAL.items() if key not in fixed}]
+    if warm_start is None:
+        warm_start = plan_warm_start(None, None, fixed, XGBOOST_FIRST_TRIAL if seed_known_good else None)
     trial, history, seconds, stopped_by = _tune(
         xgboost_space(random_state, fixed),
         evaluate,
         max_evaluations,
         random_state,
         run_trial,
-        budget,
-        first,
+        search,
+        warm_start.first,
         estimate_trials=False,  # a trial that starts late stops at the deadline anyway
+        past_results=warm_start.past,
     )
-    booster = best["booster"]
+    booster, final_fit, sample = best["booster"], "the best trial's booster, on all training rows", None
+    if sampled:
+        sample = {"rows": int(dtrain.num_row()), "seed": random_state}
+        booster, final_fit, sample["rounds"] = boost_on_all_rows(
+            booster, trial["params"], X_train, y_train, dvalid, early_stopping_rounds, budget
+        )
+        final_fit = f"searched on {dtrain.num_row():,} of {X_train.shape[0]:,} training rows; {final_fit}"
     return TuningResult(
-        trial["params"],
-        trial["metrics"],
-        history,
-        seconds,
-        booster,
-        int(booster.best_iteration),
-        stopped_by,
-    )
+        trial["params"], trial["metrics"], history, seconds, booster, int(booster.best_iteration), stopped_by,
+        final_fit, sample,
+    )  # fmt: skip
+
+
+def _search_matrices(X_train, y_train, X_val, y_val, search_rows: int | None, random_state: int):
+    """The DMatrix pair trials train and stop on: all rows, or a seeded sample of at most
+    ``search_rows`` training rows and as many validation rows. Returns (dtrain, dvalid, sampled)."""
+    import xgboost as xgb
+
+    y_train, y_val = np.asarray(y_train), np.asarray(y_val)
+    if search_rows is None or X_train.shape[0] <= search_rows:
+        return xgb.DMatrix(X_train, label=y_train), xgb.DMatrix(X_val, label=y_val), False
+    rng = np.random.default_rng(random_state)
+    rows = np.sort(rng.choice(X_train.shape[0], search_rows, replace=False))
+    checks = np.sort(rng.choice(X_val.shape[0], min(search_rows, X_val.shape[0]), replace=False))
+    return xgb.DMatrix(X_train[rows], label=y_train[rows]), xgb.DMatrix(X_val[checks], label=y_val[checks]), True
+
+
+def boost_on_all_rows(booster, params: dict[str, Any], X_train, y_train, dvalid, early_stopping_rounds: int, budget):
+    """Continue the search's best booster (up to its best round) on every training row, with
+    early stopping on the same validation rows, until the budget ends. It is kept only if it
+    scores better there than the booster it began from. Returns (booster, what happened, the
+    rounds it boosted on the sample: all of them if the sample's booster is kept).
+
+    A fit from scratch on all rows would be the textbook final model, but at 60x a green month
+    it does not fit in the default budget; continuing keeps what the sample taught and adds
+    rounds that see every trip."""
+    import xgboost as xgb
+
+    start = booster[: booster.best_iteration + 1]
+    before = float(booster.best_score)
+    if budget.expired():
+        said = f"no time left to boost on all rows (validation RMSE {before:.4f})"
+        return booster, said, booster.num_boosted_rounds()
+    dall = xgb.DMatrix(X_train, label=np.asarray(y_train))
+    rounds = max(1, int(params.get("num_boost_round", 1000)) - start.num_boosted_rounds())
+    more = train_booster({**params, "num_boost_round": rounds}, dall, dvalid, early_stopping_rounds, budget=budget,
+                         start_from=start)  # fmt: skip
+    after = float(more.best_score)
+    added = more.best_iteration + 1 - start.num_boosted_rounds()
+    if after < before:
+        said = f"then {added} more rounds on all rows (validation RMSE {before:.4f} -> {after:.4f})"
+        return more, said, start.num_boosted_rounds()
+    said = f"rounds on all rows did not improve validation RMSE {before:.4f}; the sample's booster kept"
+    return booster, said, booster.num_boosted_rounds()

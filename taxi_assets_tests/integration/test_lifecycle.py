@@ -415,7 +415,8 @@ def test_launchpad_forms_show_defaults_and_refuse_bad_config(stack):
     assert defaults["sklearn_models"]["ops"]["load_models"]["config"]["models"] == ["LinearRegression", "Lasso"]
     assert (
         defaults["xgboost_model"]["config"]["fixed_params"] == {}
-        and defaults["xgboost_model"]["config"]["timeout_seconds"] == 80
+        and defaults["xgboost_model"]["config"]["timeout_seconds"] == 30
+        and defaults["xgboost_model"]["config"]["warm_start"] is True
     )
     assert defaults["production_model"]["config"] == {"timeout_seconds": 60.0, "tolerance_minutes": 0.0}
 

@@ -13,10 +13,10 @@ from pydantic import Field
 from taxi_assets.lib import charts
 from taxi_assets.lib.catalog import CODE_VERSIONS
 from taxi_assets.lib.evaluation import contributions_chart, evaluation_charts, model_metadata
-from taxi_assets.lib.history import rmse_history
+from taxi_assets.lib.history import latest_metadata, rmse_history
 from taxi_assets.lib.lifecycle import Stopwatch, exit_stuck_step, step_budget
 from taxi_assets.lib.metadata import charts as charts_metadata
-from taxi_assets.lib.months import monthly_partitions
+from taxi_assets.lib.months import monthly_partitions, previous_month
 from taxi_assets.lib.tracking import REGISTERED_MODEL_PREFIX, MlflowTracking
 from taxi_assets.ml.hyperparameters import (
     DEFAULT_SKLEARN_MODELS,
@@ -25,7 +25,8 @@ from taxi_assets.ml.hyperparameters import (
     SklearnModel,
     valid_model_names,
 )
-from taxi_assets.ml.training import ModelSpec
+from taxi_assets.ml.training import ALL_ROWS_SHARE, SEARCH_ROWS, ModelSpec
+from taxi_assets.ml.warm_start import plan_warm_start, search_record
 
 
 class SklearnModelsConfig(dg.Config):
@@ -59,14 +60,27 @@ class XGBoostConfig(dg.Config):
     )
     random_state: int = Field(default=42, description="Seed for hyperopt and XGBoost.")
     timeout_seconds: float = Field(
-        default=80.0,
+        default=30.0,
         gt=0,
         description="Budget of the whole step: search, final scoring, charts, explanations, MLflow logging. A trial "
         "still boosting when the search's share ends stops at its best round.",
     )
     start_from_known_good: bool = Field(
         default=True,
-        description="Evaluate a known-good configuration (max_depth 30, learning_rate 0.1) as the first trial.",
+        description="Without a warm start: evaluate a known-good configuration (max_depth 8, learning_rate 0.5) "
+        "as the first trial.",
+    )
+    search_rows: int = Field(
+        default=SEARCH_ROWS,
+        ge=1_000,
+        description="Above this many training rows, trials train on a seeded sample of this many (and as many "
+        "validation rows); the best trial's booster then goes on boosting on all training rows with "
+        f"{ALL_ROWS_SHARE:.0%} of the search's time. Keeps a yellow-sized month (60x a green one) within the budget.",
+    )
+    warm_start: bool = Field(
+        default=True,
+        description="Begin from the month before's search: its best trial is evaluated first and its other kept "
+        "trials are given to TPE as finished ones. Off: every month's search starts afresh.",
     )
 
 
@@ -162,8 +176,9 @@ def _register(context, mlflow: MlflowTracking, scored: dict, result, training: T
     from taxi_assets.ml.lineage import fit_record
 
     fit = fit_record(
-        training.kind, result.best_model, result.best_params, result.best_iteration, training.early_stopping_rounds
-    )
+        training.kind, result.best_model, result.best_params, result.best_iteration, training.early_stopping_rounds,
+        result.sample,
+    )  # fmt: skip
     lineage = model_lineage(context.instance, context.partition_key, training.asset, training.config, fit)
     registered = REGISTERED_MODEL_PREFIX + training.name
     return mlflow.log_and_register(
@@ -191,6 +206,7 @@ def _trained(scored: dict, result, training: Training, version: str, run_id: str
         search_seconds=search_seconds,
         budget_seconds=training.seconds,
         stopped_by=result.stopped_by,
+        final_fit=result.final_fit,
     )
 
 
@@ -304,6 +320,9 @@ def xgboost_model(
     except ValueError as error:
         raise dg.Failure(description=f"xgboost_model: fixed_params: {error}", allow_retries=False) from None
 
+    warm = _warm_start(context, config, fixed)
+    context.log.info(f"xgboost {context.partition_key}: {warm.source}")
+
     def tune(run_trial, budget):
         return tune_xgboost(
             training_set.X_train,
@@ -314,14 +333,18 @@ def xgboost_model(
             early_stopping_rounds=config.early_stopping_rounds,
             random_state=config.random_state,
             fixed_params=fixed,
-            seed_known_good=config.start_from_known_good,
             budget=budget,
             run_trial=run_trial,
+            warm_start=warm,
+            search_rows=config.search_rows,
         )
 
     from taxi_assets.ml.hyperparameters import describe_space, xgboost_space
 
-    recorded = config.model_dump() | {"search_space": describe_space(xgboost_space(config.random_state, fixed))}
+    recorded = config.model_dump() | {
+        "search_space": describe_space(xgboost_space(config.random_state, fixed)),
+        "search_began_from": warm.source,
+    }
     training = Training(
         "xgboost_model", "xgboost", "xgboost", config.timeout_seconds, config.max_evaluations, recorded,
         early_stopping_rounds=config.early_stopping_rounds,
@@ -341,5 +364,25 @@ def xgboost_model(
             )
         }
         | model_metadata(trained)
-        | {"best_iteration": trained.predictor.best_iteration},
+        | {
+            "best_iteration": trained.predictor.best_iteration,
+            "search_began_from": warm.source,
+            "final_fit": trained.final_fit,
+            SEARCH_RECORD: dg.MetadataValue.json(search_record(trained.trials)),
+        },
     )
+
+
+SEARCH_RECORD = "search_record"  # xgboost_model's metadata: the best trials, for the next month's warm start
+
+
+def _warm_start(context: dg.AssetExecutionContext, config: XGBoostConfig, fixed: dict):
+    """Where this month's search begins: the month before's recorded search, if any (read from
+    its newest xgboost_model materialization), else the known-good configuration."""
+    from taxi_assets.ml.training import XGBOOST_FIRST_TRIAL
+
+    before = previous_month(context.partition_key)
+    recorded = latest_metadata(context.instance, "xgboost_model", before) if config.warm_start else None
+    previous = (recorded or {}).get(SEARCH_RECORD)
+    cold = XGBOOST_FIRST_TRIAL if config.start_from_known_good else None
+    return plan_warm_start(previous if isinstance(previous, list) else None, before if recorded else None, fixed, cold)
