@@ -7,7 +7,8 @@ default budgets first (`taxi-assets materialize`), so a champion is serving. The
 user runs starts: `dagster dev` (webserver and daemon; the new-data sensor is on by default and
 ticks every 5 s) and `taxi-assets serve` (default reload interval, 1 s). Once the sensor's first
 tick has recorded the files present, 2024-02's file is moved into the folder (one atomic rename)
-and the clock starts; it stops when the server's /health names the 2024-02 model.
+and the clock starts; it stops when the server's /health names the model of 2024-02's decision
+(the run that decided; the decision may keep 2024-01's champion).
 
 Each stage comes from the instance's own records: the sensor's tick (file -> run created), the
 run's start (created -> RUN_START: queue, daemon, run worker), every step (STEP_START ->
@@ -182,12 +183,15 @@ def one_run(index: int, log_dir: Path) -> dict:
         shutil.copyfile(DATA_DIR / "2024" / "02.parquet", partial)
         dropped_at = time.time()
         os.replace(partial, target)
+        before = served["run_id"]
+        # 2024-02's decision serves once the server's model comes from another run (the decision
+        # may keep 2024-01's champion: then the model is the same, decided again by the new run).
         served = wait(
-            lambda: (lambda model: model if model and model.get("partition") == MONTH else None)(
+            lambda: (lambda model: model if model and model.get("run_id") != before else None)(
                 get_json(health).get("model")
             ),
             600,
-            f"the server to serve {MONTH}",
+            f"the server to serve {MONTH}'s decision",
         )
         served_at = time.time()
 
@@ -198,6 +202,7 @@ def one_run(index: int, log_dir: Path) -> dict:
                 if r.dagster_run.tags.get("dagster/partition") == MONTH
             ]
             run = record.dagster_run
+            assert served["run_id"] == run.run_id, (served, run.run_id)
             run_events, steps = step_times(instance, run.run_id)
             xgb = latest_metadata(instance, "xgboost_model", MONTH)
             production = latest_metadata(instance, "production_model", MONTH)
