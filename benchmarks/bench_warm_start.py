@@ -53,8 +53,9 @@ def one_run(params: dict, data) -> tuple[float, int, float]:
 
     dtrain = xgb.DMatrix(data.X_train, label=np.asarray(data.y_train))
     dvalid = xgb.DMatrix(data.X_val, label=np.asarray(data.y_val))
+    whole = {name: int(value) if name in ("max_depth", "num_boost_round") else value for name, value in params.items()}
     began = time.perf_counter()
-    booster = training.train_booster({**params, "random_state": 42}, dtrain, dvalid, early_stopping_rounds=10)
+    booster = training.train_booster({**whole, "random_state": 42}, dtrain, dvalid, early_stopping_rounds=10)
     return float(booster.best_score), int(booster.best_iteration), time.perf_counter() - began
 
 
