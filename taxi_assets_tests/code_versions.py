@@ -69,7 +69,7 @@ LOGIC: dict[str, list[str]] = {
         "taxi_assets.ml.training:tune_xgboost",
         "taxi_assets.ml.training:SEARCH_ROWS",
         "taxi_assets.ml.training:ALL_ROWS_SHARE",
-        "taxi_assets.ml.training:_search_matrices",
+        "taxi_assets.ml.training:search_matrices",
         "taxi_assets.ml.training:boost_on_all_rows",
         "taxi_assets.defs.training.assets:_warm_start",
         "taxi_assets.ml.warm_start",

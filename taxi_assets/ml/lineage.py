@@ -53,7 +53,7 @@ def refit(name: str, fit: dict, X_train, y_train, X_val, y_val):
     the validation rows, a scikit-learn model fitted with the same hyperparameters and seed."""
     import numpy as np
 
-    from taxi_assets.ml.training import _search_matrices, fit_sklearn, train_booster
+    from taxi_assets.ml.training import fit_sklearn, search_matrices, train_booster
 
     if fit["kind"] != "xgboost":
         return fit_sklearn(name, fit["params"], X_train, y_train)
@@ -61,10 +61,10 @@ def refit(name: str, fit: dict, X_train, y_train, X_val, y_val):
 
     sample, rounds = fit.get("sample"), int(fit["rounds"])
     if not sample:
-        dtrain, dvalid, _ = _search_matrices(X_train, y_train, X_val, y_val, None, 0)
+        dtrain, dvalid, _ = search_matrices(X_train, y_train, X_val, y_val, None, 0)
         params = {**fit["params"], "num_boost_round": rounds}
         return train_booster(params, dtrain, dvalid, int(fit["early_stopping_rounds"] or rounds))
-    dtrain, dvalid, _ = _search_matrices(X_train, y_train, X_val, y_val, sample["rows"], sample["seed"])
+    dtrain, dvalid, _ = search_matrices(X_train, y_train, X_val, y_val, sample["rows"], sample["seed"])
     # Exactly the recorded rounds on the sample, then exactly the rest on all rows.
     booster = train_booster({**fit["params"], "num_boost_round": sample["rounds"]}, dtrain, dvalid, rounds + 1)
     if rounds == sample["rounds"]:

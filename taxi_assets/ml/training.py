@@ -217,12 +217,16 @@ def tune_sklearn(
     budget: Budget = UNLIMITED,
     run_trial: TrialRunner = _run_directly,
 ) -> TuningResult:
-    """TPE over the course's space for ``name``; each trial fits on train, scores on validation.
+    """TPE over the course's space for ``name`` (a space of a few points: each point once, see
+    :func:`~taxi_assets.ml.hyperparameters.search_points`); each trial fits on train, scores on
+    validation.
 
     The best trial's model is returned as the final model, with its validation predictions.
     """
-    from taxi_assets.ml.hyperparameters import sklearn_space
+    from taxi_assets.ml.hyperparameters import search_points, sklearn_space
 
+    space = sklearn_space(name, random_state)
+    max_evaluations, points = search_points(space, max_evaluations)
     best: dict[str, Any] = {"rmse": float("inf")}
 
     def evaluate(params):
@@ -233,12 +237,7 @@ def tune_sklearn(
         return metrics
 
     trial, history, seconds, stopped_by = _tune(
-        sklearn_space(name, random_state),
-        evaluate,
-        max_evaluations,
-        random_state,
-        run_trial,
-        budget,
+        space, evaluate, max_evaluations, random_state, run_trial, budget, points_to_evaluate=points
     )
     return TuningResult(trial["params"], trial["metrics"], history, seconds, best["model"], stopped_by=stopped_by)
 
@@ -341,7 +340,7 @@ def tune_xgboost(
     from taxi_assets.ml.hyperparameters import xgboost_space
 
     fixed = dict(fixed_params or {})
-    dtrain, dvalid, sampled = _search_matrices(X_train, y_train, X_val, y_val, search_rows, random_state)
+    dtrain, dvalid, sampled = search_matrices(X_train, y_train, X_val, y_val, search_rows, random_state)
     search = budget.until(ALL_ROWS_SHARE * budget.remaining()) if sampled else budget
     best: dict[str, Any] = {"rmse": float("inf")}
 
@@ -379,7 +378,7 @@ def tune_xgboost(
     )  # fmt: skip
 
 
-def _search_matrices(X_train, y_train, X_val, y_val, search_rows: int | None, random_state: int):
+def search_matrices(X_train, y_train, X_val, y_val, search_rows: int | None, random_state: int):
     """The DMatrix pair trials train and stop on: all rows, or a seeded sample of at most
     ``search_rows`` training rows and as many validation rows. Returns (dtrain, dvalid, sampled)."""
     import xgboost as xgb
