@@ -161,3 +161,30 @@ def describe_space(space: dict[str, Any]) -> dict[str, Any]:
         return f"{inner[0]}, int" if node.name == "int" else inner[0] if inner else node.name
 
     return {key: value if not isinstance(value, Apply) else describe(value) for key, value in space.items()}
+
+
+def search_points(space: dict[str, Any], max_evaluations: int) -> tuple[int, list[dict[str, int]]]:
+    """How many trials a search of ``space`` runs, and the points it evaluates first.
+
+    A space whose searched hyperparameters are all ``hp.choice`` of constants (LinearRegression's
+    ``fit_intercept``) has few points: each is tried once, as hyperopt points (each choice's index),
+    when they number no more than ``max_evaluations``; TPE would only draw them again (10 trials of
+    two points cost 5x the search). Any other space: ``max_evaluations`` TPE trials, none seeded.
+    """
+    import itertools
+
+    from hyperopt.pyll import Apply
+
+    choices: dict[str, range] = {}
+    for value in space.values():
+        if not isinstance(value, Apply):
+            continue
+        options = value.pos_args[1:]
+        if value.name != "switch" or any(isinstance(o, Apply) and o.name != "literal" for o in options):
+            return max_evaluations, []
+        label = value.pos_args[0].pos_args[0].obj  # switch(hyperopt_param(label, randint(n)), *options)
+        choices[label] = range(len(options))
+    points = [dict(zip(choices, combination, strict=True)) for combination in itertools.product(*choices.values())]
+    if len(points) > max_evaluations:
+        return max_evaluations, []
+    return len(points), points

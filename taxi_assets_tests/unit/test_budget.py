@@ -97,6 +97,20 @@ def test_search_starts_no_trial_that_would_not_fit():
     )
 
 
+def test_a_space_of_few_points_is_tried_once_per_point():
+    """LinearRegression's space is fit_intercept True or False: 10 TPE trials would fit the same
+    two models five times over. Each point once; a space with ranges keeps its TPE trials."""
+    from taxi_assets.ml.hyperparameters import search_points, sklearn_space
+
+    assert search_points(sklearn_space("LinearRegression", 0), 10) == (2, [{"fit_intercept": 0}, {"fit_intercept": 1}])
+    assert search_points(sklearn_space("LinearRegression", 0), 1) == (1, [])  # fewer trials than points: TPE
+    assert search_points(sklearn_space("Lasso", 0), 10) == (10, [])
+    _, X, y, _ = synthetic()
+    result = training.tune_sklearn("LinearRegression", X, y, X, y, max_evaluations=10, random_state=0)
+    assert [trial["params"]["fit_intercept"] for trial in result.trials] == [True, False]
+    assert result.stopped_by == "trials"
+
+
 def test_xgboost_trial_stops_at_the_deadline_and_keeps_its_best_round():
     _, X, y, _ = synthetic()
     fixed = {**DEEPEST_XGBOOST, "max_depth": 100}

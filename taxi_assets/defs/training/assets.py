@@ -36,7 +36,12 @@ class SklearnModelsConfig(dg.Config):
         default=list(DEFAULT_SKLEARN_MODELS),
         description="The scikit-learn models to train, one step each: any of " + ", ".join(SKLEARN_MODELS),
     )
-    max_evaluations: int = Field(default=10, ge=1, description="hyperopt (TPE) trials per model.")
+    max_evaluations: int = Field(
+        default=10,
+        ge=1,
+        description="hyperopt (TPE) trials per model; a space of fewer points (LinearRegression's two) is tried "
+        "once per point.",
+    )
     random_state: int = Field(default=7, description="Seed for hyperopt and the models.")
     timeout_seconds: float = Field(
         default=120.0,
@@ -241,16 +246,18 @@ def tune_and_train(context: dg.OpExecutionContext, spec: ModelSpec, training_set
             run_trial=run_trial,
         )
 
-    from taxi_assets.ml.hyperparameters import describe_space, sklearn_space
+    from taxi_assets.ml.hyperparameters import describe_space, search_points, sklearn_space
 
+    space = sklearn_space(spec.name, spec.random_state)
     config = {
         "model": spec.name,
         "max_evaluations": spec.max_evaluations,
         "random_state": spec.random_state,
         "timeout_seconds": spec.timeout_seconds,
-        "search_space": describe_space(sklearn_space(spec.name, spec.random_state)),
+        "search_space": describe_space(space),
     }
-    training = Training("sklearn_models", spec.name, "sklearn", spec.timeout_seconds, spec.max_evaluations, config)
+    trials, _ = search_points(space, spec.max_evaluations)  # a space of few points: each once
+    training = Training("sklearn_models", spec.name, "sklearn", spec.timeout_seconds, trials, config)
     trained = _train_tracked(context, mlflow, training_set, tune, training=training)
     context.log.info(f"{spec.name}: validation RMSE {trained.rmse:.3f} after {trained.n_trials} trials")
     return trained
