@@ -31,7 +31,9 @@ class DistanceLookup:
     interval ``k``, so a lookup returns exactly what the booster returns, in microseconds.
     """
 
-    rows: dict[str, int]  # PU_DO value -> row of the table; unseen pairs use the last row
+    rows: dict[
+        str, int
+    ]  # PU_DO value -> row of the table; other pairs (unseen, or no tree splits on them) the last row
     thresholds: np.ndarray  # float32, sorted: XGBoost compares float32 values with "<"
     table: np.ndarray  # float32 [pairs + 1, thresholds + 1]
     cuts: list[float] = field(init=False, repr=False, compare=False)  # the thresholds as Python floats
@@ -164,23 +166,37 @@ class TrainedModel:
     final_fit: str = ""  # XGBoost: how the final booster was fitted (on a sample of rows, then all rows)
 
 
-def distance_thresholds(predictor: TripDurationPredictor) -> np.ndarray:
-    """The sorted float32 thresholds at which the booster's trees (up to the best round) split
-    ``trip_distance``, read from the model's JSON (linear in the model's size)."""
+def _trees(predictor: TripDurationPredictor) -> list[dict]:
+    """The booster's trees up to the best round, from the model's JSON (linear in its size)."""
     import json
 
-    column = predictor.vectorizer.vocabulary_["trip_distance"]
     model = json.loads(predictor.model.save_raw("json"))["learner"]["gradient_booster"]["model"]
     trees = model["trees"]
     if predictor.best_iteration is not None:
         per_round = max(1, len(trees) // max(1, predictor.model.num_boosted_rounds()))
         trees = trees[: (predictor.best_iteration + 1) * per_round]
+    return trees
+
+
+def distance_thresholds(predictor: TripDurationPredictor, trees: list[dict] | None = None) -> np.ndarray:
+    """The sorted float32 thresholds at which the booster's trees (up to the best round) split
+    ``trip_distance``."""
+    column = predictor.vectorizer.vocabulary_["trip_distance"]
     found = []
-    for tree in trees:
+    for tree in _trees(predictor) if trees is None else trees:
         features = np.asarray(tree["split_indices"])
         inner = np.asarray(tree["left_children"]) != -1
         found.append(np.asarray(tree["split_conditions"], dtype=np.float32)[inner & (features == column)])
     return np.unique(np.concatenate(found)) if found else np.empty(0, np.float32)
+
+
+def split_columns(trees: list[dict]) -> set[int]:
+    """The matrix columns any of ``trees`` splits on."""
+    used: set[int] = set()
+    for tree in trees:
+        inner = np.asarray(tree["left_children"]) != -1
+        used.update(np.asarray(tree["split_indices"])[inner].tolist())
+    return used
 
 
 LOOKUP_CHUNK_ROWS = 50_000
@@ -210,7 +226,8 @@ def compile_lookup(
         return None, "only XGBoost models are compiled"
     vocabulary = predictor.vectorizer.vocabulary_
     distance_column = vocabulary["trip_distance"]
-    thresholds = distance_thresholds(predictor)
+    trees = _trees(predictor)
+    thresholds = distance_thresholds(predictor, trees)
     if len(thresholds) > max_thresholds:
         return None, f"{len(thresholds)} distance thresholds (more than {max_thresholds})"
     # One distance per interval: below the first threshold, then each threshold itself
@@ -220,7 +237,12 @@ def compile_lookup(
     pairs = sorted(
         (name.removeprefix("PU_DO="), column) for name, column in vocabulary.items() if name.startswith("PU_DO=")
     )
-    columns = [column for _, column in pairs] + [-1]  # -1: an unseen pair (no one-hot column)
+    # A pair whose column no tree splits on takes, at every split, the path of an unseen pair (at a
+    # split on another pair's column both rows have it missing): its row would be the unseen pair's.
+    # Only the pairs the trees split on get rows (about a fifth on a green month): a fifth of the
+    # predictions to compile, and a table a fifth the size.
+    used = split_columns(trees)
+    columns = [column for _, column in pairs if column in used] + [-1]  # -1: an unseen pair (no one-hot column)
     table = np.empty((len(columns), len(points)), dtype=np.float32)
     chunk = max(1, LOOKUP_CHUNK_ROWS // len(points))
     cells = len(columns) * len(points)
@@ -249,7 +271,8 @@ def compile_lookup(
         )
         table[start : start + len(block)] = predictor.predict_matrix(matrix).reshape(len(block), len(points))
         start, size = start + len(block), chunk
-    lookup = DistanceLookup(rows={pair: row for row, (pair, _) in enumerate(pairs)}, thresholds=thresholds, table=table)
+    rows = {pair: row for row, pair in enumerate(pair for pair, column in pairs if column in used)}
+    lookup = DistanceLookup(rows=rows, thresholds=thresholds, table=table)
 
     if expected is None:
         expected = predictor.predict_features(check_features)
@@ -257,4 +280,7 @@ def compile_lookup(
     mismatches = int(np.sum(np.asarray(expected).astype(np.float32) != got))
     if mismatches:
         return None, f"{mismatches} of {len(got)} check predictions differ from the booster's"
-    return lookup, f"{len(pairs):,} zone pairs x {len(points)} distance intervals, identical on {len(got):,} check rows"
+    return lookup, (
+        f"{len(rows):,} zone pairs the trees split on (of {len(pairs):,}; the others share the unseen pair's row) "
+        f"x {len(points)} distance intervals, identical on {len(got):,} check rows"
+    )

@@ -258,7 +258,11 @@ def test_compiled_lookup_returns_exactly_the_boosters_predictions(trained_instan
     rng = np.random.default_rng(0)
     thresholds = lookup.thresholds.astype(float)
     distances = np.concatenate([thresholds, np.nextafter(thresholds, -1), thresholds + 1e-3, [0.0, 0.01, 499.0]])
-    pairs = list(rng.choice(list(lookup.rows), size=len(distances))) + []
+    # Rows of their own only for the pairs the trees split on; every other pair, seen in training or
+    # not, reads the unseen pair's row and must still get the booster's prediction.
+    seen = [name.removeprefix("PU_DO=") for name in predictor.vectorizer.vocabulary_ if name.startswith("PU_DO=")]
+    assert 0 < len(lookup.rows) < len(seen)
+    pairs = list(rng.choice(seen, size=len(distances)))
     pairs[:5] = ["999_998", "1_1", "265_265", "7_7", "263_263"]
     frame = pd.DataFrame({"PU_DO": pairs, "trip_distance": distances})
     expected = predictor.predict_features(frame).astype(np.float32)
