@@ -157,8 +157,17 @@ def run_workers() -> list[int]:
     )
 
 
+FORKSERVER = "multiprocessing.forkserver import main"  # forks the training jobs' step processes
+
+
 def step_processes(worker: int) -> list[int]:
-    return sorted(child for child in _children(worker) if SPAWNED in _command_line(child))
+    """A run worker's step processes: spawned by it, or forked by its forkserver (the executor of
+    the retraining and model_training jobs)."""
+    found = []
+    for child in _children(worker):
+        line = _command_line(child)
+        found += [child] if SPAWNED in line else _children(child) if FORKSERVER in line else []
+    return sorted(found)
 
 
 class Supervisor(threading.Thread):

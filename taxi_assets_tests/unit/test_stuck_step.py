@@ -1,6 +1,7 @@
 """A step stuck in native code after its run was stopped is ended from outside: a real Dagster run
-with the multiprocess executor, whose step sleeps in C (no interrupt reaches it) after the run is
-marked CANCELING, as Terminate marks it. No data is needed."""
+with the training jobs' multiprocess executor (step processes forked from a forkserver), whose
+step sleeps in C (no interrupt reaches it) after the run is marked CANCELING, as Terminate marks
+it. No data is needed."""
 
 import signal
 import threading
@@ -10,6 +11,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
+from taxi_assets.defs.automation import step_process_executor
 from taxi_assets.lib.lifecycle import STOP_GRACE_SECONDS, exit_stuck_step, step_budget
 
 
@@ -32,7 +34,7 @@ def stuck_in_native_code(context: dg.OpExecutionContext, config: StuckConfig) ->
         time.sleep(600)
 
 
-@dg.job(executor_def=dg.multiprocess_executor)
+@dg.job(executor_def=step_process_executor)  # the training jobs' executor: forked step processes
 def stuck_job():
     stuck_in_native_code()
 
@@ -115,7 +117,7 @@ def finishes(context: dg.OpExecutionContext, config: StuckConfig) -> None:
         (Path(config.folder) / "finished").write_text("1")
 
 
-@dg.job(executor_def=dg.multiprocess_executor)
+@dg.job(executor_def=step_process_executor)  # the training jobs' executor: forked step processes
 def finishing_job():
     finishes()
 
