@@ -186,7 +186,7 @@ class ProductionStack:
                 "AWS_ACCESS_KEY_ID": "test",
                 "AWS_SECRET_ACCESS_KEY": "test",
                 "MLFLOW_S3_ENDPOINT_URL": self.endpoint,  # where the MLflow server stores artifacts (moto)
-                "TAXI_SENSOR_INTERVAL_SECONDS": "5",
+                "TAXI_SENSOR_INTERVAL_SECONDS": "2",  # the default: every pass of the daemon (5 s)
             }
             | self.extra
         )

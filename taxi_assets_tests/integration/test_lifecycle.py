@@ -64,7 +64,7 @@ def stack(tmp_path_factory):
     env = {key: value for key, value in os.environ.items() if not key.startswith(("TAXI_", "DAGSTER_", "MLFLOW_"))} | {
         "DAGSTER_HOME": str(home),
         "TAXI_DATA_DIR": str(data),
-        "TAXI_SENSOR_INTERVAL_SECONDS": "5",
+        "TAXI_SENSOR_INTERVAL_SECONDS": "2",  # the default: every pass of the daemon (5 s)
         "TAXI_RETRAINING_RUN_CONFIG": str(tiny),
         "VIRTUAL_ENV": str(BIN.parent),  # the project's environment, as `source .venv/bin/activate` sets it
     }

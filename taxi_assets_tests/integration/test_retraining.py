@@ -384,7 +384,7 @@ def test_automation_ships_as_documented(monkeypatch):
     monkeypatch.delenv("TAXI_SENSOR_INTERVAL_SECONDS", raising=False)
     sensor = build_defs().get_sensor_def("new_trip_data_sensor")
     assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
-    assert sensor.minimum_interval_seconds == 5
+    assert sensor.minimum_interval_seconds == 2  # every pass of the daemon's 5 s loop
     assert hourly_retraining_schedule.cron_schedule == "0 * * * *"
     assert sensor.job_name == hourly_retraining_schedule.job_name == "retraining"
 
