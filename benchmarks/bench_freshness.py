@@ -224,7 +224,13 @@ def one_run(index: int, log_dir: Path) -> dict:
         if key not in data_names and not key.startswith(("raw_trips_", "cleaned_trips_", "training_set_")):
             stages[f"step {key}"] = end - begin
     stages["server reload (production_model materialized -> served)"] = served_at - production["_timestamp"]
+    # Where the time between steps goes: each step's start and end, in seconds after the file landed.
+    timeline = ", ".join(
+        f"{key} {begin - dropped_at:.1f}-{end - dropped_at:.1f}"
+        for key, (begin, end) in sorted(steps.items(), key=lambda item: item[1][0])
+    )
     return {
+        "timeline": f"run start {run_start - dropped_at:.1f}, {timeline}, served {served_at - dropped_at:.1f}",
         "total": served_at - dropped_at,
         "stages": stages,
         "xgboost_rmse": float(xgb["rmse"]),
@@ -263,6 +269,9 @@ def main() -> None:
             + ", ".join(f"{name} {value}" for name, value in MAGE.items())
             + ".",
             "XGBoost's search in each run: " + "; ".join(r["xgboost_search"] for r in results) + ".",
+            "Timeline of each run (seconds after the file landed, each step's start-end): "
+            + "; ".join(f"run {number}: {r['timeline']}" for number, r in enumerate(results, 1))
+            + ".",
             f"Logs of the stack: {log_dir}. Command: `python benchmarks/bench_freshness.py --repeat {args.repeat}`",
         ]
     )
