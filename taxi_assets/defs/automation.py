@@ -62,7 +62,6 @@ STEP_PRELOAD = [
     "xgboost",
     "hyperopt",
     "mlflow",
-    "dagster_mlflow",
     "matplotlib.figure",  # the model and decision charts (its font cache loads on import)
     "matplotlib.dates",
     "matplotlib.backends.backend_agg",

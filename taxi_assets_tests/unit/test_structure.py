@@ -193,3 +193,13 @@ def test_resource_descriptions_read_as_plain_text():
     for name, resource in build_defs().resources.items():
         description = getattr(resource, "description", None) or type(resource).__doc__ or ""
         assert "`" not in description, (name, description)
+
+
+def test_the_step_processes_server_preloads_quietly():
+    """What the training jobs' forkserver preloads imports, builds the code location and warns of
+    nothing: a warning there is printed once per run in the run worker's log (dg dev shows it)."""
+    from taxi_assets.defs.automation import STEP_PRELOAD
+
+    script = "import importlib\n" + "".join(f"importlib.import_module({name!r})\n" for name in STEP_PRELOAD)
+    done = subprocess.run([sys.executable, "-W", "default", "-c", script], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0 and "Warning" not in done.stderr, done.stderr[-3000:]
