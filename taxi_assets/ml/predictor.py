@@ -31,9 +31,8 @@ class DistanceLookup:
     interval ``k``, so a lookup returns exactly what the booster returns, in microseconds.
     """
 
-    rows: dict[
-        str, int
-    ]  # PU_DO value -> row of the table; other pairs (unseen, or no tree splits on them) the last row
+    # PU_DO value -> row of the table; other pairs (unseen, or no tree splits on them) the last row
+    rows: dict[str, int]
     thresholds: np.ndarray  # float32, sorted: XGBoost compares float32 values with "<"
     table: np.ndarray  # float32 [pairs + 1, thresholds + 1]
     cuts: list[float] = field(init=False, repr=False, compare=False)  # the thresholds as Python floats
@@ -242,7 +241,8 @@ def compile_lookup(
     # Only the pairs the trees split on get rows (about a fifth on a green month): a fifth of the
     # predictions to compile, and a table a fifth the size.
     used = split_columns(trees)
-    columns = [column for _, column in pairs if column in used] + [-1]  # -1: an unseen pair (no one-hot column)
+    kept = [(pair, column) for pair, column in pairs if column in used]
+    columns = [column for _, column in kept] + [-1]  # -1: an unseen pair (no one-hot column)
     table = np.empty((len(columns), len(points)), dtype=np.float32)
     chunk = max(1, LOOKUP_CHUNK_ROWS // len(points))
     cells = len(columns) * len(points)
@@ -271,7 +271,7 @@ def compile_lookup(
         )
         table[start : start + len(block)] = predictor.predict_matrix(matrix).reshape(len(block), len(points))
         start, size = start + len(block), chunk
-    rows = {pair: row for row, pair in enumerate(pair for pair, column in pairs if column in used)}
+    rows = {pair: row for row, (pair, _) in enumerate(kept)}
     lookup = DistanceLookup(rows=rows, thresholds=thresholds, table=table)
 
     if expected is None:
