@@ -139,7 +139,7 @@ def moto_s3_server():
 
 # moto 5.2's RunTask adds up the containers' own memory and fails (a TypeError, HTTP 500) when a
 # container has none, as Fargate allows: the task-level memory is enough there. The server runs
-# with that one fix; everything else is moto's own.
+# with that fix and the ECS agent's side below; everything else is moto's own.
 _MOTO_SERVER = """
 import sys
 from moto.ecs.models import EC2ContainerServiceBackend as Backend
@@ -159,6 +159,69 @@ def fargate_aware(task_definition):
 
 
 Backend._calculate_task_resource_requirements = staticmethod(fargate_aware)
+
+# ECS's agent side, which moto leaves out (it starts no containers): the tests' agent
+# (taxi_assets_tests/ecs_agent.py) runs the tasks and reports their state with the action the
+# real agent uses, SubmitTaskStateChange. StopTask then does what it does on ECS: the desired
+# status becomes STOPPED, and the task is STOPPED once the agent has stopped its container and
+# reported its exit code (moto marked it STOPPED at once, exit code 0). A container has no exit
+# code before it stops (moto gave every one 0).
+from moto.core.responses import ActionResult
+from moto.core.utils import utcnow
+from moto.ecs.exceptions import InvalidParameterException
+from moto.ecs.models import Container
+from moto.ecs.responses import EC2ContainerServiceResponse as Responses
+
+
+def find_task(backend, cluster, task):
+    tasks = backend.tasks.get(backend._get_cluster(cluster).name, {})
+    found = [t for arn, t in tasks.items() if task in (arn, arn.rsplit("/", 1)[-1])]
+    if not found:
+        raise InvalidParameterException(f"The referenced task was not found: {task}")
+    return found[0]
+
+
+def stop_task(self, cluster_str, task_str, reason):
+    task = find_task(self, cluster_str, task_str)
+    if task.desired_status != "STOPPED":
+        task.desired_status, task.stopping_at = "STOPPED", utcnow()
+        task.stop_code, task.stopped_reason = "UserInitiated", reason or "Task stopped by user"
+    return task
+
+
+def submit_task_state_change(self):
+    task = find_task(self.ecs_backend, self._get_param("cluster", "default"), self._get_param("task"))
+    for change in self._get_param("containers") or []:
+        for container in task.containers:
+            if container.name == change["containerName"]:
+                container.last_status = change.get("status", container.last_status)
+                container.exitCode = change.get("exitCode")
+                container.reason = change.get("reason")
+                container.runtime_id = change.get("runtimeId", getattr(container, "runtime_id", None))
+    status, now = self._get_param("status"), utcnow()
+    if status == "RUNNING" and task.last_status != "STOPPED":
+        task.last_status, task.started_at = "RUNNING", now
+    elif status == "STOPPED":
+        task.last_status, task.desired_status, task.stopped_at = "STOPPED", "STOPPED", now
+        task.execution_stopped_at = self._get_param("executionStoppedAt") or now
+        if not getattr(task, "stop_code", None):  # not StopTask's: the container exited, or never started
+            exited = any(getattr(container, "exitCode", None) is not None for container in task.containers)
+            task.stop_code = "EssentialContainerExited" if exited else "TaskFailedToStart"
+            task.stopped_reason = self._get_param("reason") or ""
+    return ActionResult({"acknowledgment": "ACK"})
+
+
+container_init = Container.__init__
+
+
+def no_exit_code_yet(self, *args, **kwargs):
+    container_init(self, *args, **kwargs)
+    self.exitCode = None
+
+
+Backend.stop_task = stop_task
+Responses.submit_task_state_change = submit_task_state_change
+Container.__init__ = no_exit_code_yet
 
 # moto's own server (moto.server.main), bound to port 0 first; the port goes to the file in argv[1].
 import os
