@@ -40,9 +40,11 @@ def as_postgres(command: list[str]) -> list[str]:
 
 
 class Postgres:
-    """A fresh cluster with password (scram) auth on a port it keeps across restarts."""
+    """A fresh cluster with password (scram) auth on a port it keeps across restarts.
+    ``require_tls``: TCP clients must use TLS (a self-signed certificate for 127.0.0.1), as RDS
+    with ``rds.force_ssl`` (deploy/terraform/database.tf) requires."""
 
-    def __init__(self):
+    def __init__(self, require_tls: bool = False):
         if not shutil.which("initdb") or not shutil.which("pg_ctl"):
             raise RuntimeError("PostgreSQL's initdb and pg_ctl must be on PATH for the production-like stack")
         self.root = Path(tempfile.mkdtemp(prefix="taxi-pg-"))
@@ -62,9 +64,27 @@ class Postgres:
         )  # fmt: skip
         self.port = 0
         self.settings: dict = {}
+        self.tls_options = self._require_tls() if require_tls else ""
+
+    def _require_tls(self) -> str:
+        """A certificate and key the server reads, and a pg_hba.conf that refuses TCP without TLS."""
+        from taxi_assets_tests.servers import self_signed_certificate
+
+        certificate, key = self_signed_certificate(self.root)
+        (self.data / "pg_hba.conf").write_text(
+            "local all all scram-sha-256\n"
+            "hostssl all all 127.0.0.1/32 scram-sha-256\n"
+            "hostnossl all all 127.0.0.1/32 reject\n"
+        )
+        key.chmod(0o600)  # PostgreSQL refuses a key others may read
+        if os.geteuid() == 0:
+            user = pwd.getpwnam("postgres")
+            for path in (certificate, key, self.data / "pg_hba.conf"):
+                os.chown(path, user.pw_uid, user.pw_gid)
+        return f" -c ssl=on -c ssl_cert_file={certificate} -c ssl_key_file={key}"
 
     def _pg_ctl(self, port: int) -> subprocess.CompletedProcess:
-        options = f"-p {port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off"
+        options = f"-p {port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off{self.tls_options}"
         log = self.root / "postgres.log"
         return subprocess.run(
             as_postgres(["pg_ctl", "-D", str(self.data), "-o", options, "-l", str(log), "-w", "-t", "300", "start"]),
