@@ -23,7 +23,8 @@ def build_defs(**resources) -> dg.Definitions:
         loaded = dg.Definitions(**{**kept, "resources": {**(loaded.resources or {}), **resources}})
     # Steps run in the launching process: data preparation is a few hundred milliseconds of pandas
     # per step, and a process per step would spend more on imports than on work. The jobs that
-    # train (model_training, retraining) use the multiprocess executor.
+    # train (model_training, retraining) have their own (defs/automation.py: a process per step,
+    # or an ECS task per step with TAXI_STEP_EXECUTOR=ecs).
     return dg.Definitions.merge(loaded, dg.Definitions(executor=dg.in_process_executor))
 
 

@@ -16,7 +16,7 @@ from taxi_assets.lib.catalog import (
 from taxi_assets.lib.history import DATA_VERSION_TAG
 from taxi_assets.lib.month_states import month_states, run_request
 from taxi_assets.lib.months import FIRST_MONTH, partition_keys, previous_month
-from taxi_assets.lib.settings import sensor_interval_seconds
+from taxi_assets.lib.settings import sensor_interval_seconds, step_executor
 from taxi_assets.lib.sources import TripSource
 from taxi_assets.ml.retraining import Plan, plan
 
@@ -70,12 +70,26 @@ step_process_executor = dg.multiprocess_executor.configured(
     {"max_concurrent": 2, "start_method": {"forkserver": {"preload_modules": STEP_PRELOAD}}}
 )
 
+
+def training_executor() -> dg.ExecutorDefinition:
+    """The training jobs' executor (TAXI_STEP_EXECUTOR): the step processes above, or, on ECS
+    with ``ecs``, dagster-aws's ecs_executor: an ECS task per step, sized by the step's op tags
+    (``ecs/cpu``, ``ecs/memory`` from TAXI_ECS_STEP_RESOURCES) and otherwise like the run's task.
+    Read when this module is imported (the code location loading it): a job's executor, like its
+    ops' tags, is fixed when the job is defined."""
+    if step_executor() == "ecs":
+        from dagster_aws.ecs import ecs_executor
+
+        return ecs_executor
+    return step_process_executor
+
+
 # Mage's "sklearn_training" and "xgboost_training".
 model_training_job = dg.define_asset_job(
     name="model_training",
     selection=dg.AssetSelection.assets(*MODEL_ASSETS),
     description="Tune and train the scikit-learn models and XGBoost for one month, tracked in MLflow.",
-    executor_def=step_process_executor,
+    executor_def=training_executor(),
     tags=RETRAINING_RUN_TAGS,
 )
 
@@ -85,7 +99,7 @@ retraining_job = dg.define_asset_job(
     name="retraining",
     selection=dg.AssetSelection.assets(TRIP_FILES, *RETRAINING_ASSETS),
     description="Ingest, prepare, train and choose the production model for one month.",
-    executor_def=step_process_executor,
+    executor_def=training_executor(),
     tags=RETRAINING_RUN_TAGS,
 )
 

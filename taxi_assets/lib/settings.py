@@ -1,10 +1,12 @@
 """The environment's choices: local or production, and the settings each needs.
 
-Read when the code location loads (or a client starts), never at import.
+Read when the code location loads (or a client starts), never at import; the one exception is
+``step_op_tags``, which op definitions need (see there).
 """
 
 from __future__ import annotations
 
+import json
 import os
 from typing import cast
 
@@ -66,3 +68,80 @@ def retraining_run_config() -> dict:
     if not isinstance(config, dict):
         raise ValueError(f"TAXI_RETRAINING_RUN_CONFIG: {path} must hold a mapping (ops: ...), as in the Launchpad")
     return config
+
+
+# Where the training jobs' steps run (TAXI_STEP_EXECUTOR): "process", a process per step in the
+# run's own worker (its ECS task, on ECS), or "ecs", an ECS task per step (dagster-aws's
+# ecs_executor; only under the EcsRunLauncher), sized per step class (TAXI_ECS_STEP_RESOURCES).
+STEP_EXECUTORS = ("process", "ecs")
+STEP_CLASSES = ("data", "xgboost", "default")
+DEFAULT_STEP_RESOURCES = {
+    "data": {"cpu": "1024", "memory": "4096"},
+    "xgboost": {"cpu": "2048", "memory": "8192"},
+    "default": {"cpu": "512", "memory": "2048"},
+}
+# Fargate's task sizes: CPU units -> the memory sizes (MiB) it allows with them.
+FARGATE_MEMORY = {
+    256: (512, 1024, 2048),
+    512: range(1024, 4096 + 1, 1024),
+    1024: range(2048, 8192 + 1, 1024),
+    2048: range(4096, 16384 + 1, 1024),
+    4096: range(8192, 30720 + 1, 1024),
+    8192: range(16384, 61440 + 1, 4096),
+    16384: range(32768, 122880 + 1, 8192),
+}
+
+
+def step_executor() -> str:
+    """TAXI_STEP_EXECUTOR: process (the default) or ecs."""
+    value = os.getenv("TAXI_STEP_EXECUTOR", "").strip().lower() or "process"
+    if value not in STEP_EXECUTORS:
+        raise ValueError(f"TAXI_STEP_EXECUTOR must be one of {', '.join(STEP_EXECUTORS)}, got {value!r}")
+    return value
+
+
+def parse_step_resources(text: str | None) -> dict[str, dict[str, str]]:
+    """TAXI_ECS_STEP_RESOURCES (a JSON object: step class -> {"cpu": units, "memory": MiB}) with
+    the defaults for the classes it leaves out. Each size must be one Fargate runs, so a typo
+    stops the code location from loading instead of failing a step's RunTask mid-run."""
+    name = "TAXI_ECS_STEP_RESOURCES"
+    try:
+        given = json.loads(text) if text and text.strip() else {}
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{name} is not valid JSON: {error}") from None
+    if not isinstance(given, dict):
+        raise ValueError(f"{name} must be a JSON object of step classes ({', '.join(STEP_CLASSES)})")
+    unknown = sorted(set(given) - set(STEP_CLASSES))
+    if unknown:
+        raise ValueError(f"{name}: unknown step class {', '.join(unknown)} (known: {', '.join(STEP_CLASSES)})")
+    return {step: _step_size(name, step, given.get(step, DEFAULT_STEP_RESOURCES[step])) for step in STEP_CLASSES}
+
+
+def _step_size(name: str, step: str, size) -> dict[str, str]:
+    if not isinstance(size, dict) or set(size) != {"cpu", "memory"}:
+        raise ValueError(f'{name}: {step} must be {{"cpu": "<units>", "memory": "<MiB>"}}, got {size!r}')
+    cpu, memory = (_whole_number(f"{name}: {step}.{field}", size[field]) for field in ("cpu", "memory"))
+    if cpu not in FARGATE_MEMORY:
+        raise ValueError(f"{name}: {step}.cpu: {cpu} is not a Fargate size ({', '.join(map(str, FARGATE_MEMORY))})")
+    sizes = FARGATE_MEMORY[cpu]
+    if memory not in sizes:
+        allowed = f"{sizes.start}-{sizes.stop - 1} in steps of {sizes.step}" if isinstance(sizes, range) else sizes
+        raise ValueError(f"{name}: {step}.memory: {memory} MiB is not a Fargate size for {cpu} CPU units ({allowed})")
+    return {"cpu": str(cpu), "memory": str(memory)}
+
+
+def _whole_number(where: str, value) -> int:
+    text = str(value).strip() if isinstance(value, str | int) and not isinstance(value, bool) else ""
+    if not text.isdigit():
+        raise ValueError(f"{where}: expected a whole number as a string, got {value!r}")
+    return int(text)
+
+
+def step_op_tags(step: str) -> dict[str, str]:
+    """The op tags that size a step of class ``step`` on the ECS executor (``ecs/cpu``,
+    ``ecs/memory``); none with the process executor. Read when the asset modules are imported,
+    which is when the code location loads them: op tags are fixed once an op is defined."""
+    if step_executor() != "ecs":
+        return {}
+    size = parse_step_resources(os.getenv("TAXI_ECS_STEP_RESOURCES"))[step]
+    return {"ecs/cpu": size["cpu"], "ecs/memory": size["memory"]}

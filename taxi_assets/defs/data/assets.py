@@ -24,6 +24,7 @@ from taxi_assets.lib.months import (
     previous_and_current_month,
     previous_month,
 )
+from taxi_assets.lib.settings import step_op_tags
 from taxi_assets.lib.sources import TransientSourceError, TripSource
 from taxi_assets.ml.cleaning import clean
 from taxi_assets.ml.features import TARGET, combine_features
@@ -55,6 +56,7 @@ SOURCE_RETRY_POLICY = dg.RetryPolicy(
     "SHA-256 of the bytes for local files, the ETag in S3, what the server offers over HTTP. A file that "
     "is only copied or touched keeps its version; a changed byte gives a new one, and Dagster marks the "
     "month's raw_trips unsynced.",
+    op_tags=step_op_tags("default"),
 )
 def trip_files(context, trip_source: TripSource) -> dg.DataVersionsByPartition:
     """Observed by the new-data sensor (every tick) and at the start of every run that ingests a
@@ -87,6 +89,7 @@ def _observe(context, trip_source: TripSource, month: str) -> str | None:
     owners=["team:ml-platform"],
     tags={"stage": "ingest"},
     code_version=CODE_VERSIONS["raw_trips"],
+    op_tags=step_op_tags("data"),
 )
 def raw_trips(context: dg.AssetExecutionContext, trip_source: TripSource) -> dg.Output[pd.DataFrame]:
     """The month's trip file from the configured trip source, schema-checked.
@@ -159,6 +162,7 @@ def raw_trips(context: dg.AssetExecutionContext, trip_source: TripSource) -> dg.
     owners=["team:ml-platform"],
     tags={"stage": "prepare"},
     code_version=CODE_VERSIONS["cleaned_trips"],
+    op_tags=step_op_tags("data"),
 )
 def cleaned_trips(context: dg.AssetExecutionContext, raw_trips: pd.DataFrame) -> dg.Output[pd.DataFrame]:
     """Trips with ``duration`` (minutes) kept within [1, 60], location ids as strings, and
@@ -206,6 +210,7 @@ def cleaned_trips(context: dg.AssetExecutionContext, raw_trips: pd.DataFrame) ->
     owners=["team:ml-platform"],
     tags={"stage": "build"},
     code_version=CODE_VERSIONS["training_set"],
+    op_tags=step_op_tags("data"),
 )
 def training_set(context: dg.AssetExecutionContext, cleaned_trips) -> dg.Output[Any]:
     """The course's seven outputs (X, X_train, X_val, y, y_train, y_val, dv) for month M.

@@ -12,6 +12,7 @@ import pandas as pd
 
 from taxi_assets.lib.history import latest_metadata
 from taxi_assets.lib.months import monthly_partitions, previous_month
+from taxi_assets.lib.settings import step_op_tags
 from taxi_assets.ml.cleaning import MAX_DURATION_MINUTES, MIN_DURATION_MINUTES
 from taxi_assets.ml.features import FEATURES, TARGET
 from taxi_assets.ml.quality import (
@@ -123,6 +124,7 @@ cleaned_trips_invariants = _partitioned(
     lambda: dg.multi_asset_check(
         name="cleaned_trips_invariants",
         ins={"cleaned_trips": dg.AssetIn("cleaned_trips")},
+        op_tags=step_op_tags("data"),  # it loads the month's trips
         specs=[
             _spec(
                 "durations_within_bounds",
@@ -148,6 +150,7 @@ training_set_build_checks = _partitioned(
     lambda: dg.multi_asset_check(
         name="training_set_build_checks",
         ins={"training_set": dg.AssetIn("training_set")},
+        op_tags=step_op_tags("data"),  # it loads the training set
         specs=[
             _spec(
                 "matrices_consistent",
@@ -282,6 +285,7 @@ def _month_over_month(context: dg.AssetCheckExecutionContext):
 cleaned_trips_month_over_month = _partitioned(
     lambda: dg.multi_asset_check(
         name="cleaned_trips_month_over_month",
+        op_tags=step_op_tags("default"),  # metadata only
         specs=[
             dg.AssetCheckSpec(
                 "dropped_share_stable",

@@ -21,6 +21,7 @@ from taxi_assets.lib.months import (
     previous_and_current_month,
     previous_month,
 )
+from taxi_assets.lib.settings import step_op_tags
 from taxi_assets.lib.tracking import MlflowTracking
 from taxi_assets.ml.budget import Budget
 from taxi_assets.ml.champion import ChampionDecision, Comparison, ProductionModel, compare
@@ -199,6 +200,7 @@ def _compiled_for_serving(serving: ProductionModel, features, expected, budget: 
     owners=["team:ml-platform"],
     tags={"stage": "deploy"},
     code_version=CODE_VERSIONS["production_model"],
+    op_tags=step_op_tags("default"),
 )
 def production_model(
     context: dg.AssetExecutionContext,

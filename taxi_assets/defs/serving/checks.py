@@ -3,9 +3,10 @@
 import dagster as dg
 
 from taxi_assets.lib.model_store import newest_decision
+from taxi_assets.lib.settings import step_op_tags
 
 
-@dg.asset_check(asset="production_model", blocking=False)
+@dg.asset_check(asset="production_model", blocking=False, op_tags=step_op_tags("default"))
 def model_freshness(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
     """The newest production_model decision is for the newest month of cleaned_trips; WARN when
     newer cleaned data exists (a retraining is due or failed)."""

@@ -17,6 +17,7 @@ from taxi_assets.lib.history import latest_metadata, rmse_history
 from taxi_assets.lib.lifecycle import Stopwatch, exit_stuck_step, step_budget
 from taxi_assets.lib.metadata import charts as charts_metadata
 from taxi_assets.lib.months import monthly_partitions, previous_month
+from taxi_assets.lib.settings import step_op_tags
 from taxi_assets.lib.tracking import REGISTERED_MODEL_PREFIX, MlflowTracking
 from taxi_assets.ml.hyperparameters import (
     DEFAULT_SKLEARN_MODELS,
@@ -215,7 +216,11 @@ def _trained(scored: dict, result, training: Training, version: str, run_id: str
     )
 
 
-@dg.op(out=dg.DynamicOut(ModelSpec), description="One dynamic output per configured model (Mage's load_models).")
+@dg.op(
+    out=dg.DynamicOut(ModelSpec),
+    description="One dynamic output per configured model (Mage's load_models).",
+    tags=step_op_tags("default"),
+)
 def load_models(config: SklearnModelsConfig):
     names = [getattr(model, "name", model) for model in config.models]
     if not names:
@@ -228,7 +233,10 @@ def load_models(config: SklearnModelsConfig):
         )
 
 
-@dg.op(description="hyperopt over the model's space on X_train/X_val; the best trial's fit is the final model.")
+@dg.op(
+    description="hyperopt over the model's space on X_train/X_val; the best trial's fit is the final model.",
+    tags=step_op_tags("default"),
+)
 def tune_and_train(context: dg.OpExecutionContext, spec: ModelSpec, training_set, mlflow: MlflowTracking):
     from taxi_assets.ml.training import tune_sklearn
 
@@ -263,7 +271,7 @@ def tune_and_train(context: dg.OpExecutionContext, spec: ModelSpec, training_set
     return trained
 
 
-@dg.op(description="All trained models keyed by name, with their metrics as metadata.")
+@dg.op(description="All trained models keyed by name, with their metrics as metadata.", tags=step_op_tags("default"))
 def collect_models(context: dg.OpExecutionContext, trained: list):
     models = {model.name: model for model in sorted(trained, key=lambda model: model.rmse)}
     best = next(iter(models.values()))
@@ -313,6 +321,7 @@ def sklearn_models(training_set):
     owners=["team:ml-platform"],
     tags={"stage": "train"},
     code_version=CODE_VERSIONS["xgboost_model"],
+    op_tags=step_op_tags("xgboost"),
 )
 def xgboost_model(
     context: dg.AssetExecutionContext, config: XGBoostConfig, training_set, mlflow: MlflowTracking
