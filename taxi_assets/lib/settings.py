@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import urllib.request
 from typing import cast
 
 from taxi_assets.ml.schema import DEFAULT_TRIP_TYPE, TRIP_TYPES, TripType
@@ -145,3 +146,26 @@ def step_op_tags(step: str) -> dict[str, str]:
         return {}
     size = parse_step_resources(os.getenv("TAXI_ECS_STEP_RESOURCES"))[step]
     return {"ecs/cpu": size["cpu"], "ecs/memory": size["memory"]}
+
+
+def ecs_task_vcpus(timeout: float = 5.0) -> float | None:
+    """The vCPUs of the ECS task this process runs in (task metadata v4, ``Limits.CPU``: RunTask's
+    cpu override, else the task definition's), or None outside ECS or when the endpoint is silent."""
+    uri = os.environ.get("ECS_CONTAINER_METADATA_URI_V4")
+    if not uri:
+        return None
+    try:
+        with urllib.request.urlopen(f"{uri}/task", timeout=timeout) as response:
+            limits = json.load(response).get("Limits") or {}
+        vcpus = float(limits.get("CPU") or 0)
+    except (OSError, ValueError, AttributeError):
+        return None
+    return vcpus or None
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity: a taskset or a container's cpuset)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1

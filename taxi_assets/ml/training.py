@@ -307,6 +307,16 @@ def train_booster(
     )
 
 
+def xgboost_threads(task_vcpus: float | None, usable_cores: int) -> int:
+    """XGBoost's nthread for a step: the whole vCPUs of the ECS task it runs in (``task_vcpus``,
+    the task metadata's ``Limits.CPU``), else the cores this process may run on. Never more than
+    those cores (more threads would only take turns on them), at least one (a 0.5-vCPU task)."""
+    cores = max(1, usable_cores)
+    if task_vcpus is None or task_vcpus <= 0:
+        return cores
+    return max(1, min(cores, int(task_vcpus)))
+
+
 # Above this many training rows the search runs on a sample (issue 22: a yellow-sized month is
 # 60x a green one); this share of the search's time is kept for boosting on all rows afterwards.
 SEARCH_ROWS = 250_000
@@ -327,6 +337,7 @@ def tune_xgboost(
     run_trial: TrialRunner = _run_directly,
     warm_start: WarmStart | None = None,
     search_rows: int | None = SEARCH_ROWS,
+    nthread: int | None = None,
 ) -> TuningResult:
     """TPE over the Booster space with early stopping on the validation set; the best trial's
     booster is the model (trained on the training rows, stopped at its best validation round).
@@ -336,7 +347,8 @@ def tune_xgboost(
     ``warm_start`` (see :mod:`taxi_assets.ml.warm_start`) says where the search begins; without
     it, the known-good configuration is the first trial when ``seed_known_good``. With more than
     ``search_rows`` training rows, trials see a sample of them (and of the validation rows), and
-    the best trial's booster then goes on boosting on all training rows (:func:`boost_on_all_rows`)."""
+    the best trial's booster then goes on boosting on all training rows (:func:`boost_on_all_rows`).
+    ``nthread``: XGBoost's threads (its default without: every core it sees)."""
     from taxi_assets.ml.hyperparameters import xgboost_space
 
     fixed = dict(fixed_params or {})
@@ -345,7 +357,7 @@ def tune_xgboost(
     best: dict[str, Any] = {"rmse": float("inf")}
 
     def evaluate(params):
-        booster = train_booster(params, dtrain, dvalid, early_stopping_rounds, budget=search)
+        booster = train_booster(params, dtrain, dvalid, early_stopping_rounds, nthread, budget=search)
         rmse = float(booster.best_score)
         metrics = {"rmse": rmse, "mse": rmse * rmse, "best_iteration": float(booster.best_iteration)}
         if rmse < best["rmse"]:
@@ -369,7 +381,7 @@ def tune_xgboost(
     if sampled:
         sample = {"rows": int(dtrain.num_row()), "seed": random_state}
         booster, final_fit, sample["rounds"] = boost_on_all_rows(
-            booster, trial["params"], X_train, y_train, dvalid, early_stopping_rounds, budget
+            booster, trial["params"], X_train, y_train, dvalid, early_stopping_rounds, budget, nthread
         )
         final_fit = f"searched on {dtrain.num_row():,} of {X_train.shape[0]:,} training rows; {final_fit}"
     return TuningResult(
@@ -392,7 +404,9 @@ def search_matrices(X_train, y_train, X_val, y_val, search_rows: int | None, ran
     return xgb.DMatrix(X_train[rows], label=y_train[rows]), xgb.DMatrix(X_val[checks], label=y_val[checks]), True
 
 
-def boost_on_all_rows(booster, params: dict[str, Any], X_train, y_train, dvalid, early_stopping_rounds: int, budget):
+def boost_on_all_rows(
+    booster, params: dict[str, Any], X_train, y_train, dvalid, early_stopping_rounds: int, budget, nthread=None
+):
     """Continue the search's best booster (up to its best round) on every training row, with
     early stopping on the same validation rows, until the budget ends. It is kept only if it
     scores better there than the booster it began from. Returns (booster, what happened, the
@@ -410,8 +424,8 @@ def boost_on_all_rows(booster, params: dict[str, Any], X_train, y_train, dvalid,
         return booster, said, booster.num_boosted_rounds()
     dall = xgb.DMatrix(X_train, label=np.asarray(y_train))
     rounds = max(1, int(params.get("num_boost_round", 1000)) - start.num_boosted_rounds())
-    more = train_booster({**params, "num_boost_round": rounds}, dall, dvalid, early_stopping_rounds, budget=budget,
-                         start_from=start)  # fmt: skip
+    more = train_booster({**params, "num_boost_round": rounds}, dall, dvalid, early_stopping_rounds, nthread,
+                         budget=budget, start_from=start)  # fmt: skip
     after = float(more.best_score)
     added = more.best_iteration + 1 - start.num_boosted_rounds()
     if after < before:

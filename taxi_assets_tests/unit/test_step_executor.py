@@ -1,4 +1,4 @@
-"""Each step sized for its work: TAXI_STEP_EXECUTOR and TAXI_ECS_STEP_RESOURCES.
+"""Each step sized for its work: TAXI_STEP_EXECUTOR, TAXI_ECS_STEP_RESOURCES and XGBoost's threads.
 
 The steps running as ECS tasks, with these sizes, are in production/test_ecs_runs.py."""
 
@@ -12,10 +12,13 @@ import pytest
 
 from taxi_assets.lib.settings import (
     DEFAULT_STEP_RESOURCES,
+    ecs_task_vcpus,
     parse_step_resources,
     step_executor,
     step_op_tags,
 )
+from taxi_assets.ml.training import xgboost_threads
+from taxi_assets_tests.servers import EcsMetadataServer
 
 
 def test_step_resources_default_per_class_and_take_what_is_given():
@@ -68,6 +71,36 @@ def test_op_tags_size_steps_only_on_the_ecs_executor(monkeypatch):
     monkeypatch.setenv("TAXI_STEP_EXECUTOR", "ecs")
     assert step_op_tags("xgboost") == {"ecs/cpu": "4096", "ecs/memory": "8192"}
     assert step_op_tags("data") == {"ecs/cpu": "1024", "ecs/memory": "4096"}
+
+
+@pytest.mark.parametrize(
+    ("task_vcpus", "cores", "threads"),
+    [
+        (None, 2, 2),  # not on ECS: the cores it may run on
+        (None, 0, 1),
+        (2.0, 2, 2),
+        (1.0, 2, 1),  # a 1-vCPU task on a bigger host: one thread
+        (0.5, 8, 1),  # less than a vCPU: still one thread
+        (0.25, 1, 1),
+        (8.0, 2, 2),  # never more threads than cores to run them
+        (4.0, 16, 4),
+        (0.0, 4, 4),  # no task-level limit (EC2 launch type without one): the cores
+    ],
+)
+def test_xgboost_threads_follow_the_task_then_the_cores(task_vcpus, cores, threads):
+    assert xgboost_threads(task_vcpus, cores) == threads
+
+
+def test_the_task_vcpus_come_from_the_ecs_metadata_endpoint(monkeypatch):
+    monkeypatch.delenv("ECS_CONTAINER_METADATA_URI_V4", raising=False)
+    assert ecs_task_vcpus() is None
+    task = {"TaskARN": "arn:aws:ecs:us-east-1:123456789012:task/c/1", "Limits": {"CPU": 0.5, "Memory": 2048}}
+    with EcsMetadataServer(lambda: {}, lambda: task) as endpoint:
+        monkeypatch.setenv("ECS_CONTAINER_METADATA_URI_V4", endpoint.uri)
+        assert ecs_task_vcpus() == 0.5
+        task["Limits"] = {"Memory": 2048}  # no task-level CPU
+        assert ecs_task_vcpus() is None
+    assert ecs_task_vcpus(timeout=2) is None  # the endpoint gone: not on a task we can ask
 
 
 def test_the_ecs_executor_runs_the_training_jobs_with_each_step_sized():

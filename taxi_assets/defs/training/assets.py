@@ -17,7 +17,7 @@ from taxi_assets.lib.history import latest_metadata, rmse_history
 from taxi_assets.lib.lifecycle import Stopwatch, exit_stuck_step, step_budget
 from taxi_assets.lib.metadata import charts as charts_metadata
 from taxi_assets.lib.months import monthly_partitions, previous_month
-from taxi_assets.lib.settings import step_op_tags
+from taxi_assets.lib.settings import ecs_task_vcpus, step_op_tags, usable_cores
 from taxi_assets.lib.tracking import REGISTERED_MODEL_PREFIX, MlflowTracking
 from taxi_assets.ml.hyperparameters import (
     DEFAULT_SKLEARN_MODELS,
@@ -329,7 +329,7 @@ def xgboost_model(
     """An XGBoost booster tuned with hyperopt over the course's space, early-stopped on the
     validation month, with its vectorizer."""
     from taxi_assets.ml.hyperparameters import check_fixed_xgboost_params
-    from taxi_assets.ml.training import tune_xgboost
+    from taxi_assets.ml.training import tune_xgboost, xgboost_threads
 
     try:
         fixed = check_fixed_xgboost_params(config.fixed_params)
@@ -338,6 +338,12 @@ def xgboost_model(
 
     warm = _warm_start(context, config, fixed)
     context.log.info(f"xgboost {context.partition_key}: {warm.source}")
+    vcpus, cores = ecs_task_vcpus(), usable_cores()
+    threads = xgboost_threads(vcpus, cores)
+    context.log.info(
+        f"xgboost {context.partition_key}: {threads} threads "
+        + (f"(its ECS task has {vcpus:g} vCPUs)" if vcpus else f"({cores} usable cores)")
+    )
 
     def tune(run_trial, budget):
         return tune_xgboost(
@@ -353,6 +359,7 @@ def xgboost_model(
             run_trial=run_trial,
             warm_start=warm,
             search_rows=config.search_rows,
+            nthread=threads,
         )
 
     from taxi_assets.ml.hyperparameters import describe_space, xgboost_space
@@ -384,6 +391,7 @@ def xgboost_model(
             "best_iteration": trained.predictor.best_iteration,
             "search_began_from": warm.source,
             "final_fit": trained.final_fit,
+            "threads": threads,
             SEARCH_RECORD: dg.MetadataValue.json(search_record(trained.trials)),
         },
     )
