@@ -333,6 +333,18 @@ class MlflowTracking(dg.ConfigurableResource):
                 path.write_bytes(png)
                 mlflow.log_artifact(str(path), artifact_path=folder)
 
+    def champion(self) -> tuple[str, str] | None:
+        """The registered model and version the ``champion`` alias names, if any holds it."""
+        import mlflow
+
+        self._activate()
+        client = mlflow.MlflowClient(self.uri, registry_uri=self.uri)
+        for model in client.search_registered_models(filter_string=f"name LIKE '{REGISTERED_MODEL_PREFIX}%'"):
+            version = (model.aliases or {}).get(CHAMPION_ALIAS)
+            if version is not None:
+                return model.name, str(version)
+        return None
+
     def set_champion(self, registered_model: str, version: str, decided_for: str) -> bool:
         """Point the ``champion`` alias at one version for the decision of month ``decided_for``,
         unless a newer month's decision holds it; returns whether the alias is now this version.
