@@ -111,6 +111,16 @@ def test_compose_stack_is_complete_and_keeps_secrets_out():
     assert "command" in services["daemon"] and services["daemon"]["command"][:2] == ["dagster-daemon", "run"]
 
 
+def test_compose_restarts_every_long_running_service():
+    """The daemon, the servers and what they stand on come back after a crash or a reboot; the
+    one-shot bucket setup does not loop."""
+    services = yaml.safe_load((DEPLOY / "docker-compose.yaml").read_text())["services"]
+    one_shot = {name for name, service in services.items() if service.get("restart") == "no"}
+    assert one_shot == {"buckets"}, one_shot
+    for name in ("postgres", "minio", "mlflow", "code-location", "webserver", "daemon", "inference"):
+        assert services[name].get("restart") == "unless-stopped", name
+
+
 def test_dockerfile_basics():
     text = (REPO_ROOT / "Dockerfile").read_text()
     bases = re.findall(r"^FROM (\S+)", text, re.M)
