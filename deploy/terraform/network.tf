@@ -11,9 +11,16 @@ resource "aws_security_group" "alb" {
     cidr_blocks = var.allowed_cidrs
   }
   egress {
-    description = "To the tasks in the VPC"
-    from_port   = 0
-    to_port     = 65535
+    description = "To the webserver's tasks in the VPC"
+    from_port   = 3000
+    to_port     = 3000
+    protocol    = "tcp"
+    cidr_blocks = [data.aws_vpc.main.cidr_block]
+  }
+  egress {
+    description = "To the inference tasks in the VPC"
+    from_port   = 8080
+    to_port     = 8080
     protocol    = "tcp"
     cidr_blocks = [data.aws_vpc.main.cidr_block]
   }
@@ -30,22 +37,24 @@ data "aws_vpc" "main" {
   id = var.vpc_id
 }
 
+# Dagster's tasks: code location, webserver, daemon, and the run (and step) tasks, which copy the
+# daemon's network configuration. MLflow and inference have groups of their own (below).
 resource "aws_security_group" "tasks" {
   name_prefix = "${var.name}-tasks-"
-  description = "ECS tasks: webserver, daemon, code location, runs, MLflow, inference"
+  description = "ECS tasks of Dagster: code location, webserver, daemon, runs and their steps"
   vpc_id      = var.vpc_id
 
   ingress {
-    description     = "Webserver and inference from the load balancer"
+    description     = "Webserver from the load balancer"
     from_port       = 3000
-    to_port         = 8080
+    to_port         = 3000
     protocol        = "tcp"
     security_groups = [aws_security_group.alb.id]
   }
   ingress {
-    description = "Code location gRPC and MLflow between tasks"
+    description = "Code location gRPC from the webserver, the daemon and the runs"
     from_port   = 4000
-    to_port     = 5000
+    to_port     = 4000
     protocol    = "tcp"
     self        = true
   }
@@ -57,11 +66,18 @@ resource "aws_security_group" "tasks" {
     cidr_blocks = ["0.0.0.0/0"]
   }
   egress {
-    description = "Code location and MLflow between tasks"
+    description = "Code location gRPC between Dagster's tasks"
     from_port   = 4000
-    to_port     = 5000
+    to_port     = 4000
     protocol    = "tcp"
     self        = true
+  }
+  egress {
+    description = "MLflow (its own group admits only these tasks and the load balancer)"
+    from_port   = 5000
+    to_port     = 5000
+    protocol    = "tcp"
+    cidr_blocks = [data.aws_vpc.main.cidr_block]
   }
   egress {
     description     = "PostgreSQL"
@@ -74,6 +90,60 @@ resource "aws_security_group" "tasks" {
     description = "SMTP submission for failure alerts"
     from_port   = 587
     to_port     = 587
+    protocol    = "tcp"
+    cidr_blocks = ["0.0.0.0/0"]
+  }
+}
+
+# The MLflow server: its port from Dagster's tasks (the runs track there) only; out, its database
+# and S3 (artifacts).
+resource "aws_security_group" "mlflow" {
+  name_prefix = "${var.name}-mlflow-"
+  description = "MLflow server: from Dagster's tasks; to PostgreSQL and S3"
+  vpc_id      = var.vpc_id
+
+  ingress {
+    description     = "Tracking from Dagster's tasks"
+    from_port       = 5000
+    to_port         = 5000
+    protocol        = "tcp"
+    security_groups = [aws_security_group.tasks.id]
+  }
+  egress {
+    description = "AWS APIs (S3, ECR, Secrets Manager, CloudWatch) over HTTPS"
+    from_port   = 443
+    to_port     = 443
+    protocol    = "tcp"
+    cidr_blocks = ["0.0.0.0/0"]
+  }
+  egress {
+    description     = "PostgreSQL"
+    from_port       = 5432
+    to_port         = 5432
+    protocol        = "tcp"
+    security_groups = [aws_security_group.database.id]
+  }
+}
+
+# The public inference service: requests from the load balancer; out, only HTTPS to AWS (S3 for the
+# serving pointer, ECR, Secrets Manager for its token, CloudWatch). It reaches no database, no
+# other task, no mail server.
+resource "aws_security_group" "inference" {
+  name_prefix = "${var.name}-infer-"
+  description = "Inference server: from the load balancer; to AWS APIs only"
+  vpc_id      = var.vpc_id
+
+  ingress {
+    description     = "Predictions from the load balancer"
+    from_port       = 8080
+    to_port         = 8080
+    protocol        = "tcp"
+    security_groups = [aws_security_group.alb.id]
+  }
+  egress {
+    description = "AWS APIs (S3, ECR, Secrets Manager, CloudWatch) over HTTPS"
+    from_port   = 443
+    to_port     = 443
     protocol    = "tcp"
     cidr_blocks = ["0.0.0.0/0"]
   }
@@ -93,6 +163,16 @@ resource "aws_security_group_rule" "database_from_tasks" {
   protocol                 = "tcp"
   security_group_id        = aws_security_group.database.id
   source_security_group_id = aws_security_group.tasks.id
+}
+
+resource "aws_security_group_rule" "database_from_mlflow" {
+  description              = "PostgreSQL from the MLflow server"
+  type                     = "ingress"
+  from_port                = 5432
+  to_port                  = 5432
+  protocol                 = "tcp"
+  security_group_id        = aws_security_group.database.id
+  source_security_group_id = aws_security_group.mlflow.id
 }
 
 resource "aws_lb" "main" {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 
@@ -238,3 +239,278 @@ def test_the_load_balancer_sends_every_served_path_to_the_inference_service_and_
     # No secret has a default: nothing secret lives in the repository.
     variables = [block for block in tf.blocks if block.type == "variable" and "secret" in block.labels[0]]
     assert variables and all("default" not in block.attributes for block in variables)
+
+
+# --- The Terraform, evaluated: who gets which secret, setting and permission ---------------------
+
+ACCOUNT = "123456789012"
+OIDC = {
+    "oidc_issuer": "https://idp.example.com",
+    "oidc_authorization_endpoint": "https://idp.example.com/authorize",
+    "oidc_token_endpoint": "https://idp.example.com/token",
+    "oidc_user_info_endpoint": "https://idp.example.com/userinfo",
+    "oidc_client_id": "dagster-ui",
+    "oidc_client_secret_arn": "arn:aws:secretsmanager:us-east-1:123456789012:secret:oidc",
+}
+SERVICES = ("code-location", "webserver", "daemon", "mlflow", "inference")
+ROLES = ("dagster", "code_location", "webserver", "daemon", "mlflow", "inference", "execution", "rds_monitoring")
+
+
+def _terraform(variables: dict | None = None):
+    """deploy/terraform as `terraform apply` would see it, with stand-ins for what only the apply
+    knows (ARNs, the database's address)."""
+    from taxi_assets_tests.production.test_ecs import Terraform  # the HCL reader the ECS test uses
+
+    base = {"certificate_arn": "-", "allowed_cidrs": [], "image_tag": "t"} | OIDC
+    tf = Terraform(DEPLOY / "terraform", base | (variables or {}))
+    tf.known |= {
+        "data.aws_caller_identity.current.account_id": ACCOUNT,
+        "data.aws_partition.current.partition": "aws",
+        "aws_ecr_repository.app.repository_url": f"{ACCOUNT}.dkr.ecr.us-east-1.amazonaws.com/taxi-assets",
+        "aws_db_instance.main.address": "db.internal",
+        "aws_db_instance.main.port": 5432,
+        "aws_db_instance.main.master_user_secret[0].secret_arn": "secret:rds",
+        "aws_secretsmanager_secret.api_token.arn": "secret:api-token",
+        "aws_secretsmanager_secret.smtp_password.arn": "secret:smtp",
+        "aws_s3_bucket.data.bucket": "data",
+        "aws_s3_bucket.data.arn": "arn:aws:s3:::data",
+        "aws_kms_key.main.arn": "key:main",
+        "aws_ecs_cluster.main.arn": f"arn:aws:ecs:us-east-1:{ACCOUNT}:cluster/taxi-assets",
+        "aws_ecs_cluster.main.name": "taxi-assets",
+        "aws_lb_listener.https.arn": "listener",
+        "aws_lb_target_group.inference.arn": "inference",
+        "aws_lb_target_group.webserver.arn": "webserver",
+        "data.aws_secretsmanager_secret_version.oidc_client_secret.secret_string": "read from Secrets Manager",
+    }
+    tf.known |= {f"aws_iam_role.{role}.{attr}": f"role:{role}" for role in ROLES for attr in ("arn", "id", "name")}
+    return tf
+
+
+def _container(tf, service: str) -> dict:
+    [container] = tf.task_definition(service)["containerDefinitions"]
+    return container
+
+
+def _environment(tf, service: str) -> dict[str, str]:
+    return {item["name"]: item["value"] for item in _container(tf, service)["environment"]}
+
+
+def _secrets(tf, service: str) -> dict[str, str]:
+    return {item["name"]: item["valueFrom"] for item in _container(tf, service)["secrets"]}
+
+
+def _statements(tf, document: str) -> list[dict]:
+    return json.loads(tf.policy_document(document))["Statement"]
+
+
+def _policies_of(tf, role: str) -> tuple[list[str], list[str]]:
+    """The inline policy documents and the managed policies attached to ``aws_iam_role.<role>``."""
+    names = [block.labels[1] for block in tf.blocks if block.labels[:1] == ("aws_iam_policy_document",)]
+    rendered = {tf.policy_document(name): name for name in names}
+    documents = [
+        rendered[tf.attribute(block, "policy")]
+        for block in tf.resources("aws_iam_role_policy")
+        if tf.attribute(block, "role") == f"role:{role}"
+    ]
+    attached = [
+        tf.attribute(block, "policy_arn")
+        for block in tf.resources("aws_iam_role_policy_attachment")
+        if tf.attribute(block, "role") == f"role:{role}"
+    ]
+    return documents, attached
+
+
+def test_the_inference_task_holds_only_its_token_and_reads_only_the_serving_prefix():
+    """The public service: no database secret, no Dagster or MLflow setting; its role may read the
+    serving pointer's prefix of the values bucket (and decrypt it through S3), nothing else."""
+    tf = _terraform()
+    definition = tf.task_definition("inference")
+    assert definition["taskRoleArn"] == "role:inference"
+    assert _secrets(tf, "inference") == {"TAXI_API_TOKEN": "secret:api-token"}
+    environment = _environment(tf, "inference")
+    assert set(environment) == {"TAXI_ENV", "TAXI_S3_BUCKET", "TAXI_SERVING_PREFIX", "AWS_REGION"}, environment
+    assert environment["TAXI_ENV"] == "production" and environment["TAXI_S3_BUCKET"] == "data"
+    prefix = environment["TAXI_SERVING_PREFIX"]
+    assert prefix == "taxi_assets/serving"  # the default of taxi_assets/lib/serving_pointer.py
+
+    # Its role: one inline policy, nothing attached.
+    documents, attached = _policies_of(tf, "inference")
+    assert documents == ["inference"] and attached == []
+    allowed = {}
+    for statement in _statements(tf, "inference"):
+        assert statement["Effect"] == "Allow"
+        for action in statement["Action"]:
+            allowed[action] = statement
+    assert set(allowed) == {"s3:GetObject", "s3:ListBucket", "kms:Decrypt"}, sorted(allowed)
+    assert allowed["s3:GetObject"]["Resource"] == [f"arn:aws:s3:::data/{prefix}/*"]
+    assert "Condition" not in allowed["s3:GetObject"]
+    assert allowed["s3:ListBucket"]["Resource"] == ["arn:aws:s3:::data"]
+    assert allowed["s3:ListBucket"]["Condition"] == {"StringLike": {"s3:prefix": [f"{prefix}/*"]}}
+    assert allowed["kms:Decrypt"]["Resource"] == ["key:main"]
+    assert allowed["kms:Decrypt"]["Condition"] == {"StringEquals": {"kms:ViaService": ["s3.us-east-1.amazonaws.com"]}}
+
+    # Locally, too: the compose file's inference server gets no database or MLflow setting.
+    compose = yaml.safe_load((DEPLOY / "docker-compose.yaml").read_text())["services"]["inference"]
+    assert not any(name.startswith(("DAGSTER_", "MLFLOW_")) for name in compose["environment"]), compose
+    assert "code-location" not in compose.get("depends_on", {})
+
+
+def _instance_variables() -> set[str]:
+    """The variables deploy/dagster-ecs.yaml reads: what every process that opens the instance needs."""
+    text = (DEPLOY / "dagster-ecs.yaml").read_text()
+    return set(re.findall(r"\benv: (\w+)", text))
+
+
+def test_each_service_gets_the_secrets_and_settings_it_uses_and_no_others():
+    """Secrets: the database password to what opens the Dagster instance or MLflow's store, the
+    SMTP password to the code location (its server evaluates the sensors that send alerts), the API
+    token to inference. Settings: the instance's to every Dagster process, the code's to those that
+    load it (the code location; the daemon, whose environment the runs copy), MLflow only what its
+    command uses."""
+    from taxi_assets.lib.settings import PRODUCTION_VARIABLES
+
+    tf = _terraform()
+    secrets = {service: _secrets(tf, service) for service in SERVICES}
+    environments = {service: _environment(tf, service) for service in SERVICES}
+    database = "secret:rds:password::"
+    assert {s for s in SERVICES if "DAGSTER_PG_PASSWORD" in secrets[s]} == {
+        "code-location",
+        "webserver",
+        "daemon",
+        "mlflow",
+    }
+    assert all(secrets[s].get("DAGSTER_PG_PASSWORD", database) == database for s in SERVICES)
+    assert {s: sorted(set(secrets[s]) - {"DAGSTER_PG_PASSWORD"}) for s in SERVICES} == {
+        "code-location": ["TAXI_SMTP_PASSWORD"],
+        "webserver": [],
+        "daemon": [],
+        "mlflow": [],
+        "inference": ["TAXI_API_TOKEN"],
+    }
+    # The execution role can read each of them (and nothing is injected it could not).
+    [readable] = [s for s in _statements(tf, "execution") if s["Action"] == ["secretsmanager:GetSecretValue"]]
+    for service in SERVICES:
+        assert all(":".join(arn.split(":")[:2]) in readable["Resource"] for arn in secrets[service].values())
+
+    # Every Dagster process has what the instance config reads; the run launcher hands the runs the
+    # same database secret.
+    instance = _instance_variables()
+    assert {"DAGSTER_PG_HOST", "DAGSTER_PG_PASSWORD", "DAGSTER_PG_PASSWORD_SECRET_ARN", "TAXI_S3_BUCKET"} <= instance
+    for service in ("code-location", "webserver", "daemon"):
+        missing = instance - set(environments[service]) - set(secrets[service])
+        assert not missing, (service, missing)
+    launcher = yaml.safe_load((DEPLOY / "dagster-ecs.yaml").read_text())["run_launcher"]["config"]
+    [run_secret] = launcher["secrets"]
+    assert run_secret["name"] == "DAGSTER_PG_PASSWORD"
+    assert environments["daemon"][run_secret["valueFrom"]["env"]] == database
+    # The code's settings where the code loads, and nowhere else.
+    code = set(PRODUCTION_VARIABLES) | {"TAXI_ENV", "TAXI_SERVING_PREFIX"}
+    for service in ("code-location", "daemon"):
+        assert code <= set(environments[service]), service
+        assert environments[service]["TAXI_SERVING_PREFIX"] == environments["inference"]["TAXI_SERVING_PREFIX"]
+    assert not (code - {"TAXI_S3_BUCKET"}) & set(environments["webserver"])
+    assert not {"TAXI_SMTP_HOST", "TAXI_ALERT_TO", "DAGSTER_CURRENT_IMAGE"} & set(environments["daemon"])
+    # MLflow: what its command reads, nothing more.
+    [mlflow_command] = _container(tf, "mlflow")["command"][2:]
+    used = set(re.findall(r"\$(\w+)|os\.environ\['(\w+)'\]", mlflow_command))
+    used = {name for pair in used for name in pair if name}
+    assert set(environments["mlflow"]) | set(secrets["mlflow"]) == used | {"AWS_REGION"}, used
+
+    # Each service its own task role; the runs take the Dagster role, no service's.
+    roles = {service: tf.task_definition(service)["taskRoleArn"] for service in SERVICES}
+    assert roles == {
+        "code-location": "role:code_location",
+        "webserver": "role:webserver",
+        "daemon": "role:daemon",
+        "mlflow": "role:mlflow",
+        "inference": "role:inference",
+    }
+    context = json.loads(environments["code-location"]["DAGSTER_CONTAINER_CONTEXT"])
+    assert context == {"ecs": {"task_role_arn": "role:dagster"}}
+
+
+def test_the_webserver_and_mlflow_roles_reach_only_their_part_of_the_bucket():
+    """The webserver reads compute logs and stops run tasks; MLflow keeps its artifacts under mlflow/."""
+    tf = _terraform()
+    resources = {}
+    for document in ("webserver", "mlflow"):
+        for statement in _statements(tf, document):
+            for action in statement["Action"]:
+                resources.setdefault(document, {})[action] = statement["Resource"]
+    assert resources["webserver"] == {
+        "s3:ListBucket": ["arn:aws:s3:::data"],
+        "s3:GetObject": ["arn:aws:s3:::data/dagster/compute-logs/*"],
+        "kms:Decrypt": ["key:main"],
+        # A run terminated in the UI: the run coordinator stops its task from the webserver.
+        "ecs:DescribeTasks": [f"arn:aws:ecs:us-east-1:{ACCOUNT}:task/taxi-assets/*"],
+        "ecs:StopTask": [f"arn:aws:ecs:us-east-1:{ACCOUNT}:task/taxi-assets/*"],
+    }
+    # MLflow's artifacts are where its role may write.
+    assert "--artifacts-destination s3://data/mlflow " in _container(tf, "mlflow")["command"][2] + " "
+    assert resources["mlflow"] == {
+        "s3:ListBucket": ["arn:aws:s3:::data"],
+        "s3:GetObject": ["arn:aws:s3:::data/mlflow/*"],
+        "s3:PutObject": ["arn:aws:s3:::data/mlflow/*"],
+        "s3:DeleteObject": ["arn:aws:s3:::data/mlflow/*"],
+        "kms:Decrypt": ["key:main"],
+        "kms:GenerateDataKey": ["key:main"],
+    }
+    for document, prefix in (("webserver", "dagster/compute-logs/*"), ("mlflow", "mlflow/*")):
+        [listing] = [s for s in _statements(tf, document) if s["Action"] == ["s3:ListBucket"]]
+        assert listing["Condition"] == {"StringLike": {"s3:prefix": [prefix]}}
+    assert _policies_of(tf, "webserver") == (["webserver"], []) and _policies_of(tf, "mlflow") == (["mlflow"], [])
+
+
+def _rules(tf, group: str, kind: str) -> list[dict]:
+    """``aws_security_group.<group>``'s inline ingress or egress rules, evaluated."""
+    block = tf.block("resource", "aws_security_group", group)
+    return [{name: tf.attribute(rule, name) for name in rule.attributes} for rule in block.children(kind)]
+
+
+def test_the_public_service_reaches_nothing_but_aws_and_mlflow_only_its_database():
+    """Security groups: inference takes requests from the load balancer and reaches only HTTPS (AWS);
+    MLflow takes no CIDR and reaches its database and S3; PostgreSQL admits Dagster's tasks and MLflow."""
+    tf = _terraform()
+    tf.known |= {
+        f"aws_security_group.{name}.id": f"sg:{name}" for name in ("alb", "tasks", "mlflow", "inference", "database")
+    }
+    tf.known["data.aws_vpc.main.cidr_block"] = "10.0.0.0/16"
+    service = tf.block("resource", "aws_ecs_service", "service")
+    [network] = service.children("network_configuration")
+    groups = {
+        name: tf.attribute(network, "security_groups", {"key": name, "value": tf.local("services")[name]})
+        for name in SERVICES
+    }
+    assert groups == {
+        "code-location": ["sg:tasks"],
+        "webserver": ["sg:tasks"],
+        "daemon": ["sg:tasks"],
+        "mlflow": ["sg:mlflow"],
+        "inference": ["sg:inference"],
+    }
+    assert _rules(tf, "inference", "ingress") == [
+        {
+            "description": "Predictions from the load balancer",
+            "from_port": 8080,
+            "to_port": 8080,
+            "protocol": "tcp",
+            "security_groups": ["sg:alb"],
+        }
+    ]
+    [out] = _rules(tf, "inference", "egress")
+    assert (out["from_port"], out["to_port"]) == (443, 443)
+    assert {
+        (r["from_port"], tuple(r.get("security_groups", r.get("cidr_blocks", []))))
+        for r in _rules(tf, "mlflow", "egress")
+    } == {
+        (443, ("0.0.0.0/0",)),
+        (5432, ("sg:database",)),
+    }
+    assert all("cidr_blocks" not in rule for rule in _rules(tf, "mlflow", "ingress"))
+    # PostgreSQL admits Dagster's tasks and MLflow, not the inference service.
+    sources = {
+        tf.attribute(rule, "source_security_group_id")
+        for rule in tf.resources("aws_security_group_rule")
+        if tf.attribute(rule, "security_group_id") == "sg:database"
+    }
+    assert sources == {"sg:tasks", "sg:mlflow"}
