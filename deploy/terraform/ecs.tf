@@ -18,6 +18,14 @@ locals {
   # Where production_model publishes the model that serves (a pointer and the archives it names,
   # taxi_assets/lib/serving_pointer.py): all the inference service reads, and all its role may read.
   serving_prefix = "taxi_assets/serving"
+  # The MLflow server, in the VPC by its Cloud Map name and in the browser under this path of the
+  # load balancer, behind the Dagster UI's login (network.tf: one name, one certificate, one client
+  # at the identity provider, one login for both UIs). It serves every route under the prefix.
+  mlflow_prefix   = "/mlflow"
+  mlflow_internal = "mlflow.${var.name}.internal:5000"
+  # The name browsers use for the load balancer: MLflow's security middleware accepts requests for
+  # it (host header) and the UI's own POSTs from it (origin), and refuses every other name.
+  public_hostname = var.public_hostname != "" ? var.public_hostname : "*.${var.region}.elb.amazonaws.com"
 
   # Each service gets the environment and the secrets it uses, nothing more (docs/deploying-and-
   # scaling.md, "What runs where"; test_deploy.py holds them).
@@ -40,7 +48,7 @@ locals {
   code_environment = [
     { name = "TAXI_ENV", value = "production" },
     { name = "TAXI_DATA_S3_BUCKET", value = aws_s3_bucket.data.bucket },
-    { name = "MLFLOW_TRACKING_URI", value = "http://mlflow.${var.name}.internal:5000" },
+    { name = "MLFLOW_TRACKING_URI", value = "http://${local.mlflow_internal}${local.mlflow_prefix}" },
     { name = "TAXI_SERVING_PREFIX", value = local.serving_prefix },
   ]
   # The daemon's, and so every run's: run tasks copy the daemon's task definition (EcsRunLauncher,
@@ -51,6 +59,12 @@ locals {
     { name = "DAGSTER_BACKFILL_RETRY_DEFINITION_CHANGED_ERROR", value = "1" },
     { name = "DAGSTER_CODE_LOCATION_HOST", value = "code-location.${var.name}.internal" },
   ])
+  # Alerts are sent by sensors, which the code location's server evaluates; their links go to the UI
+  # at its public name when it has one (else to 127.0.0.1).
+  alert_environment = concat([
+    { name = "TAXI_SMTP_HOST", value = var.smtp_host },
+    { name = "TAXI_ALERT_TO", value = var.alert_email_to },
+  ], var.public_hostname == "" ? [] : [{ name = "TAXI_DAGSTER_URL", value = "https://${var.public_hostname}" }])
   # The database password, for every process that opens the instance (runs get it from the run
   # launcher's `secrets` in deploy/dagster-ecs.yaml) and for MLflow's backend store.
   dagster_secrets = [
@@ -60,6 +74,7 @@ locals {
   target_groups = {
     webserver = aws_lb_target_group.webserver.arn
     inference = aws_lb_target_group.inference.arn
+    mlflow    = aws_lb_target_group.mlflow.arn
   }
 
   services = {
@@ -72,10 +87,7 @@ locals {
         # Handed to the run launcher with every run: run tasks are built from the daemon's task
         # definition but take the Dagster role, not the daemon's.
         { name = "DAGSTER_CONTAINER_CONTEXT", value = jsonencode({ ecs = { task_role_arn = aws_iam_role.dagster.arn } }) },
-        # Sensors (the failure alert among them) are evaluated here, in the code location's server.
-        { name = "TAXI_SMTP_HOST", value = var.smtp_host },
-        { name = "TAXI_ALERT_TO", value = var.alert_email_to },
-      ])
+      ], local.alert_environment)
       secrets = concat(local.dagster_secrets, [{ name = "TAXI_SMTP_PASSWORD", valueFrom = aws_secretsmanager_secret.smtp_password.arn }])
     }
     webserver = {
@@ -99,6 +111,11 @@ locals {
         "&& exec mlflow server --host 0.0.0.0 --port 5000",
         "--backend-store-uri \"postgresql+psycopg2://$DAGSTER_PG_USERNAME:$DAGSTER_PG_PASSWORD@$DAGSTER_PG_HOST:$DAGSTER_PG_PORT/mlflow?sslmode=require\"",
         "--artifacts-destination s3://${aws_s3_bucket.data.bucket}/mlflow",
+        "--static-prefix ${local.mlflow_prefix}",
+        # Its clients by the internal name, browsers by the public one (and loopback, as MLflow's
+        # default: a check from inside the container). The health check is exempt.
+        "--allowed-hosts '${local.mlflow_internal},${local.public_hostname},localhost:*,127.0.0.1:*'",
+        "--cors-allowed-origins 'https://${local.public_hostname}'",
       ])]
       port = 5000, cpu = 512, memory = 2048, role = aws_iam_role.mlflow.arn
       environment = [
@@ -178,8 +195,11 @@ resource "aws_ecs_service" "service" {
     assign_public_ip = false
   }
 
+  # The first start of MLflow migrates its database before it answers the health check.
+  health_check_grace_period_seconds = contains(["webserver", "inference", "mlflow"], each.key) ? 120 : null
+
   dynamic "load_balancer" {
-    for_each = contains(["webserver", "inference"], each.key) ? [local.target_groups[each.key]] : []
+    for_each = contains(["webserver", "inference", "mlflow"], each.key) ? [local.target_groups[each.key]] : []
     content {
       target_group_arn = load_balancer.value
       container_name   = each.key

@@ -18,6 +18,13 @@ resource "aws_security_group" "alb" {
     cidr_blocks = [data.aws_vpc.main.cidr_block]
   }
   egress {
+    description = "To the MLflow server's tasks in the VPC"
+    from_port   = 5000
+    to_port     = 5000
+    protocol    = "tcp"
+    cidr_blocks = [data.aws_vpc.main.cidr_block]
+  }
+  egress {
     description = "To the inference tasks in the VPC"
     from_port   = 8080
     to_port     = 8080
@@ -95,13 +102,20 @@ resource "aws_security_group" "tasks" {
   }
 }
 
-# The MLflow server: its port from Dagster's tasks (the runs track there) only; out, its database
-# and S3 (artifacts).
+# The MLflow server: its port from the load balancer (the UI, after the login) and from Dagster's
+# tasks (the runs track there) only; out, its database and S3 (artifacts).
 resource "aws_security_group" "mlflow" {
   name_prefix = "${var.name}-mlflow-"
-  description = "MLflow server: from Dagster's tasks; to PostgreSQL and S3"
+  description = "MLflow server: from the load balancer and Dagster's tasks; to PostgreSQL and S3"
   vpc_id      = var.vpc_id
 
+  ingress {
+    description     = "The UI from the load balancer"
+    from_port       = 5000
+    to_port         = 5000
+    protocol        = "tcp"
+    security_groups = [aws_security_group.alb.id]
+  }
   ingress {
     description     = "Tracking from Dagster's tasks"
     from_port       = 5000
@@ -240,6 +254,38 @@ resource "aws_lb_listener_rule" "inference" {
   }
 }
 
+# The MLflow UI under /mlflow (local.mlflow_prefix, the server's --static-prefix), behind the same
+# login as the Dagster UI: its experiments, runs and registered models are for the team only.
+resource "aws_lb_listener_rule" "mlflow" {
+  listener_arn = aws_lb_listener.https.arn
+  priority     = 20
+  action {
+    type  = "authenticate-oidc"
+    order = 1
+    authenticate_oidc {
+      issuer                     = var.oidc_issuer
+      authorization_endpoint     = var.oidc_authorization_endpoint
+      token_endpoint             = var.oidc_token_endpoint
+      user_info_endpoint         = var.oidc_user_info_endpoint
+      client_id                  = var.oidc_client_id
+      client_secret              = data.aws_secretsmanager_secret_version.oidc_client_secret.secret_string
+      scope                      = var.oidc_scope
+      session_timeout            = var.oidc_session_seconds
+      on_unauthenticated_request = "authenticate"
+    }
+  }
+  action {
+    type             = "forward"
+    order            = 2
+    target_group_arn = aws_lb_target_group.mlflow.arn
+  }
+  condition {
+    path_pattern {
+      values = [local.mlflow_prefix, "${local.mlflow_prefix}/*"]
+    }
+  }
+}
+
 resource "aws_lb_target_group" "webserver" {
   #checkov:skip=CKV_AWS_378:TLS ends at the load balancer; the hop to the task stays inside the VPC, restricted by security groups
   name_prefix = "dgweb-"
@@ -266,7 +312,20 @@ resource "aws_lb_target_group" "inference" {
   }
 }
 
-# Private DNS for task-to-task calls: code-location.<name>.internal:4000, mlflow.<name>.internal:5000.
+resource "aws_lb_target_group" "mlflow" {
+  #checkov:skip=CKV_AWS_378:TLS ends at the load balancer; the hop to the task stays inside the VPC, restricted by security groups
+  name_prefix = "mlflw-"
+  port        = 5000
+  protocol    = "HTTP"
+  target_type = "ip"
+  vpc_id      = var.vpc_id
+  health_check {
+    path    = "${local.mlflow_prefix}/health"
+    matcher = "200"
+  }
+}
+
+# Private DNS for task-to-task calls: code-location.<name>.internal:4000, mlflow.<name>.internal:5000/mlflow.
 resource "aws_service_discovery_private_dns_namespace" "main" {
   name = "${var.name}.internal"
   vpc  = var.vpc_id

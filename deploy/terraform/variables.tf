@@ -96,6 +96,16 @@ variable "oidc_session_seconds" {
   default     = 43200
 }
 
+variable "public_hostname" {
+  description = "The name users reach the load balancer by (your DNS record for it, the name on certificate_arn's certificate). The MLflow UI answers only for it, and alerts link there. Empty: the load balancer's own *.<region>.elb.amazonaws.com name."
+  type        = string
+  default     = ""
+  validation {
+    condition     = can(regex("^[A-Za-z0-9.-]*$", var.public_hostname))
+    error_message = "public_hostname is a host name (taxi.example.com), without scheme, port or path."
+  }
+}
+
 variable "image_tag" {
   description = "Tag of the image in ECR to run (the deploy workflow passes the commit SHA)."
   type        = string

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from urllib.parse import urlparse
 
 import dagster as dg
 import pytest
@@ -189,56 +190,119 @@ def test_each_instance_tracks_in_its_own_store_within_one_process(tmp_path, monk
     assert "MLFLOW_TRACKING_URI" not in os.environ and "MLFLOW_REGISTRY_URI" not in os.environ
 
 
+def _ordered(tf, block, kind: str = "action") -> list:
+    return sorted(block.children(kind), key=lambda action: tf.attribute(action, "order", default=0))
+
+
+def _login_settings(tf, action) -> dict:
+    assert tf.attribute(action, "type") == "authenticate-oidc"
+    [settings] = action.children("authenticate_oidc")
+    return {name: tf.attribute(settings, name) for name in settings.attributes}
+
+
 def test_the_load_balancer_sends_every_served_path_to_the_inference_service_and_the_rest_through_a_login():
     """The listener's rules against the server's own route table (ROUTES), not a second list: every
     path it serves reaches it without the UI's login (it checks its bearer token), nothing else
-    does, and everything else goes through authenticate-oidc to the Dagster webserver."""
+    does; the MLflow UI's prefix goes to MLflow through the very login of the Dagster UI, and
+    everything else through it to the Dagster webserver."""
     from taxi_assets.apps.server import ROUTES
-    from taxi_assets_tests.production.test_ecs import Terraform  # the HCL reader the ECS test uses
 
-    oidc = {
-        "oidc_issuer": "https://idp.example.com",
-        "oidc_authorization_endpoint": "https://idp.example.com/authorize",
-        "oidc_token_endpoint": "https://idp.example.com/token",
-        "oidc_user_info_endpoint": "https://idp.example.com/userinfo",
-        "oidc_client_id": "dagster-ui",
-        "oidc_client_secret_arn": "arn:aws:secretsmanager:us-east-1:123456789012:secret:oidc",
-    }
-    tf = Terraform(DEPLOY / "terraform", {"certificate_arn": "-", "allowed_cidrs": [], "image_tag": "t"} | oidc)
-    tf.known |= {
-        "aws_lb_listener.https.arn": "listener",
-        "aws_lb_target_group.inference.arn": "inference",
-        "aws_lb_target_group.webserver.arn": "webserver",
-        "data.aws_secretsmanager_secret_version.oidc_client_secret.secret_string": "read from Secrets Manager",
-    }
-    to_inference: list[str] = []
-    for rule in tf.resources("aws_lb_listener_rule"):
-        assert tf.attribute(rule, "listener_arn") == "listener"
-        [action] = rule.children("action")  # a plain forward: no login in front of the API
-        assert tf.attribute(action, "type") == "forward" and tf.attribute(action, "target_group_arn") == "inference"
-        for condition in rule.children("condition"):
-            [pattern] = condition.children("path_pattern")
-            values = tf.attribute(pattern, "values")
-            assert len(values) <= 5, "an ALB rule takes at most five condition values: add a rule"
-            assert not any(wildcard in value for value in values for wildcard in "*?"), values  # exact paths
-            to_inference += values
-    assert sorted(to_inference) == sorted(ROUTES)
-
+    tf = _terraform()
     listener = tf.block("resource", "aws_lb_listener", "https")
-    login, forward = sorted(listener.children("default_action"), key=lambda action: tf.attribute(action, "order"))
-    assert tf.attribute(login, "type") == "authenticate-oidc"
+    login, forward = _ordered(tf, listener, "default_action")
     assert (tf.attribute(forward, "type"), tf.attribute(forward, "target_group_arn")) == ("forward", "webserver")
-    [settings] = login.children("authenticate_oidc")
-    given = {name: tf.attribute(settings, name) for name in settings.attributes}
+    given = _login_settings(tf, login)
     for name in ("issuer", "authorization_endpoint", "token_endpoint", "user_info_endpoint", "client_id"):
-        assert given[name] == oidc[f"oidc_{name}"], name
+        assert given[name] == OIDC[f"oidc_{name}"], name
     assert given["client_secret"] == "read from Secrets Manager"
     assert given["on_unauthenticated_request"] == "authenticate"
     secret = tf.block("data", "aws_secretsmanager_secret_version", "oidc_client_secret")
-    assert tf.attribute(secret, "secret_id") == oidc["oidc_client_secret_arn"]
+    assert tf.attribute(secret, "secret_id") == OIDC["oidc_client_secret_arn"]
+
+    paths: dict[str, list[str]] = {"inference": [], "mlflow": []}
+    priorities = []
+    for rule in tf.resources("aws_lb_listener_rule"):
+        assert tf.attribute(rule, "listener_arn") == "listener"
+        priorities.append(tf.attribute(rule, "priority"))
+        *before, last = _ordered(tf, rule)
+        assert tf.attribute(last, "type") == "forward"
+        target = tf.attribute(last, "target_group_arn")
+        values = []
+        for condition in rule.children("condition"):
+            [pattern] = condition.children("path_pattern")
+            values += tf.attribute(pattern, "values")
+            assert len(tf.attribute(pattern, "values")) <= 5, (
+                "an ALB rule takes at most five condition values: add a rule"
+            )
+        if target == "inference":  # a plain forward: no login in front of the API
+            assert before == [] and not any(wildcard in value for value in values for wildcard in "*?"), values
+        else:  # MLflow: the Dagster UI's login, setting for setting
+            [mlflow_login] = before
+            assert target == "mlflow" and _login_settings(tf, mlflow_login) == given
+        paths[target] += values
+    assert sorted(paths["inference"]) == sorted(ROUTES)
+    prefix = _mlflow_options(tf)["static-prefix"]
+    assert sorted(paths["mlflow"]) == [prefix, f"{prefix}/*"]
+    assert not any(route.startswith(prefix) for route in ROUTES)
+    assert len(set(priorities)) == len(priorities)
     # No secret has a default: nothing secret lives in the repository.
     variables = [block for block in tf.blocks if block.type == "variable" and "secret" in block.labels[0]]
     assert variables and all("default" not in block.attributes for block in variables)
+
+
+def _mlflow_options(tf) -> dict[str, str]:
+    """The MLflow server's command-line options, as its task definition gives them."""
+    [script] = _container(tf, "mlflow")["command"][2:]
+    server = script[script.index("mlflow server") :]
+    return {name: value.strip("'\"") for name, value in re.findall(r"--([a-z-]+)[ =]('[^']*'|\"[^\"]*\"|\S+)", server)}
+
+
+@pytest.mark.parametrize(
+    "public_hostname, browser_host",
+    [("taxi.example.com", "taxi.example.com"), ("", "taxi-1234567890.us-east-1.elb.amazonaws.com")],
+)
+def test_mlflow_serves_under_the_routed_prefix_and_answers_its_clients_and_the_browser_only(
+    monkeypatch, public_hostname, browser_host
+):
+    """The server's --static-prefix is the path the load balancer routes, the one its health check
+    asks and the one the runs track at; MLflow's own host and origin checks (its security
+    middleware, asked here) let the runs in by the internal name and the UI by the public one."""
+    from mlflow.server.handlers import STATIC_PREFIX_ENV_VAR
+    from mlflow.server.security_utils import is_allowed_host_header, is_health_endpoint, should_block_cors_request
+
+    tf = _terraform({"public_hostname": public_hostname})
+    tf.known["aws_lb_target_group.mlflow.arn"] = "mlflow"
+    options = _mlflow_options(tf)
+    prefix = options["static-prefix"]
+    trackers = {_environment(tf, service)["MLFLOW_TRACKING_URI"] for service in ("code-location", "daemon")}
+    [tracking] = trackers  # the runs copy the daemon's environment
+    tracking = urlparse(tracking)
+    assert tracking.path == prefix and tracking.port == int(options["port"])
+
+    hosts = options["allowed-hosts"].split(",")
+    assert is_allowed_host_header(hosts, tracking.netloc)
+    assert is_allowed_host_header(hosts, browser_host)
+    assert not is_allowed_host_header(hosts, "attacker.example.com")
+    origins = options["cors-allowed-origins"].split(",")
+    assert not should_block_cors_request(f"https://{browser_host}", "POST", origins)
+    assert should_block_cors_request("https://attacker.example.com", "POST", origins)
+
+    group = tf.block("resource", "aws_lb_target_group", "mlflow")
+    [check] = group.children("health_check")
+    monkeypatch.setenv(STATIC_PREFIX_ENV_VAR, prefix)
+    # The load balancer asks by the task's address: the path must exist and skip the host check.
+    assert tf.attribute(check, "path") == f"{prefix}/health" and is_health_endpoint(tf.attribute(check, "path"))
+    assert tf.attribute(group, "port") == int(options["port"]) == tf.local("services")["mlflow"]["port"]
+    # The MLflow service registers its tasks with that target group.
+    service = tf.block("resource", "aws_ecs_service", "service")
+    [dynamic] = [block for block in service.children("dynamic") if block.labels == ("load_balancer",)]
+    each = {"key": "mlflow", "value": tf.local("services")["mlflow"]}
+    assert tf.attribute(dynamic, "for_each", each) == ["mlflow"]
+    if public_hostname:
+        alerts = _environment(tf, "code-location")["TAXI_DAGSTER_URL"]
+        assert alerts == f"https://{public_hostname}"
+    else:
+        assert "TAXI_DAGSTER_URL" not in _environment(tf, "code-location")
 
 
 # --- The Terraform, evaluated: who gets which secret, setting and permission ---------------------
@@ -280,6 +344,7 @@ def _terraform(variables: dict | None = None):
         "aws_lb_listener.https.arn": "listener",
         "aws_lb_target_group.inference.arn": "inference",
         "aws_lb_target_group.webserver.arn": "webserver",
+        "aws_lb_target_group.mlflow.arn": "mlflow",
         "data.aws_secretsmanager_secret_version.oidc_client_secret.secret_string": "read from Secrets Manager",
     }
     tf.known |= {f"aws_iam_role.{role}.{attr}": f"role:{role}" for role in ROLES for attr in ("arn", "id", "name")}
@@ -506,7 +571,13 @@ def test_the_public_service_reaches_nothing_but_aws_and_mlflow_only_its_database
         (443, ("0.0.0.0/0",)),
         (5432, ("sg:database",)),
     }
+    # MLflow: from the load balancer (the UI) and Dagster's tasks (tracking), by group, on its port.
+    ingress = {(r["from_port"], r["to_port"], tuple(r["security_groups"])) for r in _rules(tf, "mlflow", "ingress")}
+    assert ingress == {(5000, 5000, ("sg:alb",)), (5000, 5000, ("sg:tasks",))}
     assert all("cidr_blocks" not in rule for rule in _rules(tf, "mlflow", "ingress"))
+    # The load balancer reaches only the three ports it forwards to (and the identity provider).
+    ports = {(r["from_port"], r["to_port"], tuple(r["cidr_blocks"])) for r in _rules(tf, "alb", "egress")}
+    assert ports == {(p, p, ("10.0.0.0/16",)) for p in (3000, 5000, 8080)} | {(443, 443, ("0.0.0.0/0",))}
     # PostgreSQL admits Dagster's tasks and MLflow, not the inference service.
     sources = {
         tf.attribute(rule, "source_security_group_id")
