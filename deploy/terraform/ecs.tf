@@ -50,6 +50,10 @@ locals {
     { name = "TAXI_DATA_S3_BUCKET", value = aws_s3_bucket.data.bucket },
     { name = "MLFLOW_TRACKING_URI", value = "http://${local.mlflow_internal}${local.mlflow_prefix}" },
     { name = "TAXI_SERVING_PREFIX", value = local.serving_prefix },
+    # The retraining job's executor and, with "ecs", each step's task size (its ecs/cpu and
+    # ecs/memory tags); the runs and their steps read them where the job loads.
+    { name = "TAXI_STEP_EXECUTOR", value = var.step_executor },
+    { name = "TAXI_ECS_STEP_RESOURCES", value = jsonencode(var.step_resources) },
   ]
   # The daemon's, and so every run's: run tasks copy the daemon's task definition (EcsRunLauncher,
   # use_current_ecs_task_config) and add DAGSTER_RUN_JOB_NAME.

@@ -76,6 +76,46 @@ resource "aws_iam_role_policy" "dagster" {
   policy = data.aws_iam_policy_document.data_bucket.json
 }
 
+# With the step executor (step_executor = "ecs"), a run's process starts each step as a task of the
+# run's own task definition (dagster-aws's ecs_executor: its network, roles and environment), then
+# watches and, if the run is stopped, stops it. As the daemon does for runs, minus registering
+# task definitions.
+data "aws_iam_policy_document" "step_launcher" {
+  statement {
+    # The run task's subnets and security groups, for its steps' tasks (no resource-level
+    # restriction exists for it).
+    sid       = "TheRunTasksNetwork"
+    actions   = ["ec2:DescribeNetworkInterfaces"]
+    resources = ["*"]
+  }
+  statement {
+    sid       = "StepTasksInThisCluster"
+    actions   = ["ecs:RunTask", "ecs:DescribeTasks", "ecs:StopTask", "ecs:TagResource"]
+    resources = ["*"]
+    condition {
+      test     = "ArnEquals"
+      variable = "ecs:cluster"
+      values   = [aws_ecs_cluster.main.arn]
+    }
+  }
+  statement {
+    sid       = "PassOnlyTheseRoles"
+    actions   = ["iam:PassRole"]
+    resources = [aws_iam_role.execution.arn, aws_iam_role.dagster.arn]
+    condition {
+      test     = "StringEquals"
+      variable = "iam:PassedToService"
+      values   = ["ecs-tasks.amazonaws.com"]
+    }
+  }
+}
+
+resource "aws_iam_role_policy" "dagster_steps" {
+  count  = var.step_executor == "ecs" ? 1 : 0
+  role   = aws_iam_role.dagster.id
+  policy = data.aws_iam_policy_document.step_launcher.json
+}
+
 # Code location role: the bucket as the runs have it. Its server evaluates the sensors (the trip
 # files they list, the compute logs of their ticks) and may publish the serving pointer; it
 # launches nothing.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 from urllib.parse import urlparse
 
 import dagster as dg
@@ -585,3 +586,133 @@ def test_the_public_service_reaches_nothing_but_aws_and_mlflow_only_its_database
         if tf.attribute(rule, "security_group_id") == "sg:database"
     }
     assert sources == {"sg:tasks", "sg:mlflow"}
+
+
+# --- The step-per-task executor ---------------------------------------------------------------------
+
+DEFAULT_STEP_RESOURCES = {
+    "data": {"cpu": "1024", "memory": "4096"},
+    "xgboost": {"cpu": "2048", "memory": "8192"},
+    "default": {"cpu": "512", "memory": "2048"},
+}
+
+
+def test_the_code_location_and_the_runs_get_the_step_executor_and_each_steps_size():
+    """TAXI_STEP_EXECUTOR and TAXI_ECS_STEP_RESOURCES (JSON) from the Terraform variables, where the
+    retraining job loads: the code location and the daemon, whose environment the runs copy."""
+    for variables, executor, sizes in (
+        ({}, "ecs", DEFAULT_STEP_RESOURCES),
+        (
+            {
+                "step_executor": "process",
+                "step_resources": DEFAULT_STEP_RESOURCES | {"xgboost": {"cpu": "8192", "memory": "16384"}},
+            },
+            "process",
+            DEFAULT_STEP_RESOURCES | {"xgboost": {"cpu": "8192", "memory": "16384"}},
+        ),
+    ):
+        tf = _terraform(variables)
+        for service in ("code-location", "daemon"):
+            environment = _environment(tf, service)
+            assert environment["TAXI_STEP_EXECUTOR"] == executor, service
+            assert json.loads(environment["TAXI_ECS_STEP_RESOURCES"]) == sizes, service
+        for service in ("webserver", "mlflow", "inference"):
+            assert not {"TAXI_STEP_EXECUTOR", "TAXI_ECS_STEP_RESOURCES"} & set(_environment(tf, service)), service
+
+
+def test_the_run_role_may_start_watch_and_stop_its_steps_tasks_only_with_the_step_executor():
+    """What dagster-aws's ecs_executor calls from the run's task (EcsStepHandler: DescribeTasks on its
+    own task, the network interfaces, RunTask with tags, DescribeTasks, StopTask), in this cluster,
+    passing only the roles of the run's task definition; nothing of it for the code location."""
+    tf = _terraform()
+    run_roles = {
+        json.loads(_environment(tf, "code-location")["DAGSTER_CONTAINER_CONTEXT"])["ecs"]["task_role_arn"],
+        tf.task_definition("daemon")["executionRoleArn"],  # runs copy the daemon's execution role
+    }
+    assert run_roles == {"role:dagster", "role:execution"}
+    documents, attached = _policies_of(tf, "dagster")
+    assert documents == ["data_bucket", "step_launcher"] and attached == []
+    statements = {action: statement for statement in _statements(tf, "step_launcher") for action in statement["Action"]}
+    cluster = {"ArnEquals": {"ecs:cluster": [f"arn:aws:ecs:us-east-1:{ACCOUNT}:cluster/taxi-assets"]}}
+    for action in ("ecs:RunTask", "ecs:DescribeTasks", "ecs:StopTask", "ecs:TagResource"):
+        assert statements[action]["Condition"] == cluster, action
+    assert set(statements["iam:PassRole"]["Resource"]) == run_roles
+    assert statements["iam:PassRole"]["Condition"] == {
+        "StringEquals": {"iam:PassedToService": ["ecs-tasks.amazonaws.com"]}
+    }
+    assert set(statements) == {
+        "ec2:DescribeNetworkInterfaces",
+        "ecs:RunTask",
+        "ecs:DescribeTasks",
+        "ecs:StopTask",
+        "ecs:TagResource",
+        "iam:PassRole",
+    }
+    [steps] = [block for block in tf.resources("aws_iam_role_policy") if block.labels[1] == "dagster_steps"]
+    assert tf.attribute(steps, "count") == 1 and tf.attribute(steps, "role") == "role:dagster"
+    assert _terraform({"step_executor": "process"}).attribute(steps, "count") == 0
+    # The code location launches nothing: the bucket only.
+    assert _policies_of(tf, "code_location") == (["data_bucket"], [])
+
+
+def _fargate_pairs() -> set[str]:
+    """Fargate's CPU/memory pairs for Linux tasks, from AWS's table (memory in MiB)."""
+    ranges = {
+        256: (512, 1024, 2048),
+        512: range(1024, 4097, 1024),
+        1024: range(2048, 8193, 1024),
+        2048: range(4096, 16385, 1024),
+        4096: range(8192, 30721, 1024),
+        8192: range(16384, 61441, 4096),
+        16384: range(32768, 122881, 8192),
+    }
+    return {f"{cpu}/{memory}" for cpu, memories in ranges.items() for memory in memories}
+
+
+def test_step_resources_lists_every_fargate_size_and_its_defaults_are_the_contracts():
+    tf = _terraform()
+    assert tf.variables["step_resources"] == DEFAULT_STEP_RESOURCES
+    [block] = [b for b in tf.blocks if b.type == "variable" and b.labels == ("step_resources",)]
+    [validation] = block.children("validation")
+    condition = validation.attributes["condition"]  # length(setsubtract([given...], [valid...])) == 0
+    _, _, length, _ = condition
+    [setsubtract] = length[2]
+    given, valid = setsubtract[2]
+    assert set(tf.evaluate(valid)) == _fargate_pairs()
+    assert tf.evaluate(given) == [f"{size['cpu']}/{size['memory']}" for size in DEFAULT_STEP_RESOURCES.values()]
+
+
+@pytest.mark.skipif(shutil.which("terraform") is None, reason="terraform is not on PATH (CI has it)")
+def test_terraform_itself_refuses_a_step_size_fargate_has_not(tmp_path):
+    """The variables' validations, run by Terraform on variables.tf alone (no provider needed)."""
+    import subprocess
+
+    shutil.copy(DEPLOY / "terraform" / "variables.tf", tmp_path / "variables.tf")
+    (tmp_path / "outputs.tf").write_text('output "sizes" { value = jsonencode(var.step_resources) }\n')
+    required = {"vpc_id": "vpc", "private_subnet_ids": [], "public_subnet_ids": [], "certificate_arn": "-"}
+    (tmp_path / "base.auto.tfvars.json").write_text(
+        json.dumps(required | {"allowed_cidrs": [], "image_tag": "t"} | OIDC)
+    )
+    env = os.environ | {"CHECKPOINT_DISABLE": "1", "TF_IN_AUTOMATION": "1", "NO_COLOR": "1"}
+
+    def terraform(*args: str) -> subprocess.CompletedProcess:
+        command = ["terraform", *args, "-input=false", "-no-color"]
+        return subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+
+    assert terraform("init").returncode == 0
+    accepted = terraform("plan")
+    assert accepted.returncode == 0, accepted.stderr
+    bigger = DEFAULT_STEP_RESOURCES | {
+        "xgboost": {"cpu": "8192", "memory": "32768"},
+        "default": {"cpu": "256", "memory": "512"},
+    }
+    assert terraform("plan", "-var", f"step_resources={json.dumps(bigger)}").returncode == 0
+    for wrong, message in (
+        ({"data": {"cpu": "1024", "memory": "16384"}}, "Fargate CPU/memory pair"),  # too much memory for 1 vCPU
+        ({"xgboost": {"cpu": "3072", "memory": "8192"}}, "Fargate CPU/memory pair"),  # no such CPU size
+        ({"data": {"cpu": "1024"}}, 'attribute "memory" is required'),
+    ):
+        refused = terraform("plan", "-var", f"step_resources={json.dumps(DEFAULT_STEP_RESOURCES | wrong)}")
+        assert refused.returncode != 0 and message in " ".join(refused.stderr.split()), (wrong, refused.stderr)
+    refused = terraform("plan", "-var", "step_executor=lambda")
+    assert refused.returncode != 0 and "step_executor is" in refused.stderr
