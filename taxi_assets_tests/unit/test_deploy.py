@@ -716,3 +716,30 @@ def test_terraform_itself_refuses_a_step_size_fargate_has_not(tmp_path):
         assert refused.returncode != 0 and message in " ".join(refused.stderr.split()), (wrong, refused.stderr)
     refused = terraform("plan", "-var", "step_executor=lambda")
     assert refused.returncode != 0 and "step_executor is" in refused.stderr
+
+
+def test_the_docs_table_of_what_runs_where_names_each_services_secrets_as_the_terraform_does():
+    """docs/deploying-and-scaling.md, "What runs where": each service's secrets column is its task
+    definition's secrets, the run tasks' is the run launcher's, and inference's environment is its own."""
+    text = (REPO_ROOT / "docs" / "deploying-and-scaling.md").read_text()
+    section = text.split("## What runs where", 1)[1].split("\n## ", 1)[0]
+    rows = [
+        line.split(" | ") for line in section.splitlines() if line.startswith("| ") and not line.startswith("| service")
+    ]
+    table = {row[0].lstrip("| ").strip(): row for row in rows}
+    tf = _terraform()
+    names = {
+        "code location": "code-location",
+        "webserver": "webserver",
+        "daemon": "daemon",
+        "MLflow": "mlflow",
+        "inference": "inference",
+    }
+    for title, service in names.items():
+        documented = set(re.findall(r"`([A-Z][A-Z0-9_]+)`", table[title][3]))
+        assert documented == set(_secrets(tf, service)), (service, documented)
+    [runs] = [row for title, row in table.items() if title.startswith("run tasks")]
+    launcher = yaml.safe_load((DEPLOY / "dagster-ecs.yaml").read_text())["run_launcher"]["config"]
+    assert set(re.findall(r"`([A-Z][A-Z0-9_]+)`", runs[3])) == {secret["name"] for secret in launcher["secrets"]}
+    assert set(re.findall(r"`([A-Z][A-Z0-9_]+)`", table["inference"][4])) == set(_environment(tf, "inference"))
+    assert set(re.findall(r"`([A-Z][A-Z0-9_]+)`", table["MLflow"][4])) == set(_environment(tf, "mlflow"))
