@@ -132,7 +132,7 @@ variable "max_concurrent_runs" {
 variable "step_executor" {
   description = "How a retraining run executes its steps: \"ecs\", each step in a Fargate task of its own, sized by step_resources (dagster-aws's ecs_executor); \"process\", all of them in the run's task (run_resources in deploy/dagster-ecs.yaml). docs/deploying-and-scaling.md says when to choose which."
   type        = string
-  default     = "ecs"
+  default     = "process"
   validation {
     condition     = contains(["ecs", "process"], var.step_executor)
     error_message = "step_executor is \"ecs\" (a task per step) or \"process\" (the steps in the run's task)."

@@ -601,13 +601,13 @@ def test_the_code_location_and_the_runs_get_the_step_executor_and_each_steps_siz
     """TAXI_STEP_EXECUTOR and TAXI_ECS_STEP_RESOURCES (JSON) from the Terraform variables, where the
     retraining job loads: the code location and the daemon, whose environment the runs copy."""
     for variables, executor, sizes in (
-        ({}, "ecs", DEFAULT_STEP_RESOURCES),
+        ({}, "process", DEFAULT_STEP_RESOURCES),
         (
             {
-                "step_executor": "process",
+                "step_executor": "ecs",
                 "step_resources": DEFAULT_STEP_RESOURCES | {"xgboost": {"cpu": "8192", "memory": "16384"}},
             },
-            "process",
+            "ecs",
             DEFAULT_STEP_RESOURCES | {"xgboost": {"cpu": "8192", "memory": "16384"}},
         ),
     ):
@@ -624,7 +624,7 @@ def test_the_run_role_may_start_watch_and_stop_its_steps_tasks_only_with_the_ste
     """What dagster-aws's ecs_executor calls from the run's task (EcsStepHandler: DescribeTasks on its
     own task, the network interfaces, RunTask with tags, DescribeTasks, StopTask), in this cluster,
     passing only the roles of the run's task definition; nothing of it for the code location."""
-    tf = _terraform()
+    tf = _terraform({"step_executor": "ecs"})
     run_roles = {
         json.loads(_environment(tf, "code-location")["DAGSTER_CONTAINER_CONTEXT"])["ecs"]["task_role_arn"],
         tf.task_definition("daemon")["executionRoleArn"],  # runs copy the daemon's execution role
@@ -650,7 +650,7 @@ def test_the_run_role_may_start_watch_and_stop_its_steps_tasks_only_with_the_ste
     }
     [steps] = [block for block in tf.resources("aws_iam_role_policy") if block.labels[1] == "dagster_steps"]
     assert tf.attribute(steps, "count") == 1 and tf.attribute(steps, "role") == "role:dagster"
-    assert _terraform({"step_executor": "process"}).attribute(steps, "count") == 0
+    assert _terraform().attribute(steps, "count") == 0  # the default, "process"
     # The code location launches nothing: the bucket only.
     assert _policies_of(tf, "code_location") == (["data_bucket"], [])
 
