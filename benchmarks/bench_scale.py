@@ -26,7 +26,14 @@ quoted figures: 5.228 at 10x, 5.440 at 30x).
 A yellow month is about 60x (`--scales 1,10,30,60`; the 60x months are built from the 14 real
 ones, each used four or five times).
 
+With ``--threads`` (issue 32: what a bigger step task buys), one scale only: data preparation once,
+then xgboost_model with its default config and budget in a process pinned to 1 core and to 2
+(``taskset``: XGBoost's threads follow the cores a step may use, as in a 1- or 2-vCPU task),
+alternating, and 30 fixed boosting rounds with nthread 1 and 2 on the stored training set; from
+that scaling, Amdahl's law says what 4 and 8 vCPUs would give.
+
 Usage: python benchmarks/bench_scale.py [--scales 1,10,30,60]
+       python benchmarks/bench_scale.py --threads --scales 60 [--rounds 2]
 """
 
 from __future__ import annotations
@@ -153,7 +160,7 @@ def latest_metadata(instance: dg.DagsterInstance, asset: str, month: str) -> dic
     return {key: getattr(value, "value", value) for key, value in materialization.metadata.items()}
 
 
-def fixed_boosting_seconds(home: Path) -> float:
+def fixed_boosting_seconds(home: Path, nthread: int = 2) -> float:
     """30 rounds of depth-10 hist boosting on the stored training set (no budget involved)."""
     import xgboost as xgb
 
@@ -163,7 +170,7 @@ def fixed_boosting_seconds(home: Path) -> float:
         dataset = read_value(instance, "training_set", "2024-02")
     train = xgb.DMatrix(dataset.X_train, label=dataset.y_train.to_numpy())
     start = time.perf_counter()
-    xgb.train({"max_depth": 10, "tree_method": "hist", "learning_rate": 0.1, "nthread": 2}, train, 30)
+    xgb.train({"max_depth": 10, "tree_method": "hist", "learning_rate": 0.1, "nthread": nthread}, train, 30)
     return time.perf_counter() - start
 
 
@@ -223,11 +230,98 @@ def measure_scale(scale: int, scratch: Path) -> dict:
     }
 
 
+def prepared_scale(scale: int, scratch: Path) -> tuple[dict[str, str], list[str], Path, Path]:
+    """Months of ``scale`` green months prepared for 2024-02: (environment, command prefix, home, cwd)."""
+    data, home, cwd = scratch / f"data{scale}", scratch / f"home{scale}", scratch / f"cwd{scale}"
+    for folder in (data / "2024", home, cwd):
+        folder.mkdir(parents=True)
+    for month in ("2024-01", "2024-02"):
+        stacked_month(month, scale).to_parquet(data / "2024" / f"{month[5:]}.parquet")
+    shutil.copy(REPO_ROOT / "dagster.yaml", home / "dagster.yaml")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DAGSTER_", "MLFLOW_", "TAXI_"))} | {
+        "DAGSTER_HOME": str(home),
+        "TAXI_DATA_DIR": str(data),
+    }
+    base = [str(BIN / "dagster"), "asset", "materialize", "-m", "taxi_assets.definitions", "--partition"]
+    run_measured([*base, "2024-01", "--select", "raw_trips,cleaned_trips"], env, cwd)
+    run_measured([*base, "2024-02", "--select", "raw_trips,cleaned_trips,training_set"], env, cwd)
+    return env, base, home, cwd
+
+
+def xgboost_on_cores(cores: int, env: dict[str, str], base: list[str], home: Path, cwd: Path) -> dict:
+    """xgboost_model for 2024-02 (default config and budget) in a process allowed ``cores`` cores."""
+    pinned = ["taskset", "-c", ",".join(str(core) for core in range(cores))]
+    wall, _, _ = run_measured([*pinned, *base, "2024-02", "--select", "xgboost_model"], env, cwd)
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        run = instance.get_runs(limit=1)[0]
+        metadata = latest_metadata(instance, "xgboost_model", "2024-02")
+        seconds = step_seconds(instance, run.run_id)["xgboost_model"]
+    return {"cores": cores, "wall": wall, "step": seconds, **metadata}
+
+
+def amdahl(speedup_at_2: float, cores: int) -> float:
+    """The speedup on ``cores`` cores of work whose 2-core speedup is ``speedup_at_2``."""
+    parallel = min(1.0, max(0.0, 2 * (1 - 1 / speedup_at_2)))
+    return 1 / ((1 - parallel) + parallel / cores)
+
+
+def threads_main(scale: int, rounds: int) -> int:
+    """XGBoost on 1 core against 2 at one scale, side by side, alternating (see the docstring)."""
+    if len(os.sched_getaffinity(0)) < 2:
+        raise SystemExit("--threads needs 2 cores")
+    results: list[dict] = []
+    with tempfile.TemporaryDirectory(prefix="bench-scale-threads-") as scratch:
+        print(f"preparing {scale}x ...", flush=True)
+        env, base, home, cwd = prepared_scale(scale, Path(scratch))
+        for turn in range(rounds):
+            for cores in (1, 2) if turn % 2 == 0 else (2, 1):
+                print(f"xgboost_model on {cores} core(s) ...", flush=True)
+                results.append(xgboost_on_cores(cores, env, base, home, cwd))
+                print({key: results[-1][key] for key in ("cores", "step", "rmse", "trials")}, flush=True)
+        fixed = {cores: fixed_boosting_seconds(home, cores) for cores in (1, 2)}
+    return report_threads(scale, rounds, results, fixed)
+
+
+def report_threads(scale: int, rounds: int, results: list[dict], fixed: dict[int, float]) -> int:
+    by_cores = {cores: [r for r in results if r["cores"] == cores] for cores in (1, 2)}
+    rows = []
+    for cores, runs in by_cores.items():
+        rows.append(
+            [f"{cores} thread(s)", " / ".join(f"{r['rmse']:.3f}" for r in runs), " / ".join(str(r["trials"]) for r in runs),
+             " / ".join(f"{r['step']:.1f} s" for r in runs), f"{fixed[cores]:.1f} s"]
+        )  # fmt: skip
+    speedup = fixed[1] / fixed[2]
+    notes = [f"- {r['cores']} core(s): {r.get('final_fit') or 'no final-fit record'}" for r in results]
+    body = "\n".join(
+        [
+            table(
+                ["XGBoost at " + f"{scale}x", "validation RMSE", "trials", "xgboost_model step", "30 fixed rounds"],
+                rows,
+            ),
+            "",
+            *notes,
+            "",
+            f"Boosting speedup from 1 to 2 threads (30 fixed rounds): {speedup:.2f}x; by Amdahl's law from it, "
+            f"4 vCPUs {amdahl(speedup, 4):.2f}x and 8 vCPUs {amdahl(speedup, 8):.2f}x the 1-thread rate "
+            f"({amdahl(speedup, 4) / speedup:.2f}x and {amdahl(speedup, 8) / speedup:.2f}x the 2-vCPU step's).",
+            "",
+            f"Command: `python benchmarks/bench_scale.py --threads --scales {scale} --rounds {rounds}`",
+        ]
+    )
+    print(body)
+    append_results(f"bench_scale --threads: XGBoost at {scale}x on 1 thread against 2", body)
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--scales", default="1,10,30")
+    parser.add_argument("--threads", action="store_true", help="XGBoost on 1 core against 2, at one scale")
+    parser.add_argument("--rounds", type=int, default=2, help="with --threads: alternating rounds of both")
     args = parser.parse_args()
     scales = [int(value) for value in args.scales.split(",")]
+    if args.threads:
+        return threads_main(scales[0], args.rounds)
     assert scales[0] == 1, "the first scale is the 1x baseline"
 
     from taxi_assets.defs.serving.assets import ProductionModelConfig

@@ -46,8 +46,8 @@ resource "aws_iam_role_policy" "execution" {
   policy = data.aws_iam_policy_document.execution.json
 }
 
-# Dagster role: code location, webserver, MLflow and every run. Reads and writes the data bucket
-# (asset values, trip files, compute logs, MLflow artifacts); nothing else.
+# Dagster role: every run (and, with the step executor, every step). Reads and writes the data
+# bucket (asset values, trip files, compute logs, predictions, the serving pointer).
 resource "aws_iam_role" "dagster" {
   name_prefix        = "${var.name}-dagster-"
   assume_role_policy = data.aws_iam_policy_document.ecs_assume.json
@@ -74,6 +74,143 @@ data "aws_iam_policy_document" "data_bucket" {
 resource "aws_iam_role_policy" "dagster" {
   role   = aws_iam_role.dagster.id
   policy = data.aws_iam_policy_document.data_bucket.json
+}
+
+# With the step executor (step_executor = "ecs"), a run's process starts each step as a task of the
+# run's own task definition (dagster-aws's ecs_executor: its network, roles and environment), then
+# watches and, if the run is stopped, stops it. As the daemon does for runs, minus registering
+# task definitions.
+data "aws_iam_policy_document" "step_launcher" {
+  statement {
+    # The run task's subnets and security groups, for its steps' tasks (no resource-level
+    # restriction exists for it).
+    sid       = "TheRunTasksNetwork"
+    actions   = ["ec2:DescribeNetworkInterfaces"]
+    resources = ["*"]
+  }
+  statement {
+    sid       = "StepTasksInThisCluster"
+    actions   = ["ecs:RunTask", "ecs:DescribeTasks", "ecs:StopTask", "ecs:TagResource"]
+    resources = ["*"]
+    condition {
+      test     = "ArnEquals"
+      variable = "ecs:cluster"
+      values   = [aws_ecs_cluster.main.arn]
+    }
+  }
+  statement {
+    sid       = "PassOnlyTheseRoles"
+    actions   = ["iam:PassRole"]
+    resources = [aws_iam_role.execution.arn, aws_iam_role.dagster.arn]
+    condition {
+      test     = "StringEquals"
+      variable = "iam:PassedToService"
+      values   = ["ecs-tasks.amazonaws.com"]
+    }
+  }
+}
+
+resource "aws_iam_role_policy" "dagster_steps" {
+  count  = var.step_executor == "ecs" ? 1 : 0
+  role   = aws_iam_role.dagster.id
+  policy = data.aws_iam_policy_document.step_launcher.json
+}
+
+# Code location role: the bucket as the runs have it. Its server evaluates the sensors (the trip
+# files they list, the compute logs of their ticks) and may publish the serving pointer; it
+# launches nothing.
+resource "aws_iam_role" "code_location" {
+  name_prefix        = "${var.name}-code-"
+  assume_role_policy = data.aws_iam_policy_document.ecs_assume.json
+}
+
+resource "aws_iam_role_policy" "code_location" {
+  role   = aws_iam_role.code_location.id
+  policy = data.aws_iam_policy_document.data_bucket.json
+}
+
+# Webserver role: the compute logs it shows, and the run tasks it stops when a run is terminated in
+# the UI (the run coordinator calls EcsRunLauncher.terminate in the webserver's process).
+resource "aws_iam_role" "webserver" {
+  name_prefix        = "${var.name}-web-"
+  assume_role_policy = data.aws_iam_policy_document.ecs_assume.json
+}
+
+data "aws_iam_policy_document" "webserver" {
+  statement {
+    sid       = "ListComputeLogs"
+    actions   = ["s3:ListBucket"]
+    resources = [aws_s3_bucket.data.arn]
+    condition {
+      test     = "StringLike"
+      variable = "s3:prefix"
+      values   = ["dagster/compute-logs/*"]
+    }
+  }
+  statement {
+    sid       = "ReadComputeLogs"
+    actions   = ["s3:GetObject"]
+    resources = ["${aws_s3_bucket.data.arn}/dagster/compute-logs/*"]
+  }
+  statement {
+    sid       = "DecryptThem"
+    actions   = ["kms:Decrypt"]
+    resources = [aws_kms_key.main.arn]
+    condition {
+      test     = "StringEquals"
+      variable = "kms:ViaService"
+      values   = ["s3.${var.region}.amazonaws.com"]
+    }
+  }
+  statement {
+    sid       = "StopRunTasks"
+    actions   = ["ecs:DescribeTasks", "ecs:StopTask"]
+    resources = ["arn:${data.aws_partition.current.partition}:ecs:${var.region}:${data.aws_caller_identity.current.account_id}:task/${aws_ecs_cluster.main.name}/*"]
+  }
+}
+
+resource "aws_iam_role_policy" "webserver" {
+  role   = aws_iam_role.webserver.id
+  policy = data.aws_iam_policy_document.webserver.json
+}
+
+# MLflow role: its artifacts (s3://<bucket>/mlflow/...), nothing else of the bucket.
+resource "aws_iam_role" "mlflow" {
+  name_prefix        = "${var.name}-mlflow-"
+  assume_role_policy = data.aws_iam_policy_document.ecs_assume.json
+}
+
+data "aws_iam_policy_document" "mlflow" {
+  statement {
+    sid       = "ListArtifacts"
+    actions   = ["s3:ListBucket"]
+    resources = [aws_s3_bucket.data.arn]
+    condition {
+      test     = "StringLike"
+      variable = "s3:prefix"
+      values   = ["mlflow/*"]
+    }
+  }
+  statement {
+    sid       = "Artifacts"
+    actions   = ["s3:GetObject", "s3:PutObject", "s3:DeleteObject"]
+    resources = ["${aws_s3_bucket.data.arn}/mlflow/*"]
+  }
+  statement {
+    sid       = "ItsKey"
+    actions   = ["kms:Decrypt", "kms:GenerateDataKey"]
+    resources = [aws_kms_key.main.arn]
+    condition {
+      test     = "StringEquals"
+      variable = "kms:ViaService"
+      values   = ["s3.${var.region}.amazonaws.com"]
+    }
+  }
+}
+
+resource "aws_iam_role_policy" "mlflow" {
+  role   = aws_iam_role.mlflow.id
+  policy = data.aws_iam_policy_document.mlflow.json
 }
 
 # Daemon role: the Dagster role, plus launching one ECS task per run (EcsRunLauncher). Run tasks
@@ -125,7 +262,8 @@ resource "aws_iam_role_policy" "daemon_launcher" {
   policy = data.aws_iam_policy_document.run_launcher.json
 }
 
-# Inference role: read-only, and only the asset values (it loads production_model).
+# Inference role: read-only, and only what production_model publishes for serving (the pointer
+# and the archives it names, under local.serving_prefix): no other value, no secret, no writes.
 resource "aws_iam_role" "inference" {
   name_prefix        = "${var.name}-infer-"
   assume_role_policy = data.aws_iam_policy_document.ecs_assume.json
@@ -133,24 +271,29 @@ resource "aws_iam_role" "inference" {
 
 data "aws_iam_policy_document" "inference" {
   statement {
-    sid       = "ListAssetValues"
+    sid       = "ListTheServingPrefix"
     actions   = ["s3:ListBucket"]
     resources = [aws_s3_bucket.data.arn]
     condition {
       test     = "StringLike"
       variable = "s3:prefix"
-      values   = ["taxi_assets/assets/*"]
+      values   = ["${local.serving_prefix}/*"]
     }
   }
   statement {
-    sid       = "ReadAssetValues"
+    sid       = "ReadWhatServes"
     actions   = ["s3:GetObject"]
-    resources = ["${aws_s3_bucket.data.arn}/taxi_assets/assets/*"]
+    resources = ["${aws_s3_bucket.data.arn}/${local.serving_prefix}/*"]
   }
   statement {
-    sid       = "DecryptThem"
+    sid       = "DecryptItThroughS3"
     actions   = ["kms:Decrypt"]
     resources = [aws_kms_key.main.arn]
+    condition {
+      test     = "StringEquals"
+      variable = "kms:ViaService"
+      values   = ["s3.${var.region}.amazonaws.com"]
+    }
   }
 }
 

@@ -3,6 +3,11 @@ output "url" {
   value       = "https://${aws_lb.main.dns_name}"
 }
 
+output "mlflow_url" {
+  description = "The MLflow UI, behind the same OIDC login."
+  value       = "https://${var.public_hostname != "" ? var.public_hostname : aws_lb.main.dns_name}${local.mlflow_prefix}/"
+}
+
 output "ecr_repository_url" {
   description = "Where the deploy workflow pushes images."
   value       = aws_ecr_repository.app.repository_url

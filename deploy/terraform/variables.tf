@@ -96,6 +96,16 @@ variable "oidc_session_seconds" {
   default     = 43200
 }
 
+variable "public_hostname" {
+  description = "The name users reach the load balancer by (your DNS record for it, the name on certificate_arn's certificate). The MLflow UI answers only for it, and alerts link there. Empty: the load balancer's own *.<region>.elb.amazonaws.com name."
+  type        = string
+  default     = ""
+  validation {
+    condition     = can(regex("^[A-Za-z0-9.-]*$", var.public_hostname))
+    error_message = "public_hostname is a host name (taxi.example.com), without scheme, port or path."
+  }
+}
+
 variable "image_tag" {
   description = "Tag of the image in ECR to run (the deploy workflow passes the commit SHA)."
   type        = string
@@ -117,6 +127,53 @@ variable "max_concurrent_runs" {
   description = "Dagster runs at once (each is its own Fargate task); the queue holds the rest."
   type        = number
   default     = 4
+}
+
+variable "step_executor" {
+  description = "How a retraining run executes its steps: \"ecs\", each step in a Fargate task of its own, sized by step_resources (dagster-aws's ecs_executor); \"process\", all of them in the run's task (run_resources in deploy/dagster-ecs.yaml). docs/deploying-and-scaling.md says when to choose which."
+  type        = string
+  default     = "process"
+  validation {
+    condition     = contains(["ecs", "process"], var.step_executor)
+    error_message = "step_executor is \"ecs\" (a task per step) or \"process\" (the steps in the run's task)."
+  }
+}
+
+variable "step_resources" {
+  description = "Each step task's Fargate size under the ecs step executor, by class of step: data (raw_trips, cleaned_trips, training_set), xgboost (xgboost_model), default (every other step). cpu in CPU units (1024 = 1 vCPU), memory in MiB, as strings; XGBoost uses as many threads as its task has vCPUs."
+  type = object({
+    data    = object({ cpu = string, memory = string })
+    xgboost = object({ cpu = string, memory = string })
+    default = object({ cpu = string, memory = string })
+  })
+  default = {
+    data    = { cpu = "1024", memory = "4096" }
+    xgboost = { cpu = "2048", memory = "8192" }
+    default = { cpu = "512", memory = "2048" }
+  }
+  # Fargate's (Linux) CPU and memory pairs, written out: every class's pair must be one of them.
+  validation {
+    condition = length(setsubtract([
+      "${var.step_resources.data.cpu}/${var.step_resources.data.memory}",
+      "${var.step_resources.xgboost.cpu}/${var.step_resources.xgboost.memory}",
+      "${var.step_resources.default.cpu}/${var.step_resources.default.memory}",
+      ], [
+      "256/512", "256/1024", "256/2048",
+      "512/1024", "512/2048", "512/3072", "512/4096",
+      "1024/2048", "1024/3072", "1024/4096", "1024/5120", "1024/6144", "1024/7168", "1024/8192",
+      "2048/4096", "2048/5120", "2048/6144", "2048/7168", "2048/8192", "2048/9216", "2048/10240",
+      "2048/11264", "2048/12288", "2048/13312", "2048/14336", "2048/15360", "2048/16384",
+      "4096/8192", "4096/9216", "4096/10240", "4096/11264", "4096/12288", "4096/13312", "4096/14336",
+      "4096/15360", "4096/16384", "4096/17408", "4096/18432", "4096/19456", "4096/20480", "4096/21504",
+      "4096/22528", "4096/23552", "4096/24576", "4096/25600", "4096/26624", "4096/27648", "4096/28672",
+      "4096/29696", "4096/30720",
+      "8192/16384", "8192/20480", "8192/24576", "8192/28672", "8192/32768", "8192/36864", "8192/40960",
+      "8192/45056", "8192/49152", "8192/53248", "8192/57344", "8192/61440",
+      "16384/32768", "16384/40960", "16384/49152", "16384/57344", "16384/65536", "16384/73728",
+      "16384/81920", "16384/90112", "16384/98304", "16384/106496", "16384/114688", "16384/122880",
+    ])) == 0
+    error_message = "Each step_resources class needs a Fargate CPU/memory pair: 256 with 512-2048 MiB; 512 with 1024-4096; 1024 with 2048-8192; 2048 with 4096-16384; 4096 with 8192-30720 (1024 steps); 8192 with 16384-61440 (4096 steps); 16384 with 32768-122880 (8192 steps)."
+  }
 }
 
 variable "alert_email_to" {

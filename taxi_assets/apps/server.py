@@ -13,9 +13,11 @@ Two protocols over the same model:
 Predicting needs ``Authorization: Bearer <token>`` with the token from ``TAXI_API_TOKEN``
 (compared in constant time), unless the server runs with ``--no-auth``, which it allows on a
 loopback address only. Every trip is checked against the one trip schema (TripRecord). The server
-serves the newest month's production decision and switches to a new one without a restart: a
-background task polls the Dagster instance, loads the new model beside the old one and swaps a
-single reference, so requests already running finish on the model they started with.
+serves the published production decision (``serving_pointer``: a small pointer beside the
+instance, or under a prefix of the bucket in production; never Dagster's database) and switches
+to a new one without a restart: a background task polls the pointer, loads the new model beside
+the old one and swaps a single reference, so requests already running finish on the model they
+started with.
 
 The application is plain ASGI: one table of routes (``ROUTES``) of module-level handlers. A
 one-trip request is most of the traffic, and at that size a framework's request and response
@@ -60,7 +62,7 @@ INVOCATION_SHAPE = (
     "columns)"
 )
 NO_MODEL = (
-    "no production model is materialized yet; retrain a month first, e.g. `taxi-assets materialize --partition "
+    "no production model is published yet; retrain a month first, e.g. `taxi-assets materialize --partition "
     "2024-02 --select raw_trips,cleaned_trips,training_set,sklearn_models,xgboost_model,production_model`; this "
     "server picks it up without a restart"
 )
@@ -290,9 +292,9 @@ class Served(NamedTuple):
 class ModelHolder:
     """The model being served, replaced atomically when a newer production model appears."""
 
-    def __init__(self, instance, loader):
-        self.instance = instance
-        self.loader = loader  # (instance, known storage id or None) -> LoadedModel | None
+    def __init__(self, store, loader):
+        self.store = store  # where the decision that serves is published (serving_pointer)
+        self.loader = loader  # (store, known storage id or None) -> LoadedModel | None
         self.served: Served | None = None
 
     @property
@@ -300,7 +302,7 @@ class ModelHolder:
         return self.served.model if self.served else None
 
     def refresh(self) -> bool:
-        fresh = self.loader(self.instance, self.served.model.storage_id if self.served else None)
+        fresh = self.loader(self.store, self.served.model.storage_id if self.served else None)
         if fresh is None:
             return False
         # One reference swap: in-flight requests keep the old object (model and description together).
@@ -618,17 +620,20 @@ def serve(
 ) -> int:
     import signal
 
-    import dagster as dg
     import uvicorn
 
     from taxi_assets.lib.model_store import load_production_model
+    from taxi_assets.lib.serving_pointer import serving_store
 
     token = api_token(no_auth, host)  # first: a refused start does no work
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if no_auth and os.environ.get("TAXI_API_TOKEN"):
         logger.warning("--no-auth: TAXI_API_TOKEN is set but not checked")
-    holder = ModelHolder(dg.DagsterInstance.get(), load_production_model)
-    holder.refresh()
+    holder = ModelHolder(serving_store(), load_production_model)
+    try:
+        holder.refresh()
+    except Exception:  # a bad pointer or missing files: start, answer 503, and keep looking
+        logger.exception("could not load the published production model from %s", holder.store.where)
     if holder.current is None:
         logger.warning(NO_MODEL)
     # Loading through Dagster leaves SIGTERM raising KeyboardInterrupt; uvicorn raises the signal

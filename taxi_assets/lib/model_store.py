@@ -1,9 +1,9 @@
-"""The one read path to models: what serves (the newest month's production_model decision) and
-any month's trained models, read from the Dagster instance and the IO manager's storage.
+"""The one read path to models: what serves (the published decision, see ``serving_pointer``)
+and any month's trained models (from the Dagster instance and the IO manager's storage).
 
-The server, ``load_model`` and the predict job all come here, so they agree on what serves. It
-never builds the code location: under ``TAXI_ENV=production`` it needs only the bucket of asset
-values (``TAXI_S3_BUCKET``), not the trip data or the tracking server.
+The server, ``load_model`` and the predict job all read the same published pointer, so they
+agree on what serves. Nothing here builds the code location, and the server needs only the
+serving prefix of the bucket, not Dagster's database, the trip data or the tracking server.
 """
 
 from __future__ import annotations
@@ -67,33 +67,42 @@ def decision_before(instance: dg.DagsterInstance, month: str) -> tuple[str, Any]
     return decided_for, read_value(instance, PRODUCTION_ASSET, decided_for)
 
 
-def load_production_model(instance: dg.DagsterInstance, known_storage_id: int | None = None) -> LoadedModel | None:
-    """The model that serves, or None if there is none yet or it is the one already loaded
-    (``known_storage_id``, the materialization it came from)."""
-    month = newest_decision(instance)
-    if month is None:
+def load_production_model(store, known_storage_id: int | None = None) -> LoadedModel | None:
+    """The model that serves, as published in ``store`` (see ``serving_pointer``), or None if
+    nothing is published yet or it is the one already loaded (``known_storage_id``, the
+    materialization of the decision it came from)."""
+    from taxi_assets.lib.serving_pointer import load_published_value, read_published
+
+    published = read_published(store)
+    if published is None or published[0].storage_id == known_storage_id:
         return None
-    records = instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=dg.AssetKey(PRODUCTION_ASSET), asset_partitions=[month]), limit=1
-    ).records
-    if not records or records[0].storage_id == known_storage_id:
-        return None
-    production = read_value(instance, PRODUCTION_ASSET, month)
+    decision, key = published
+    production = load_published_value(store, key)
     return LoadedModel(
         predictor=production.predictor,
         name=production.name,
         partition=production.model_partition,
         decided_for=production.decided_for,
         version=production.model_version,
-        storage_id=records[0].storage_id,
-        run_id=records[0].run_id,
+        storage_id=decision.storage_id,
+        run_id=decision.run_id,
     )
 
 
 def serving_model(instance: dg.DagsterInstance) -> LoadedModel:
-    """Like :func:`load_production_model`, but raising :class:`ModelNotFoundError` when none serves."""
-    loaded = load_production_model(instance)
+    """The published model that serves (what the server reads), raising
+    :class:`ModelNotFoundError` when none is published."""
+    from taxi_assets.lib.serving_pointer import serving_store
+
+    store = serving_store(instance)
+    loaded = load_production_model(store)
     if loaded is None:
+        recorded = newest_decision(instance)
+        if recorded is not None:
+            raise ModelNotFoundError(
+                f"production_model {recorded} is recorded but not yet published at {store.where}; the "
+                "serving_publisher sensor (dagster-daemon) or the next production_model run publishes it"
+            )
         raise ModelNotFoundError(
             "no production_model is materialized yet, so no model serves; retrain a month first, e.g. "
             "`taxi-assets materialize --partition 2024-02 --select "

@@ -266,18 +266,26 @@ class MlflowTracking(dg.ConfigurableResource):
 
         The model is "models from code" (``taxi_assets/ml/mlflow_model.py``) with the predictor
         folder as its artifact, in the libraries' own formats: nothing is CloudPickled. Its
-        signature comes from TripRecord, through the model's type hints."""
+        signature comes from TripRecord, through the model's type hints. It carries the modules
+        it imports and pins what they import (``taxi_assets.lib.model_code``), so it loads in an
+        environment made from its requirements alone."""
         import tempfile
 
         import mlflow
 
         import taxi_assets.ml as ml_package
+        from taxi_assets.lib.model_code import model_code_paths, model_requirements, without_the_projects_lock
         from taxi_assets.ml.model_files import REFERENCE_TRIPS, save_predictor
 
         mlflow.log_params({f"best_{key}": value for key, value in params.items()})
         mlflow.log_metrics({f"val_{key}": value for key, value in metrics.items()})
         mlflow.set_tags(lineage or {})
-        with tempfile.TemporaryDirectory() as scratch, quiet_mlflow(context.log):
+        with (
+            tempfile.TemporaryDirectory() as scratch,
+            quiet_mlflow(context.log),
+            model_code_paths() as code_paths,
+            without_the_projects_lock(),
+        ):
             folder = Path(scratch) / "predictor"
             folder.mkdir()
             save_predictor(predictor, folder)
@@ -285,10 +293,11 @@ class MlflowTracking(dg.ConfigurableResource):
                 name="model",
                 python_model=str(Path(ml_package.__file__).parent / "mlflow_model.py"),
                 artifacts={"predictor": str(folder)},
+                code_paths=code_paths,
                 input_example=REFERENCE_TRIPS[:2],
                 registered_model_name=registered_model,
                 # Listed, not inferred: inference imports and probes the model, which is slow.
-                pip_requirements=["taxi_assets", "scikit-learn", "xgboost", "skops", "pandas", "scipy"],
+                pip_requirements=model_requirements(),
             )
         version = str(info.registered_model_version)
         client = mlflow.MlflowClient(self.uri, registry_uri=self.uri)
@@ -332,6 +341,18 @@ class MlflowTracking(dg.ConfigurableResource):
                 path = Path(directory) / f"{name}.png"
                 path.write_bytes(png)
                 mlflow.log_artifact(str(path), artifact_path=folder)
+
+    def champion(self) -> tuple[str, str] | None:
+        """The registered model and version the ``champion`` alias names, if any holds it."""
+        import mlflow
+
+        self._activate()
+        client = mlflow.MlflowClient(self.uri, registry_uri=self.uri)
+        for model in client.search_registered_models(filter_string=f"name LIKE '{REGISTERED_MODEL_PREFIX}%'"):
+            version = (model.aliases or {}).get(CHAMPION_ALIAS)
+            if version is not None:
+                return model.name, str(version)
+        return None
 
     def set_champion(self, registered_model: str, version: str, decided_for: str) -> bool:
         """Point the ``champion`` alias at one version for the decision of month ``decided_for``,

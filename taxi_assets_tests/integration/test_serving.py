@@ -336,22 +336,27 @@ def test_every_surface_gives_the_same_answer_or_the_same_error(surfaces, case):
                 assert error in problem, (name, problem)
 
 
-def test_server_starts_in_production_with_only_the_bucket_of_asset_values(server, tmp_path):
-    """TAXI_ENV=production: the server reads the production model from S3 and needs nothing
-    else of the code location's settings (no trip bucket, no tracking server)."""
+def test_server_starts_in_production_with_only_the_published_prefix(server, tmp_path):
+    """TAXI_ENV=production: the server reads the published decision from the serving prefix of
+    the bucket and needs nothing else (no Dagster instance or database, no trip bucket, no
+    tracking server): here its DAGSTER_HOME is an empty folder."""
     import boto3
 
     from taxi_assets_tests.servers import moto_s3_server
 
     instance = server["instance"]
     month = max(instance.get_materialized_partitions(dg.AssetKey("production_model")))
-    local = Path(instance.storage_directory()) / "production_model" / month
+    published = Path(instance.storage_directory()).resolve().parent / "serving"
     with moto_s3_server() as endpoint:
         s3 = boto3.client(
             "s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="test", aws_secret_access_key="test"
         )
         s3.create_bucket(Bucket="assets")
-        s3.put_object(Bucket="assets", Key=f"taxi_assets/assets/production_model/{month}", Body=local.read_bytes())
+        files = [path for path in published.rglob("*") if path.is_file() and not path.name.startswith(".")]
+        assert any(path.name == "current.json" for path in files), files
+        for path in files:
+            key = f"taxi_assets/serving/{path.relative_to(published).as_posix()}"
+            s3.put_object(Bucket="assets", Key=key, Body=path.read_bytes())
         env = {key: value for key, value in os.environ.items() if not key.startswith(("TAXI_", "MLFLOW_", "AWS_"))} | {
             "TAXI_ENV": "production",
             "TAXI_S3_BUCKET": "assets",
@@ -360,8 +365,9 @@ def test_server_starts_in_production_with_only_the_bucket_of_asset_values(server
             "AWS_REGION": "us-east-1",
             "AWS_ACCESS_KEY_ID": "test",
             "AWS_SECRET_ACCESS_KEY": "test",
-            "DAGSTER_HOME": str(Path(instance.storage_directory()).resolve().parent),
+            "DAGSTER_HOME": str(tmp_path / "empty"),
         }
+        (tmp_path / "empty").mkdir()
         log = tmp_path / "serve.log"
         with inference_server(env, tmp_path, "--reload-interval", "0", log=log) as (_, port):
 

@@ -21,6 +21,8 @@ from taxi_assets.lib.months import (
     previous_and_current_month,
     previous_month,
 )
+from taxi_assets.lib.publishing import SERVING_RECORD, publish, served_fields, wait_for_own_record
+from taxi_assets.lib.serving_pointer import serving_store
 from taxi_assets.lib.settings import step_op_tags
 from taxi_assets.lib.tracking import MlflowTracking
 from taxi_assets.ml.budget import Budget
@@ -93,18 +95,12 @@ def _serving(decision: ChampionDecision, challenger, champion: ProductionModel |
     return dataclasses.replace(champion, rmse=decision.champion_rmse, decided_for=month, reason=decision.reason)
 
 
-def _move_champion_alias(instance, mlflow: MlflowTracking, serving: ProductionModel, month: str) -> tuple[bool, str]:
-    """Only the newest month's decision serves: a backfilled older month leaves the alias alone."""
+def _serves(instance, month: str) -> tuple[bool, str]:
+    """Only the newest month's decision serves: a backfilled older month publishes nothing."""
     newest = newest_decision(instance)
     if newest is not None and month < newest:
         return False, f"left alone: {newest}'s decision serves"
-    if not (serving.registered_model and serving.model_version):
-        return True, "not set (no registered version)"
-    moved = mlflow.set_champion(serving.registered_model, serving.model_version, month)
-    return (
-        True,
-        f"{serving.registered_model} v{serving.model_version}" if moved else "left alone: a newer decision holds it",
-    )
+    return True, "moved after this decision is stored (serving_publisher)"
 
 
 def _decision_charts(instance, month, compared: Comparison, challenger, champion, candidates, serving, actual):
@@ -187,6 +183,17 @@ def _compiled_for_serving(serving: ProductionModel, features, expected, budget: 
     return serving, message
 
 
+@dg.success_hook(required_resource_keys={"mlflow"})
+def publish_decision(context: dg.HookContext) -> None:
+    """Publish once this run's decision is in the event log (the record first, always)."""
+    if not wait_for_own_record(context.instance, context.run_id):
+        context.log.warning("production_model's materialization is not in the event log yet; the sensor publishes it")
+        return
+    own = (context.run_id, context.op_output_values.get("result"))
+    plan = publish(context.instance, serving_store(context.instance), context.resources.mlflow, context.log, own)
+    context.log.info(f"serving: {plan.reason}")
+
+
 @dg.asset(
     partitions_def=monthly_partitions,
     ins={"cleaned_trips": previous_and_current_month()},
@@ -201,6 +208,8 @@ def _compiled_for_serving(serving: ProductionModel, features, expected, budget: 
     tags={"stage": "deploy"},
     code_version=CODE_VERSIONS["production_model"],
     op_tags=step_op_tags("default"),
+    # After the decision is stored, it is published: the pointer the server reads, then the alias.
+    hooks={publish_decision},
 )
 def production_model(
     context: dg.AssetExecutionContext,
@@ -212,8 +221,9 @@ def production_model(
 ) -> dg.Output:
     """The model that serves: the new month's best model if its RMSE on the newest validation
     month is not worse than the champion's on the same month (within the tolerance); otherwise
-    the champion stays. The decision is metadata and, for the newest month, the MLflow registry
-    alias ``champion``: deciding an older month again (a backfill) never moves what serves."""
+    the champion stays. Once stored, the newest month's decision is published (the pointer the
+    server reads, then the MLflow alias ``champion``); deciding an older month again (a backfill)
+    never moves what serves."""
     month = context.partition_key
     clock = Stopwatch()
     with step_budget(context, config.timeout_seconds) as budget:
@@ -233,7 +243,7 @@ def production_model(
             _serving(decision, challenger, champion, month),
             share_over_15_minutes=compared.at_selection["share_over_15_minutes"],
         )
-        serves, alias = _move_champion_alias(context.instance, mlflow, serving, month)
+        serves, alias = _serves(context.instance, month)
         decision_charts = _decision_charts(
             context.instance, month, compared, challenger, champion, list(candidates.values()), serving, actual
         )
@@ -258,6 +268,7 @@ def production_model(
             "serving_model_version": f"{serving.registered_model} v{serving.model_version}",
             "serves": serves,
             "champion_alias": alias,
+            SERVING_RECORD: dg.MetadataValue.json(served_fields(serving)),
             "tolerance_minutes": config.tolerance_minutes,
             "validation_rows": len(actual),
             "serving_lookup_table": compiled,
