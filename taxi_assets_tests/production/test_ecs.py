@@ -489,12 +489,12 @@ def apply_terraform(tf: Terraform, aws, database: dict) -> dict[str, list[str]]:
         for n, zone in ((1, "a"), (2, "b"), (11, "a"), (12, "b"))
     ]
     tf.variables |= {"vpc_id": vpc, "private_subnet_ids": subnets[:2], "public_subnet_ids": subnets[2:]}
-    tasks_group = tf.block("resource", "aws_security_group", "tasks")
-    known["aws_security_group.tasks.id"] = ec2.create_security_group(
-        GroupName=tf.attribute(tasks_group, "name_prefix") + _suffix(),
-        Description=tf.attribute(tasks_group, "description"),
-        VpcId=vpc,
-    )["GroupId"]
+    for group in tf.resources("aws_security_group"):  # the tasks', MLflow's, inference's, ...
+        known[f"aws_security_group.{group.labels[1]}.id"] = ec2.create_security_group(
+            GroupName=tf.attribute(group, "name_prefix") + _suffix(),
+            Description=tf.attribute(group, "description"),
+            VpcId=vpc,
+        )["GroupId"]
 
     # The ECS tasks' roles (those ecs-tasks.amazonaws.com may assume), their inline policies and
     # attachments, exactly as rendered from iam.tf. (RDS's monitoring role is no part of this.)
@@ -508,8 +508,24 @@ def apply_terraform(tf: Terraform, aws, database: dict) -> dict[str, list[str]]:
         ]
         prefix = f"aws_iam_role.{block.labels[1]}"
         known |= {f"{prefix}.arn": role["Arn"], f"{prefix}.id": role["RoleName"], f"{prefix}.name": role["RoleName"]}
+    policies = apply_role_policies(tf, iam)
+    for block in tf.resources("aws_iam_role_policy_attachment"):
+        try:
+            role = tf.attribute(block, "role")
+        except KeyError:
+            continue
+        iam.attach_role_policy(RoleName=role, PolicyArn=tf.attribute(block, "policy_arn"))
+    return policies
+
+
+def apply_role_policies(tf: Terraform, iam) -> dict[str, list[str]]:
+    """The inline policies of the roles created above, as rendered from iam.tf (a policy whose
+    ``count`` is 0 for these variables is not created; again after a change of variables, what
+    ``terraform apply`` adds). Returns each role's policy documents."""
     policies: dict[str, list[str]] = {}
     for block in tf.resources("aws_iam_role_policy"):
+        if tf.attribute(block, "count", default=1) == 0:
+            continue
         try:
             role = tf.attribute(block, "role")
         except KeyError:  # a role not created above
@@ -517,12 +533,6 @@ def apply_terraform(tf: Terraform, aws, database: dict) -> dict[str, list[str]]:
         document = tf.attribute(block, "policy")
         policies.setdefault(role, []).append(document)
         iam.put_role_policy(RoleName=role, PolicyName=block.labels[1], PolicyDocument=_moto_policy(document))
-    for block in tf.resources("aws_iam_role_policy_attachment"):
-        try:
-            role = tf.attribute(block, "role")
-        except KeyError:
-            continue
-        iam.attach_role_policy(RoleName=role, PolicyArn=tf.attribute(block, "policy_arn"))
     return policies
 
 
