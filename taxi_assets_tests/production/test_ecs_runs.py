@@ -12,8 +12,11 @@ its task role's credentials and no others; the run tasks are the ones ``EcsRunLa
   own task; that task is killed mid-run (SIGKILL to its container's process); the launcher's
   health check sees the STOPPED task (exit code 137), the run fails, and run retries re-execute
   it in a new task, to SUCCESS: values and MLflow artifacts in S3, MLflow's runs in PostgreSQL.
-- With ``TAXI_STEP_EXECUTOR=ecs``, a retraining's steps each run in a task of their own, with the
-  step's cpu and memory (TAXI_ECS_STEP_RESOURCES), and XGBoost uses the cores its task has.
+  The inference service, from its own task definition (its role, no database secret), serves the
+  published decision and answers the course's request.
+- Applied again with ``step_executor = "ecs"``, a retraining's steps each run in a task of their
+  own, with the step's cpu and memory (``step_resources``), XGBoost on the cores its task has, and
+  the inference service follows the new decision.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import secrets
 import shutil
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -35,7 +39,7 @@ from taxi_assets.ml.hyperparameters import DEEPEST_XGBOOST
 from taxi_assets.ml.value_files import load_value
 from taxi_assets_tests.ecs_agent import EcsAgent, Machine
 from taxi_assets_tests.helpers import COURSE_SHAPES, DATA_DIR, REPO_ROOT, TINY_BUDGET
-from taxi_assets_tests.production.test_ecs import REGION, Terraform, _moto_policy, apply_terraform
+from taxi_assets_tests.production.test_ecs import REGION, Terraform, apply_role_policies, apply_terraform
 from taxi_assets_tests.production_stack import Postgres, sql
 from taxi_assets_tests.servers import moto_api, moto_server_process, port_was_taken, unused_port
 from taxi_assets_tests.stack import GraphQL, wait_for
@@ -53,13 +57,12 @@ SERVICE_PORTS = {"mlflow": 5000, "code-location": 4000, "webserver": 3000, "infe
 
 class EcsDeployment:
     """deploy/terraform applied in moto (IAM enforced from the first service on), PostgreSQL as
-    the RDS instance, and the services started as ECS tasks the agent runs (``start``). ``environment``
-    is added to every service's container environment (what a change to Terraform's
-    ``dagster_environment`` would add). The retrainings' budgets are the test's own: the file
-    ``budgets`` (TAXI_RETRAINING_RUN_CONFIG, read by the sensor at each tick) in every container."""
+    the RDS instance, and the services started as ECS tasks the agent runs (``start``); applied
+    again with other variables by ``redeploy``. The retrainings' budgets are the test's own: the
+    file ``budgets`` (TAXI_RETRAINING_RUN_CONFIG, read by the sensor at each tick) in every container."""
 
-    def __init__(self, root: Path, environment: dict[str, str] | None = None):
-        self.root, self.environment = root, environment or {}
+    def __init__(self, root: Path):
+        self.root = root
         self.budgets = root / "retraining.yaml"
         write_budgets(self.budgets)
         self._exit = contextlib.ExitStack()
@@ -130,10 +133,9 @@ class EcsDeployment:
         ecs = self.aws("ecs")
         self.definitions = {}
         for service in self.tf.local("services"):
-            arguments = self.tf.task_definition(service)
-            [container] = arguments["containerDefinitions"]
-            container["environment"] += [{"name": k, "value": v} for k, v in self.environment.items()]
-            self.definitions[service] = ecs.register_task_definition(**arguments)["taskDefinition"]
+            self.definitions[service] = ecs.register_task_definition(**self.tf.task_definition(service))[
+                "taskDefinition"
+            ]
 
     def _task_role_sessions(self) -> dict[str, dict]:
         """A session of every role ECS tasks may assume (their trust policy names ecs-tasks),
@@ -260,9 +262,12 @@ class EcsDeployment:
                 return GraphQL(f"http://127.0.0.1:{port}").location_loaded()
             except OSError:
                 return False
+        path = "/ping" if service == "inference" else f"{self.tf.local('mlflow_prefix')}/health"
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=10) as response:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as response:
                 return response.status == 200
+        except urllib.error.HTTPError:
+            return service == "inference"  # listening: 503 until a decision is published
         except OSError:
             return False
 
@@ -280,11 +285,12 @@ class EcsDeployment:
     def _last_status(self, arn: str) -> str:
         return self.aws("ecs").describe_tasks(cluster=self.cluster, tasks=[arn])["tasks"][0]["lastStatus"]
 
-    def redeploy(self, environment: dict[str, str], services: tuple[str, ...] = ("code-location", "daemon")) -> None:
-        """What ``terraform apply`` of a changed ``dagster_environment`` does: a new revision of
-        every service's task definition with ``environment`` added, and ``services`` rolled onto
-        it (the daemon stopped first: it must never run twice; the code location keeps its port)."""
-        self.environment |= environment
+    def redeploy(self, variables: dict, services: tuple[str, ...] = ("code-location", "daemon")) -> None:
+        """What ``terraform apply`` with other ``variables`` does here: the role policies they
+        add, a new revision of every service's task definition, and ``services`` rolled onto it
+        (the daemon stopped first: it must never run twice; the code location keeps its port)."""
+        self.tf.variables |= variables
+        apply_role_policies(self.tf, self.aws("iam"))
         self._register_services()
         for service in reversed(services):
             self.stop(service)
@@ -301,7 +307,7 @@ class EcsDeployment:
 
     @property
     def mlflow_uri(self) -> str:
-        return f"http://127.0.0.1:{self.ports['mlflow']}"
+        return f"http://127.0.0.1:{self.ports['mlflow']}{self.tf.local('mlflow_prefix')}"
 
     def put_trips(self, month: str) -> None:
         year, number = month.split("-")
@@ -437,6 +443,58 @@ def mlflow_store_runs(deployment: EcsDeployment) -> int:
         connection.close()
 
 
+# ../shared/README.md: the course's request, word for word, and the same trips with integer ids.
+COURSE_REQUEST = {
+    "inputs": [
+        {"DOLocationID": "239", "PULocationID": "236", "trip_distance": 1.98},
+        {"DOLocationID": "170", "PULocationID": "65", "trip_distance": 6.54},
+    ]
+}
+COURSE_TRIPS = [
+    {"PULocationID": 236, "DOLocationID": 239, "trip_distance": 1.98},
+    {"PULocationID": 65, "DOLocationID": 170, "trip_distance": 6.54},
+]
+
+
+def served_answer(deployment: EcsDeployment, decision, decided_by: str) -> list[float]:
+    """The inference service, started from its own task definition (its role, its environment,
+    the API token its only secret), once it serves ``decision`` (the pointer the run that decided
+    published): its answer to the course's request, checked against the decision's own model."""
+    if "inference" not in deployment.service_tasks:
+        deployment.start("inference")
+    task = deployment.agent.task(deployment.service_tasks["inference"])
+    assert task is not None
+    assert task.credentials["RoleArn"] == deployment.tf.known["aws_iam_role.inference.arn"]
+    assert not {"DAGSTER_PG_PASSWORD", "DAGSTER_PG_HOST", "MLFLOW_TRACKING_URI"} & set(task.environment)
+    url = f"http://127.0.0.1:{deployment.ports['inference']}"
+    expected = {"name": decision.name, "partition": decision.model_partition, "version": decision.model_version,
+                "run_id": decided_by}  # fmt: skip
+
+    def serving():
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=10) as response:
+                return json.load(response)["model"] == expected
+        except OSError:  # 503 before the first decision
+            return False
+
+    wait_for(serving, 120, f"the inference service to serve {expected}")
+    token = deployment.aws("secretsmanager").get_secret_value(
+        SecretId=deployment.tf.known["aws_secretsmanager_secret.api_token.arn"]
+    )["SecretString"]
+    request = urllib.request.Request(
+        f"{url}/predict",
+        data=json.dumps(COURSE_REQUEST).encode(),
+        headers={"Content-Type": "application/json", "Authorization": f"Bearer {token}"},
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        answer = json.load(response)
+    assert answer["model"] == expected
+    # /predict rounds to 4 decimals; the decision's own model, in this process, on the integer ids.
+    assert answer["predictions"] == [round(float(minutes), 4) for minutes in decision.predictor.predict(COURSE_TRIPS)]
+    assert all(0 < minutes < 120 for minutes in answer["predictions"])
+    return answer["predictions"]
+
+
 def test_a_new_file_retrains_in_its_own_task_and_a_killed_task_is_retried(deployment):
     started = time.monotonic()
     pg, agent, ecs = deployment.pg, deployment.agent, deployment.aws("ecs")
@@ -508,6 +566,9 @@ def test_a_new_file_retrains_in_its_own_task_and_a_killed_task_is_retried(deploy
     assert version.tags["dagster.run_id"] == retry_run
     assert s3.list_objects_v2(Bucket=deployment.bucket, Prefix="mlflow/").get("KeyCount", 0) > 0
     assert mlflow_store_runs(deployment) >= len(tracked)
+
+    # The inference service serves the decision and answers the course's request.
+    served_answer(deployment, decision, retry_run)
     print(f"runs in their own ECS tasks, one killed and retried: {time.monotonic() - started:.0f} s")
 
 
@@ -521,46 +582,15 @@ STEP_RESOURCES = {
 DATA_STEPS = {"raw_trips", "cleaned_trips", "training_set", "cleaned_trips_invariants", "training_set_build_checks"}
 
 
-def step_launcher_policy(deployment: EcsDeployment) -> str:
-    """What the run tasks' role needs for dagster-aws's ecs_executor (not yet in deploy/terraform):
-    find its own task and network, start, watch and stop the steps' tasks in this cluster, and
-    pass the roles of its own task definition to them."""
-    known = deployment.tf.known
-    statements = [
-        {
-            "Sid": "StepTasksInThisCluster",
-            "Effect": "Allow",
-            "Action": ["ecs:RunTask", "ecs:DescribeTasks", "ecs:StopTask", "ecs:TagResource"],
-            "Resource": ["*"],
-            "Condition": {"ArnEquals": {"ecs:cluster": [known["aws_ecs_cluster.main.arn"]]}},
-        },
-        {"Sid": "TheTasksNetwork", "Effect": "Allow", "Action": ["ec2:DescribeNetworkInterfaces"], "Resource": ["*"]},
-        {
-            "Sid": "PassTheRunTasksRoles",
-            "Effect": "Allow",
-            "Action": ["iam:PassRole"],
-            "Resource": [known["aws_iam_role.execution.arn"], known["aws_iam_role.dagster.arn"]],
-            "Condition": {"StringEquals": {"iam:PassedToService": ["ecs-tasks.amazonaws.com"]}},
-        },
-    ]
-    return json.dumps({"Version": "2012-10-17", "Statement": statements})
-
-
 def test_a_retraining_runs_each_step_in_a_task_of_its_size(deployment):
     started = time.monotonic()
     pg, agent, ecs = deployment.pg, deployment.agent, deployment.aws("ecs")
     write_budgets(deployment.budgets)
-    # Terraform with the step executor: the variables on every service, the runs' role may launch.
-    container_context = {e["name"]: e["value"] for e in deployment.tf.local("dagster_environment")}[
-        "DAGSTER_CONTAINER_CONTEXT"
-    ]
-    runs_role = json.loads(container_context)["ecs"]["task_role_arn"]
-    deployment.aws("iam").put_role_policy(
-        RoleName=runs_role.rsplit("/", 1)[-1],
-        PolicyName="step_launcher",
-        PolicyDocument=_moto_policy(step_launcher_policy(deployment)),
-    )
-    deployment.redeploy({"TAXI_STEP_EXECUTOR": "ecs", "TAXI_ECS_STEP_RESOURCES": json.dumps(STEP_RESOURCES)})
+    # terraform apply with the step executor: the runs' role may now start its steps' tasks.
+    iam, runs_role = deployment.aws("iam"), deployment.tf.known["aws_iam_role.dagster.id"]
+    assert "dagster_steps" not in iam.list_role_policies(RoleName=runs_role)["PolicyNames"]
+    deployment.redeploy({"step_executor": "ecs", "step_resources": STEP_RESOURCES})
+    assert "dagster_steps" in iam.list_role_policies(RoleName=runs_role)["PolicyNames"]
 
     # A new month (after the month before it, which the previous test may have put already).
     put_trips_once(deployment, "2024-01")
@@ -626,4 +656,5 @@ def test_a_retraining_runs_each_step_in_a_task_of_its_size(deployment):
         run.data.tags.get("model", run.data.tags["dagster.asset"]) for run in tracked
     }
     assert decision.decided_for == "2024-02"
+    served_answer(deployment, decision, run_id)  # the inference service follows the new decision
     print(f"a retraining's {len(steps)} steps in their own ECS tasks: {time.monotonic() - started:.0f} s")
