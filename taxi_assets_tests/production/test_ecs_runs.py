@@ -456,6 +456,31 @@ COURSE_TRIPS = [
 ]
 
 
+def inference_role_reads_only_the_serving_prefix(deployment: EcsDeployment, credentials: dict) -> None:
+    """As the inference task's role (moto enforcing IAM): the database secret and every write to
+    the bucket are refused; the published pointer reads."""
+    from botocore.exceptions import ClientError
+
+    role = {"aws_access_key_id": credentials["AccessKeyId"], "aws_secret_access_key": credentials["SecretAccessKey"],
+            "aws_session_token": credentials["Token"]}  # fmt: skip
+    secret = deployment.tf.known["aws_db_instance.main.master_user_secret[0].secret_arn"]
+    s3, bucket = deployment.aws("s3", role), deployment.bucket
+    refusals = {
+        "the database secret": lambda: deployment.aws("secretsmanager", role).get_secret_value(SecretId=secret),
+        "a write to the pointer": lambda: s3.put_object(
+            Bucket=bucket, Key="taxi_assets/serving/current.json", Body=b"{}"
+        ),
+        "a write to the values": lambda: s3.put_object(Bucket=bucket, Key="taxi_assets/assets/x", Body=b"x"),
+        "a read of the values": lambda: s3.get_object(Bucket=bucket, Key="taxi_assets/assets/production_model/2024-01"),
+    }
+    for what, call in refusals.items():
+        with pytest.raises(ClientError) as refused:
+            call()
+        # moto's IAM check answers 403 before the service's own parser: the status is the refusal.
+        assert refused.value.response["ResponseMetadata"]["HTTPStatusCode"] == 403, (what, refused.value.response)
+    assert s3.get_object(Bucket=bucket, Key="taxi_assets/serving/current.json")["Body"].read()
+
+
 def served_answer(deployment: EcsDeployment, decision, decided_by: str) -> list[float]:
     """The inference service, started from its own task definition (its role, its environment,
     the API token its only secret), once it serves ``decision`` (the pointer the run that decided
@@ -466,6 +491,7 @@ def served_answer(deployment: EcsDeployment, decision, decided_by: str) -> list[
     assert task is not None
     assert task.credentials["RoleArn"] == deployment.tf.known["aws_iam_role.inference.arn"]
     assert not {"DAGSTER_PG_PASSWORD", "DAGSTER_PG_HOST", "MLFLOW_TRACKING_URI"} & set(task.environment)
+    inference_role_reads_only_the_serving_prefix(deployment, task.credentials)
     url = f"http://127.0.0.1:{deployment.ports['inference']}"
     expected = {"name": decision.name, "partition": decision.model_partition, "version": decision.model_version,
                 "run_id": decided_by}  # fmt: skip
