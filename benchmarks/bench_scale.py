@@ -252,6 +252,7 @@ def xgboost_on_cores(cores: int, env: dict[str, str], base: list[str], home: Pat
     """xgboost_model for 2024-02 (default config and budget) in a process allowed ``cores`` cores."""
     pinned = ["taskset", "-c", ",".join(str(core) for core in range(cores))]
     wall, _, _ = run_measured([*pinned, *base, "2024-02", "--select", "xgboost_model"], env, cwd)
+    os.environ["DAGSTER_HOME"] = str(home)  # dagster.yaml's storage is relative to it
     with dg.DagsterInstance.from_config(str(home)) as instance:
         run = instance.get_runs(limit=1)[0]
         metadata = latest_metadata(instance, "xgboost_model", "2024-02")
