@@ -21,6 +21,20 @@ def _where(context: dg.InputContext | dg.OutputContext, path) -> str:
     return f"{name}{partition} ({path})"
 
 
+def write_atomically(path: Path, data: bytes) -> None:
+    """Write ``data`` to a temporary file beside ``path`` and rename it over ``path``: a reader
+    sees the old file or the new one, never a part."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as file:
+            file.write(data)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
 class _AtomicArchiveIOManager(dg.UPathIOManager):
     """Value archives in files, each written to a temporary file renamed over the old value.
 
@@ -38,17 +52,7 @@ class _AtomicArchiveIOManager(dg.UPathIOManager):
         return load_value(Path(str(path)).read_bytes(), _where(context, path))
 
     def dump_to_path(self, context: dg.OutputContext, obj: Any, path) -> None:
-        data = dump_value(obj)
-        path = Path(str(path))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(handle, "wb") as file:
-                file.write(data)
-            os.replace(temporary, path)
-        except BaseException:
-            Path(temporary).unlink(missing_ok=True)
-            raise
+        write_atomically(Path(str(path)), dump_value(obj))
 
 
 def _instance(context: dg.InitResourceContext) -> dg.DagsterInstance:
