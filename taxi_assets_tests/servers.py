@@ -219,8 +219,29 @@ def no_exit_code_yet(self, *args, **kwargs):
     self.exitCode = None
 
 
+# RunTask is idempotent on ECS: a request repeated with the same clientToken (dagster-aws sends
+# one, so that botocore's retry of a timed-out or 5xx RunTask starts nothing twice) gets the tasks
+# the first one started. moto ignores the token and started a second run worker for one launch.
+import threading
+
+run_task, started_by_token, token_lock = Responses.run_task, {}, threading.Lock()
+
+
+def idempotent_run_task(self):
+    token = self._get_param("clientToken")
+    if not token:
+        return run_task(self)
+    with token_lock:
+        if token in started_by_token:
+            print(f"RunTask repeated with clientToken {token}: the tasks it started", flush=True)
+        else:
+            started_by_token[token] = run_task(self)
+        return started_by_token[token]
+
+
 Backend.stop_task = stop_task
 Responses.submit_task_state_change = submit_task_state_change
+Responses.run_task = idempotent_run_task
 Container.__init__ = no_exit_code_yet
 
 # moto's own server (moto.server.main), bound to port 0 first; the port goes to the file in argv[1].

@@ -89,6 +89,10 @@ def ecs_cluster(tmp_path):
 
 
 def run_task(cluster: dict, how: str, secret: str = "readable", stop_timeout: int = 30, **overrides) -> str:
+    return start_task(cluster, how, secret, stop_timeout, **overrides)["tasks"][0]["taskArn"]
+
+
+def start_task(cluster: dict, how: str, secret: str = "readable", stop_timeout: int = 30, **overrides) -> dict:
     ecs = cluster["aws"]("ecs")
     definition = ecs.register_task_definition(
         family="probe",
@@ -115,8 +119,9 @@ def run_task(cluster: dict, how: str, secret: str = "readable", stop_timeout: in
         launchType="FARGATE",
         networkConfiguration={"awsvpcConfiguration": {"subnets": [cluster["subnet"]], "securityGroups": []}},
         overrides={"containerOverrides": [{"name": "probe", "environment": [{"name": "OVERRIDDEN", "value": "yes"}]}]}
-        | overrides,
-    )["tasks"][0]["taskArn"]
+        | overrides.pop("overrides", {}),
+        **overrides,
+    )
 
 
 def stopped(cluster: dict, arn: str, timeout: float = 120) -> dict:
@@ -142,7 +147,7 @@ def alive(pid: int) -> bool:
 
 
 def test_a_container_gets_its_task_and_its_exit_code_is_reported(ecs_cluster):
-    arn = run_task(ecs_cluster, "exit", cpu="1024", memory="2048")
+    arn = run_task(ecs_cluster, "exit", overrides={"cpu": "1024", "memory": "2048"})
     seen = seen_by(ecs_cluster, "exit")
     task = stopped(ecs_cluster, arn)
     [container] = task["containers"]
@@ -192,3 +197,16 @@ def test_a_secret_the_execution_role_may_not_read_keeps_the_container_from_start
     assert not (ecs_cluster["root"] / "unreadable.json").exists()
     assert ecs_cluster["agent"].errors  # noted: the deployment tests fail on it
     ecs_cluster["agent"].errors.clear()
+
+
+def test_run_task_repeated_with_its_client_token_starts_one_task(ecs_cluster):
+    """As on ECS (dagster-aws sends a clientToken so that botocore's retry of a RunTask whose answer
+    was lost starts no second run worker): the repeat answers with the first request's task."""
+    first = start_task(ecs_cluster, "exit", clientToken="launch-1")["tasks"]
+    again = start_task(ecs_cluster, "exit", clientToken="launch-1")["tasks"]
+    other = start_task(ecs_cluster, "exit", clientToken="launch-2")["tasks"]
+    assert [task["taskArn"] for task in again] == [task["taskArn"] for task in first]
+    assert other[0]["taskArn"] != first[0]["taskArn"]
+    listed = ecs_cluster["aws"]("ecs").list_tasks(cluster=ecs_cluster["cluster"])["taskArns"]
+    assert sorted(listed) == sorted([first[0]["taskArn"], other[0]["taskArn"]])
+    assert stopped(ecs_cluster, first[0]["taskArn"])["containers"][0]["exitCode"] == 3

@@ -220,7 +220,12 @@ def test_killed_run_worker_is_failed_mlflow_runs_ended_and_month_retried(stack):
     os.kill(run_start.pid, signal.SIGKILL)
 
     # The code server that launched the worker marks the run FAILED; run retries will re-run it.
-    failed = wait_for(lambda: finished(instance, run_id), 180, "the killed run to be marked finished")
+    # Dagster stores the failure, then tags dagster/will_retry in a second write: wait for both.
+    def failed_and_judged():
+        run = finished(instance, run_id)
+        return run if run and "dagster/will_retry" in run.tags else None
+
+    failed = wait_for(failed_and_judged, 180, "the killed run to be marked finished and its retry decided")
     assert failed.status == dg.DagsterRunStatus.FAILURE
     assert failed.tags["dagster/will_retry"] == "true"
     # No MLflow run is left RUNNING: the failure sensor ended them.

@@ -647,6 +647,18 @@ def test_a_retraining_runs_each_step_in_a_task_of_its_size(deployment):
     ]
     tasks = list(wait_for(lambda: stopped_tasks(deployment, mine), 120, "the run's tasks to stop").values())
     [launched] = [task for task in tasks if task["taskArn"] == run_task]
+    untagged = [task for task in tasks if task is not launched and "dagster/step-key" not in task["tags"]]
+    assert not untagged, (
+        f"tasks of run {run_id} that are neither its run task nor a step's: "
+        + json.dumps(
+            [
+                {key: task.get(key) for key in ("taskArn", "tags", "overrides", "startedBy", "createdAt")}
+                for task in untagged
+            ],
+            default=str,
+        )
+        + deployment.log("daemon")[-8000:]
+    )
     step_tasks = {task["tags"]["dagster/step-key"]: task for task in tasks if task is not launched}
     assert len(step_tasks) == len(tasks) - 1 == len(steps)  # one task per step, none twice
     assert set(step_tasks) == {sanitize_tag(step) for step in steps}
