@@ -88,11 +88,15 @@ def ecs_cluster(tmp_path):
             }  # fmt: skip
 
 
-def run_task(cluster: dict, how: str, secret: str = "readable", stop_timeout: int = 30, **overrides) -> str:
-    return start_task(cluster, how, secret, stop_timeout, **overrides)["tasks"][0]["taskArn"]
+def run_task(cluster: dict, how: str, secret: str = "readable", stop_timeout: int = 30, **task_overrides) -> str:
+    """The ARN of a probe task started with RunTask's task-level ``task_overrides`` (cpu, memory)."""
+    return start_task(cluster, how, secret, stop_timeout, task_overrides)["tasks"][0]["taskArn"]
 
 
-def start_task(cluster: dict, how: str, secret: str = "readable", stop_timeout: int = 30, **overrides) -> dict:
+def start_task(
+    cluster: dict, how: str, secret: str = "readable", stop_timeout: int = 30, task_overrides=None, **run_task_args
+) -> dict:
+    """RunTask's answer for a probe task; ``run_task_args`` go to RunTask as they are (clientToken)."""
     ecs = cluster["aws"]("ecs")
     definition = ecs.register_task_definition(
         family="probe",
@@ -119,8 +123,8 @@ def start_task(cluster: dict, how: str, secret: str = "readable", stop_timeout: 
         launchType="FARGATE",
         networkConfiguration={"awsvpcConfiguration": {"subnets": [cluster["subnet"]], "securityGroups": []}},
         overrides={"containerOverrides": [{"name": "probe", "environment": [{"name": "OVERRIDDEN", "value": "yes"}]}]}
-        | overrides.pop("overrides", {}),
-        **overrides,
+        | (task_overrides or {}),
+        **run_task_args,
     )
 
 
@@ -147,7 +151,7 @@ def alive(pid: int) -> bool:
 
 
 def test_a_container_gets_its_task_and_its_exit_code_is_reported(ecs_cluster):
-    arn = run_task(ecs_cluster, "exit", overrides={"cpu": "1024", "memory": "2048"})
+    arn = run_task(ecs_cluster, "exit", cpu="1024", memory="2048")
     seen = seen_by(ecs_cluster, "exit")
     task = stopped(ecs_cluster, arn)
     [container] = task["containers"]
