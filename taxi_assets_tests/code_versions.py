@@ -80,8 +80,15 @@ LOGIC: dict[str, list[str]] = {
         "taxi_assets.ml.predictor:DistanceLookup",
         "taxi_assets.ml.predictor:distance_thresholds",
         "taxi_assets.ml.predictor:compile_lookup",
+        "taxi_assets.ml.steering",
     ],
-    "trip_predictions": ["taxi_assets.defs.monitoring.assets:trip_predictions", "taxi_assets.ml.monitoring"],
+    "serving_decision": ["taxi_assets.defs.serving.steering:serving_decision", "taxi_assets.ml.steering"],
+    "trip_predictions": [
+        "taxi_assets.defs.monitoring.assets:trip_predictions",
+        "taxi_assets.defs.monitoring.assets:_shadow",
+        "taxi_assets.ml.monitoring",
+        "taxi_assets.ml.steering",
+    ],
     "model_performance": ["taxi_assets.defs.monitoring.assets:model_performance", "taxi_assets.ml.monitoring"],
     "pipeline_health": ["taxi_assets.defs.observability.assets"],
 }

@@ -273,6 +273,84 @@ def rebuild_model(model: str, version: str) -> int:
     return 0 if rebuilt.equal else 1
 
 
+def steer(action: str, **config: str) -> int:
+    """One operator decision (the steer_serving job, in this process); exit 1 naming what was refused."""
+    import dagster as dg
+
+    from taxi_assets.lib.catalog import STEERING_ASSET
+
+    run_config = {
+        "ops": {STEERING_ASSET: {"config": {"action": action, **{k: v for k, v in config.items() if v}}}},
+        "loggers": {"console": {"config": {"log_level": "WARNING"}}},
+    }
+    job = _code_location().get_reconstructable_job("steer_serving")
+    tags = {"taxi_assets/launched_by": f"taxi-assets {action}"}
+    with dg.execute_job(job, instance=dg.DagsterInstance.get(), run_config=run_config, tags=tags) as result:
+        if not result.success:
+            errors = [_root_cause(event.step_failure_data.error) for event in result.get_step_failure_events()]
+            print(f"error: {errors[0] if errors else 'the steer_serving run failed'}", file=sys.stderr)
+            return 1
+        [event] = result.get_asset_materialization_events()
+        metadata = event.materialization.metadata
+    print(f"{action}: {metadata['outcome'].value} (run {result.run_id})")
+    print(f"serving: {metadata['serving'].value}" + (" (pinned)" if metadata["pinned"].value else ""))
+    return 0
+
+
+def print_serving() -> int:
+    """What serves by the recorded decisions: how it got there, what it replaced, pins and approvals."""
+    import dagster as dg
+
+    from taxi_assets.lib.steering import steering_state
+
+    state = steering_state(dg.DagsterInstance.get())
+    if state.serving is None:
+        print("nothing serves yet: materialize production_model for a month")
+        return 0
+    served = state.serving
+    since = served.since
+    print(f"serving: {served.model.label} ({served.model.name} trained for {served.model.model_partition})")
+    print(f"  since: {since.kind} for {since.month}" + (f" by {since.by}" if since.by else "") + f" at {since.at}")
+    if since.reason:
+        print(f"  why: {since.reason}")
+    print(f"  replaced: {served.replaced.label if served.replaced else 'nothing'}")
+    print(f"  rollback would serve: {state.before[-1].model.label if state.before else 'nothing (no model before it)'}")
+    if state.pinned is not None:
+        print(f"  pinned by {state.pinned.by}: automatic decisions wait until `taxi-assets promote --unpin`")
+    for month, waiting in sorted(state.pending.items()):
+        model = waiting.event.model.label if waiting.event.model else "?"
+        print(f"  {month}: {model} {waiting.status} {waiting.note}".rstrip())
+    return 0
+
+
+def _add_steering(commands) -> None:
+    promote = commands.add_parser(
+        "promote", help="serve a registered model version now and pin it (or --unpin); exits 1 if refused"
+    )
+    promote.add_argument("model", nargs="?", help="xgboost, LinearRegression, ... or a registered name")
+    promote.add_argument("version", nargs="?", help="the registered version")
+    promote.add_argument("--unpin", action="store_true", help="let the automatic decisions replace the pin again")
+    rollback = commands.add_parser("rollback", help="serve the model that served before the current one (pinned)")
+    approve = commands.add_parser("approve", help="serve the challenger waiting for approval for a month")
+    approve.add_argument("month", metavar="YYYY-MM")
+    reject = commands.add_parser("reject", help="refuse the challenger waiting for approval for a month")
+    reject.add_argument("month", metavar="YYYY-MM")
+    for command in (promote, rollback, approve, reject):
+        command.add_argument("--reason", default="", help="why (kept with the decision; shown by lineage)")
+        command.add_argument("--by", default="", help="who decides (default: your OS user)")
+    commands.add_parser("serving", help="print what serves, how it got there, and what waits for approval")
+
+
+def run_promote(args, parser: argparse.ArgumentParser) -> int:
+    if args.unpin:
+        if args.model or args.version:
+            parser.error("promote --unpin takes no model or version")
+        return steer("unpin", reason=args.reason, by=args.by)
+    if not (args.model and args.version):
+        parser.error("promote needs MODEL VERSION (for example: promote xgboost 2 --reason '...'), or --unpin")
+    return steer("promote", model=args.model, version=args.version, reason=args.reason, by=args.by)
+
+
 def _add_materialize(commands) -> None:
     run = commands.add_parser("materialize", help="materialize assets for one or more months; exits 1 if any run fails")
     run.add_argument(
@@ -379,6 +457,11 @@ COMMANDS = {
     "performance": lambda args, parser: print_performance(args.month),
     "lineage": lambda args, parser: print_lineage(args.model, args.version),
     "rebuild": lambda args, parser: rebuild_model(args.model, args.version),
+    "promote": run_promote,
+    "rollback": lambda args, parser: steer("rollback", reason=args.reason, by=args.by),
+    "approve": lambda args, parser: steer("approve", month=args.month, reason=args.reason, by=args.by),
+    "reject": lambda args, parser: steer("reject", month=args.month, reason=args.reason, by=args.by),
+    "serving": lambda args, parser: print_serving(),
 }
 
 
@@ -407,7 +490,7 @@ def build_parser() -> argparse.ArgumentParser:
         "the models. Runs on the Dagster instance at DAGSTER_HOME; materialize exits 1 if any run fails.",
     )
     commands = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_materialize, _add_serve, _add_watching):
+    for add in (_add_materialize, _add_serve, _add_watching, _add_steering):
         add(commands)
     return parser
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import dagster as dg
 
 from taxi_assets.lib.catalog import CODE_VERSIONS
-from taxi_assets.lib.tracking import REGISTERED_MODEL_PREFIX, tracking_uri_for
+from taxi_assets.lib.tracking import REGISTERED_MODEL_PREFIX, registered_name, tracking_uri_for
 from taxi_assets.ml.lineage import FILE_PREFIX, PREFIX, rebuild_problems, recorded_code, recorded_files, refit
 
 EQUAL_WITHIN_MINUTES = 1e-6
@@ -21,15 +21,6 @@ EQUAL_WITHIN_MINUTES = 1e-6
 
 class RebuildRefused(RuntimeError):
     """The model cannot be fitted again as it was: a trip file or the code changed (named)."""
-
-
-def registered_name(model: str) -> str:
-    """``xgboost``, ``LinearRegression`` or ``taxi-duration-...`` -> the registered model's name."""
-    if model.startswith(REGISTERED_MODEL_PREFIX):
-        return model
-    from taxi_assets.ml.hyperparameters import short_name
-
-    return REGISTERED_MODEL_PREFIX + ("xgboost" if model.lower() == "xgboost" else short_name(model))
 
 
 def _client(instance: dg.DagsterInstance):
@@ -88,14 +79,23 @@ def _version(client, registered: str, version: str | None) -> str:
 
 
 def _decisions(instance: dg.DagsterInstance, model: str) -> list[tuple[str, str]]:
-    """The production decisions (month, promoted or kept) whose serving model is ``model``."""
+    """The production decisions (month, promoted or kept) whose serving model is ``model``, then
+    the operators' (pin, rollback, approval) and automatic rollbacks that served it, with why."""
     from taxi_assets.lib.history import metadata_by_partition
+    from taxi_assets.lib.steering import recorded_events
+    from taxi_assets.ml.steering import AUTOMATIC
 
-    return [
+    automatic = [
         (month, str(metadata.get("decision")))
         for month, metadata in sorted(metadata_by_partition(instance, "production_model").items())
         if metadata.get("serving_model_version") == model
     ]
+    steered = [
+        (event.month or "-", f"{event.kind} by {event.by or 'unknown'} at {event.at}: {event.reason or 'no reason'}")
+        for event in recorded_events(instance)
+        if event.kind != AUTOMATIC and event.model is not None and event.model.label == model
+    ]
+    return automatic + steered
 
 
 def _files_now(months, source=None) -> tuple[dict[str, str | None], dict[str, str]]:

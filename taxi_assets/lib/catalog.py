@@ -7,7 +7,8 @@ DATA_PREPARATION_ASSETS = ["raw_trips", "cleaned_trips", "training_set"]
 MODEL_ASSETS = ["sklearn_models", "xgboost_model"]
 RETRAINING_ASSETS = DATA_PREPARATION_ASSETS + MODEL_ASSETS + ["production_model"]
 MONITORING_ASSETS = ["trip_predictions", "model_performance"]
-ALL_ASSETS = RETRAINING_ASSETS + MONITORING_ASSETS + ["pipeline_health"]
+STEERING_ASSET = "serving_decision"  # the operators' decisions about what serves (taxi-assets promote, ...)
+ALL_ASSETS = RETRAINING_ASSETS + MONITORING_ASSETS + ["pipeline_health", STEERING_ASSET]
 
 # What each asset computes, as Dagster's code_version: bump an asset's number when what it
 # computes changes (a cleaning bound, a feature, the search space, the decision rule), not for a
@@ -21,6 +22,7 @@ CODE_VERSIONS = {
     "sklearn_models": "1",
     "xgboost_model": "2",
     "production_model": "1",
+    "serving_decision": "1",
     "trip_predictions": "1",
     "model_performance": "1",
     "pipeline_health": "1",

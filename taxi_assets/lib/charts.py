@@ -224,15 +224,27 @@ def model_performance(rows: Sequence[Mapping], months: Sequence[str], title: str
     def at(month: str) -> float:
         return float(mdates.date2num(pd.Timestamp(f"{month}-01").to_pydatetime()))
 
-    for index, row in enumerate(rows):
-        colour = f"C{index % 10}"
+    colours: dict[str, str] = {}
+    for row in rows:
+        colour = colours.setdefault(row["model"], f"C{len(colours) % 10}")
         scored = [month for month in months if row.get(month) is not None]
-        axes.plot([at(m) for m in scored], [row[m] for m in scored], marker="o", color=colour, label=row["model"])
-        axes.plot([at(row["chosen_for"])], [row["validation_rmse"]], marker="D", markerfacecolor="none",
-                  markersize=8, color=colour, linestyle="none")  # fmt: skip
+        shadow = row.get("role") == "shadow"  # dashed: scored in batch only, it did not serve those months
+        axes.plot(
+            [at(m) for m in scored],
+            [row[m] for m in scored],
+            marker="x" if shadow else "o",
+            color=colour,
+            linestyle="--" if shadow else "-",
+            label=f"{row['model']} (shadow)" if shadow else row["model"],
+        )
+        if not shadow:
+            axes.plot([at(row["chosen_for"])], [row["validation_rmse"]], marker="D", markerfacecolor="none",
+                      markersize=8, color=colour, linestyle="none")  # fmt: skip
     locator = mdates.MonthLocator()
     axes.xaxis.set_major_locator(locator)
     axes.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator))
     axes.set_ylabel("RMSE (minutes)")
-    axes.legend(fontsize=7, loc="best", title="realized; hollow diamond: when chosen", title_fontsize=7)
+    axes.legend(
+        fontsize=7, loc="best", title="realized (dashed: shadow); hollow diamond: when chosen", title_fontsize=7
+    )
     return _png(figure, title)

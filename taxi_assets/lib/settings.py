@@ -51,6 +51,18 @@ def sensor_interval_seconds() -> int:
     return int(os.environ.get("TAXI_SENSOR_INTERVAL_SECONDS", "2"))
 
 
+PROMOTIONS = ("automatic", "approval")
+
+
+def promotion_mode() -> str:
+    """TAXI_PROMOTION: automatic (the default: a winning challenger serves at once) or approval
+    (it waits for `taxi-assets approve <month>`)."""
+    value = os.getenv("TAXI_PROMOTION", "").strip().lower() or "automatic"
+    if value not in PROMOTIONS:
+        raise ValueError(f"TAXI_PROMOTION must be one of {', '.join(PROMOTIONS)}, got {value!r}")
+    return value
+
+
 def retraining_run_config() -> dict:
     """The run config of the retrainings the sensor and the schedule ask for (budgets, models),
     from the YAML file at TAXI_RETRAINING_RUN_CONFIG (the Launchpad's format); the defaults without it."""

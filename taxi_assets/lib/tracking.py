@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 from pydantic import Field, PrivateAttr
@@ -20,6 +21,17 @@ from pydantic import Field, PrivateAttr
 EXPERIMENT = "taxi-duration"
 # Every model is registered as taxi-duration-<model> (taxi-duration-xgboost, ...-LinearRegression).
 REGISTERED_MODEL_PREFIX = "taxi-duration-"
+
+
+def registered_name(model: str) -> str:
+    """``xgboost``, ``LinearRegression`` or ``taxi-duration-...`` -> the registered model's name."""
+    if model.startswith(REGISTERED_MODEL_PREFIX):
+        return model
+    from taxi_assets.ml.hyperparameters import short_name
+
+    return REGISTERED_MODEL_PREFIX + ("xgboost" if model.lower() == "xgboost" else short_name(model))
+
+
 CHAMPION_ALIAS = "champion"
 DECIDED_FOR_TAG = "champion_decided_for"
 
@@ -341,6 +353,55 @@ class MlflowTracking(dg.ConfigurableResource):
                 path = Path(directory) / f"{name}.png"
                 path.write_bytes(png)
                 mlflow.log_artifact(str(path), artifact_path=folder)
+
+    def registered_version(self, registered_model: str, version: str) -> dict[str, Any]:
+        """A registered version's run metrics and tags, or LookupError naming what exists."""
+        import mlflow
+        from mlflow.exceptions import MlflowException
+
+        self._activate()
+        client = mlflow.MlflowClient(self.uri, registry_uri=self.uri)
+        try:
+            details = client.get_model_version(registered_model, version)
+        except MlflowException:
+            try:
+                known = sorted(int(v.version) for v in client.search_model_versions(f"name = '{registered_model}'"))
+            except MlflowException:
+                known = []
+            listed = ", ".join(map(str, known)) if known else "none"
+            raise LookupError(
+                f"{registered_model} has no version {version!r} (registered versions: {listed})"
+            ) from None
+        metrics = client.get_run(details.run_id).data.metrics if details.run_id else {}
+        return {"tags": dict(details.tags), "metrics": dict(metrics), "source": details.source}
+
+    def production_model(self, registered_model: str, version: str):
+        """The registered version as a ProductionModel, from its own files in the registry."""
+        import tempfile
+
+        import mlflow.artifacts
+
+        from taxi_assets.ml.champion import ProductionModel
+        from taxi_assets.ml.lineage import PREFIX
+        from taxi_assets.ml.model_files import load_predictor
+
+        found = self.registered_version(registered_model, version)
+        with tempfile.TemporaryDirectory() as scratch, quiet_mlflow():
+            folder = mlflow.artifacts.download_artifacts(
+                artifact_uri=f"models:/{registered_model}/{version}", dst_path=scratch, tracking_uri=self.uri
+            )
+            predictor = load_predictor(Path(folder) / "artifacts" / "predictor")
+        month = found["tags"].get(PREFIX + "trained_for", "")
+        return ProductionModel(
+            predictor=predictor,
+            name=predictor.name,
+            model_partition=month,
+            model_version=str(version),
+            registered_model=registered_model,
+            rmse=float(found["metrics"].get("val_rmse", float("nan"))),
+            decided_for=month,
+            reason=f"{registered_model} v{version} from the MLflow registry",
+        )
 
     def champion(self) -> tuple[str, str] | None:
         """The registered model and version the ``champion`` alias names, if any holds it."""

@@ -146,18 +146,20 @@ class Served:
     chosen_for: str  # the month whose decision chose it
     validation_rmse: float  # its RMSE when it was chosen
     realized_rmse: float
+    role: str = "served"  # or "shadow": the model the serving one replaced, scored in batch only
 
 
 def performance_table(scored: list[Served]) -> tuple[list[str], list[dict]]:
-    """One row per served model: its validation RMSE when chosen and its realized RMSE on every
-    month it scored (months as columns, oldest first)."""
+    """One row per served model (and per model scored as a shadow): its validation RMSE when
+    chosen and its realized RMSE on every month it scored (months as columns, oldest first)."""
     months = sorted({entry.month for entry in scored})
-    rows: dict[str, dict] = {}
-    for entry in sorted(scored, key=lambda e: (e.chosen_for, e.month)):
+    rows: dict[tuple[str, str], dict] = {}
+    for entry in sorted(scored, key=lambda e: (e.role != "served", e.chosen_for, e.month)):
         row = rows.setdefault(
-            entry.model,
+            (entry.model, entry.role),
             {
                 "model": entry.model,
+                "role": entry.role,
                 "trained_for": entry.trained_for,
                 "chosen_for": entry.chosen_for,
                 "validation_rmse": round(entry.validation_rmse, 4),

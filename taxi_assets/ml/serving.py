@@ -8,7 +8,7 @@ the next publisher must still do.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, fields
 
 POINTER_FORMAT = "taxi-assets-serving-pointer"
 POINTER_VERSION = 1
@@ -30,6 +30,9 @@ class ServedDecision:
     registered_model: str | None
     version: str | None
     reason: str = ""
+    how: str = "automatic"  # the promotion that put the model there (see taxi_assets.ml.steering)
+    by: str = ""  # who, for an operator's decision
+    source_month: str | None = None  # the production_model month whose value holds the model
 
     @property
     def id(self) -> str:
@@ -70,7 +73,8 @@ def read_pointer(document: object, where: str) -> tuple[ServedDecision, str]:
         raise PointerError(f"{where}: model_key must be a non-empty string")
     if not isinstance(decision, dict):
         raise PointerError(f"{where}: decision must be an object")
-    missing = [field.name for field in fields(ServedDecision) if field.name not in decision]
+    required = [field.name for field in fields(ServedDecision) if field.default is MISSING]
+    missing = [name for name in required if name not in decision]
     if missing:
         raise PointerError(f"{where}: decision lacks {', '.join(missing)}")
     known = {field.name for field in fields(ServedDecision)}

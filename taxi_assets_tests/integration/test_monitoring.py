@@ -290,7 +290,10 @@ def test_a_backfill_scores_every_month_by_a_model_that_never_saw_it(tmp_path):
         assert scored[month]["model"] == decisions[scored[month]["decided_for"]]["serving_model_version"]
     rows = [row.data for row in performance["performance"].records]
     served = {scored[month]["model"] for month in months[2:]}
-    assert sorted(row["model"] for row in rows) == sorted(served)  # one line per model that served
+    # One line per model that served, and one per model scored as a shadow (dashed in the chart).
+    assert sorted(row["model"] for row in rows if row["role"] == "served") == sorted(served)
+    shadows = {scored[month]["shadow_model"] for month in months[2:] if "shadow_model" in scored[month]}
+    assert sorted(row["model"] for row in rows if row["role"] == "shadow") == sorted(shadows)
     for row in rows:
         for month in months[2:]:
             if row.get(month) is not None:

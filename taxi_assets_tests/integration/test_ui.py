@@ -192,6 +192,32 @@ def test_one_click_shows_all_of_an_assets_charts(webserver, page, asset, names):
     page.screenshot(path=str(SCREENSHOTS / f"{asset}-charts.png"))
 
 
+STEERING_CONFIG = """ops:
+  serving_decision:
+    config:
+      action: promote
+      model: xgboost
+      version: '1'
+      reason: 2024-02's model mispredicts airport trips; back to January's
+"""
+
+
+def test_the_steer_serving_launchpad_takes_a_promotion_and_names_a_wrong_action(webserver, page):
+    """The UI's form of ``taxi-assets promote``: the Launchpad asks for the action, accepts a
+    promotion's model, version and reason, and names the field of a misspelled action."""
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.goto(f"{webserver}/locations/taxi_assets/jobs/steer_serving/playground")
+    page.get_by_text('Missing required config entry "action"').wait_for(timeout=120_000)
+    set_config = "c => document.querySelector('.CodeMirror').CodeMirror.setValue(c)"
+    page.evaluate(set_config, STEERING_CONFIG.replace("promote", "promot"))
+    page.get_by_text("serving_decision:config:action not in enum type SteeringAction").wait_for(timeout=120_000)
+    assert not page.get_by_role("button", name="Launch Run").is_enabled()
+    page.evaluate(set_config, STEERING_CONFIG)
+    page.get_by_text("No errors", exact=True).wait_for(timeout=120_000)
+    assert page.get_by_role("button", name="Launch Run").is_enabled()
+    page.screenshot(path=str(SCREENSHOTS / "steer_serving-launchpad.png"))
+
+
 def test_the_projects_instance_shows_no_welcome_and_writes_no_nux(tmp_path, browser):
     """The project's dagster.yaml turns the "join the community" dialog off: nothing asks, and
     nothing is written into DAGSTER_HOME (a .nux/ folder in the project, before)."""

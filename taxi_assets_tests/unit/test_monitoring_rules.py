@@ -65,6 +65,19 @@ def test_performance_table_has_a_line_per_served_model():
     assert months == ["2024-02", "2024-03", "2024-04"]
     assert [row["model"] for row in rows] == ["xgboost v1", "xgboost v2"]
     assert rows[1] == {
-        "model": "xgboost v2", "trained_for": "2024-02", "chosen_for": "2024-02", "validation_rmse": 5.2,
-        "2024-03": 11.8, "2024-04": 12.0,
+        "model": "xgboost v2", "role": "served", "trained_for": "2024-02", "chosen_for": "2024-02",
+        "validation_rmse": 5.2, "2024-03": 11.8, "2024-04": 12.0,
     }  # fmt: skip
+
+
+def test_a_shadowed_model_has_its_own_line_after_the_served_ones():
+    scored = [
+        Served("2024-03", "xgboost v2", "2024-02", "2024-02", 5.2, 11.8),
+        Served("2024-03", "xgboost v1", "2024-01", "", float("nan"), 5.4, role="shadow"),
+        Served("2024-02", "xgboost v1", "2024-01", "2024-01", 5.1, 5.3),
+    ]
+    _, rows = performance_table(scored)
+    assert [(row["model"], row["role"]) for row in rows] == [
+        ("xgboost v1", "served"), ("xgboost v2", "served"), ("xgboost v1", "shadow"),
+    ]  # fmt: skip
+    assert rows[2]["2024-03"] == 5.4 and "2024-02" not in rows[2]

@@ -7,6 +7,8 @@ updated cleaned_trips[M] or production_model[M-1] has finished (after the month'
 both exist, model_performance whenever a month's predictions land.
 """
 
+import dataclasses
+
 import dagster as dg
 import pandas as pd
 from pydantic import Field
@@ -17,9 +19,10 @@ from taxi_assets.lib.evaluation import evaluation_charts
 from taxi_assets.lib.history import latest_metadata, metadata_by_partition
 from taxi_assets.lib.metadata import charts as charts_metadata
 from taxi_assets.lib.metadata import table
-from taxi_assets.lib.model_store import decision_before
 from taxi_assets.lib.months import monthly_partitions, previous_month
 from taxi_assets.lib.predictions import PredictionStore
+from taxi_assets.lib.steering import JUDGEMENT, model_value, served_value, steering_state
+from taxi_assets.lib.tracking import MlflowTracking
 from taxi_assets.ml.monitoring import (
     BAD_TRIP_MINUTES,
     DECAY_TOLERANCE,
@@ -32,6 +35,7 @@ from taxi_assets.ml.monitoring import (
     score_trips,
     worst_trips,
 )
+from taxi_assets.ml.steering import PROMOTION_TOLERANCE, PROMOTION_TOLERANCE_REASON, judge_promotion
 
 # After a run that updated an input has finished (never while it runs: after the month's
 # retraining), once both inputs exist. A month whose previous month has no decision is left to a
@@ -42,6 +46,17 @@ AFTER_INPUTS_UPDATE = (
     & ~dg.AutomationCondition.any_deps_in_progress()
     & ~dg.AutomationCondition.in_progress()
 )
+
+
+class TripPredictionsConfig(dg.Config):
+    """How much worse a newly promoted model may do on the next month than the model it replaced."""
+
+    promotion_tolerance: float = Field(
+        default=PROMOTION_TOLERANCE,
+        ge=0,
+        description="The promoted model's RMSE on the month after its promotion may exceed the replaced model's "
+        "(scored as a shadow) by this fraction before it is rolled back (0.05: 5 %). " + PROMOTION_TOLERANCE_REASON,
+    )
 
 
 @dg.asset(
@@ -58,20 +73,27 @@ AFTER_INPUTS_UPDATE = (
     automation_condition=AFTER_INPUTS_UPDATE,
     output_required=False,  # a month with no earlier decision is not scored (see below)
 )
-def trip_predictions(context: dg.AssetExecutionContext, cleaned_trips: pd.DataFrame, predictions: PredictionStore):
+def trip_predictions(
+    context: dg.AssetExecutionContext,
+    config: TripPredictionsConfig,
+    cleaned_trips: pd.DataFrame,
+    predictions: PredictionStore,
+    mlflow: MlflowTracking,
+):
     """Every cleaned trip of the month scored by the model that served when the month's file
     arrived (the newest production decision before the month: it never saw the month), with the
     minutes each trip really took, as a Parquet file people can read without this code. A month
     before any decision (the first of a backfill) had no model serving it: nothing to score."""
     month = context.partition_key
-    found = decision_before(context.instance, month)
-    if found is None:
+    served = steering_state(context.instance, month).serving
+    if served is None:
         context.log.info(
             f"trip_predictions {month}: no production decision before {month}, so no model served when its file "
             f"arrived; nothing to score (retrain {previous_month(month)} to score {month})"
         )
         return
-    decided_for, decision = found
+    decision = served_value(context.instance, served, mlflow)
+    decided_for = decision.decided_for
     if decision.model_partition >= month:  # a decision before M holds models of M-1 or older
         raise dg.Failure(description=f"trip_predictions {month}: {decision.name} was trained for {month}")
     scored = score_trips(cleaned_trips, decision, decided_for)
@@ -81,7 +103,35 @@ def trip_predictions(context: dg.AssetExecutionContext, cleaned_trips: pd.DataFr
         f"trip_predictions {month}: {realized['rows']:,} trips scored by {decision.name} "
         f"(decided for {decided_for}), RMSE {realized['rmse']:.3f}"
     )
-    yield dg.MaterializeResult(metadata=_metadata(month, scored, realized, decision, decided_for, location))
+    metadata = _metadata(month, scored, realized, decision, decided_for, location)
+    tolerance = config.promotion_tolerance
+    metadata.update(_shadow(context, served, month, cleaned_trips, realized["rmse"], tolerance, mlflow))
+    yield dg.MaterializeResult(metadata=metadata)
+
+
+def _shadow(context, served, month: str, cleaned_trips, serving_rmse: float, tolerance: float, mlflow) -> dict:
+    """The month also scored by the model the serving one replaced (batch only, never served), and
+    the next month's verdict on the promotion (``taxi_assets.ml.steering.judge_promotion``)."""
+    if served.replaced is None:
+        return {}
+    try:
+        shadow = model_value(context.instance, served.replaced, mlflow)
+    except Exception as error:  # its files are gone: the month is scored, only not shadowed
+        context.log.warning(f"trip_predictions {month}: the shadow {served.replaced.label} does not load ({error})")
+        return {}
+    scored = score_trips(cleaned_trips, shadow, shadow.decided_for)
+    shadow_rmse = realized_error(scored["actual_minutes"], scored["predicted_minutes"])["rmse"]
+    metadata = {
+        "shadow_model": served.replaced.label,
+        "shadow_model_trained_for": served.replaced.model_partition,
+        "shadow_rmse": shadow_rmse,
+        "promotion_tolerance": tolerance,
+    }
+    verdict = judge_promotion(served, month, serving_rmse, shadow_rmse, tolerance)
+    if verdict is not None:
+        context.log.info(f"trip_predictions {month}: {verdict.reason}")
+        metadata[JUDGEMENT] = dg.MetadataValue.json(dataclasses.asdict(verdict))
+    return metadata
 
 
 def _metadata(month, scored, realized, decision, decided_for, location) -> dict:
@@ -200,9 +250,22 @@ def model_performance(context: dg.AssetExecutionContext) -> dg.MaterializeResult
         )
         for month, metadata in sorted(metadata_by_partition(context.instance, "trip_predictions").items())
     ]
+    scored += [
+        Served(
+            month=month,
+            model=metadata["shadow_model"],
+            trained_for=metadata.get("shadow_model_trained_for", ""),
+            chosen_for="",
+            validation_rmse=float("nan"),
+            realized_rmse=float(metadata["shadow_rmse"]),
+            role="shadow",
+        )
+        for month, metadata in sorted(metadata_by_partition(context.instance, "trip_predictions").items())
+        if "shadow_model" in metadata
+    ]
     months, rows = performance_table(scored)
-    frame = pd.DataFrame(rows, columns=["model", "trained_for", "chosen_for", "validation_rmse", *months])
-    chart = charts.model_performance(rows, months, "Realized RMSE of each served model by month")
+    frame = pd.DataFrame(rows, columns=["model", "role", "trained_for", "chosen_for", "validation_rmse", *months])
+    chart = charts.model_performance(rows, months, "Realized RMSE of each served model (and shadow) by month")
     return dg.MaterializeResult(
         metadata={
             "charts": charts_metadata({"realized_rmse_by_month": chart}),

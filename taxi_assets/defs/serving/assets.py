@@ -1,6 +1,8 @@
 """production_model: the model that serves, chosen by champion/challenger after each retraining."""
 
 import dataclasses
+from datetime import UTC, datetime
+from enum import Enum
 
 import dagster as dg
 import numpy as np
@@ -13,7 +15,6 @@ from taxi_assets.lib.evaluation import evaluation_charts
 from taxi_assets.lib.history import rmse_history
 from taxi_assets.lib.lifecycle import Stopwatch, step_budget
 from taxi_assets.lib.metadata import charts as charts_metadata
-from taxi_assets.lib.model_store import newest_decision, read_value
 from taxi_assets.lib.months import (
     month_start,
     monthly_partitions,
@@ -21,15 +22,23 @@ from taxi_assets.lib.months import (
     previous_and_current_month,
     previous_month,
 )
-from taxi_assets.lib.publishing import SERVING_RECORD, publish, served_fields, wait_for_own_record
-from taxi_assets.lib.serving_pointer import serving_store
-from taxi_assets.lib.settings import step_op_tags
+from taxi_assets.lib.publishing import SERVING_RECORD, publish_decision, served_fields
+from taxi_assets.lib.settings import promotion_mode, step_op_tags
+from taxi_assets.lib.steering import STEERING_EVENT, event_document, model_value, steering_state
 from taxi_assets.lib.tracking import MlflowTracking
 from taxi_assets.ml.budget import Budget
 from taxi_assets.ml.champion import ChampionDecision, Comparison, ProductionModel, compare
+from taxi_assets.ml.steering import AUTOMATIC, Event, ModelRef, apply
 
 # What production_model keeps back from compiling for writing its value and its metadata.
 OUTPUT_RESERVE_SECONDS = 5.0
+
+
+class Promotion(Enum):
+    """How a winning challenger goes live (``promotion`` below)."""
+
+    automatic = "automatic"
+    approval = "approval"
 
 
 class ProductionModelConfig(dg.Config):
@@ -40,6 +49,11 @@ class ProductionModelConfig(dg.Config):
         ge=0,
         description="The new month's best model replaces the champion if its validation RMSE is at most "
         "the champion's plus this.",
+    )
+    promotion: Promotion | None = Field(
+        default=None,
+        description="automatic: a winning challenger serves at once; approval: it waits, pending, until a person "
+        "runs `taxi-assets approve <month>` (an email says so). Default: TAXI_PROMOTION, else automatic.",
     )
     timeout_seconds: float = Field(
         default=60.0,
@@ -61,13 +75,37 @@ def _validation_rows(cleaned_trips, month: str, materialized: set[str]) -> tuple
     return validation[FEATURES], validation[TARGET]
 
 
-def _previous_decision(context, month: str) -> ProductionModel | None:
-    """M-1's decision (the champion), read through the one read path to models, if there is one."""
-    previous = previous_month(month)
-    if previous not in context.instance.get_materialized_partitions(dg.AssetKey("production_model")):
+def _previous_decision(context, month: str, mlflow: MlflowTracking) -> ProductionModel | None:
+    """The champion: the model that served when the month's file arrived, if M-1 was decided
+    (by the recorded decisions, so a pin or a rollback is the champion)."""
+    state = steering_state(context.instance, month)
+    if state.serving is None or state.newest_month != previous_month(month):
         return None
-    value = read_value(context.instance, "production_model", previous)
+    value = model_value(context.instance, state.serving.model, mlflow)
     return value if isinstance(value, ProductionModel) else None
+
+
+def _promotion(config: ProductionModelConfig) -> str:
+    return config.promotion.value if config.promotion is not None else promotion_mode()
+
+
+def _steering_event(month: str, decision: ChampionDecision, serving: ProductionModel, promotion: str) -> Event:
+    """This decision as the steering fold reads it (its storage id is the record's)."""
+    model = ModelRef(
+        serving.name, serving.model_partition, serving.registered_model, serving.model_version, month, serving.rmse
+    )
+    return Event(
+        storage_id=0,
+        kind=AUTOMATIC,
+        month=month,
+        model=model,
+        promoted=decision.promote,
+        approval=promotion == "approval",
+        challenger_rmse=decision.challenger_rmse,
+        champion_rmse=decision.champion_rmse,
+        reason=decision.reason,
+        at=datetime.now(UTC).isoformat(timespec="seconds"),
+    )
 
 
 def _predictions(model, features: pd.DataFrame, rows: int) -> np.ndarray:
@@ -95,12 +133,13 @@ def _serving(decision: ChampionDecision, challenger, champion: ProductionModel |
     return dataclasses.replace(champion, rmse=decision.champion_rmse, decided_for=month, reason=decision.reason)
 
 
-def _serves(instance, month: str) -> tuple[bool, str]:
-    """Only the newest month's decision serves: a backfilled older month publishes nothing."""
-    newest = newest_decision(instance)
-    if newest is not None and month < newest:
-        return False, f"left alone: {newest}'s decision serves"
-    return True, "moved after this decision is stored (serving_publisher)"
+def _serves(instance, event: Event) -> tuple[bool, str]:
+    """What this decision will do once recorded, by the decisions recorded so far: serve, keep,
+    wait for approval, be held by a pin, or (a backfilled older month) leave what serves alone."""
+    state = steering_state(instance)
+    after = apply(state, dataclasses.replace(event, storage_id=max(state.outcomes, default=0) + 1))
+    outcome = after.outcomes[max(after.outcomes)]
+    return after.serving is not None and after.serving.event.month == event.month, outcome
 
 
 def _decision_charts(instance, month, compared: Comparison, challenger, champion, candidates, serving, actual):
@@ -183,17 +222,6 @@ def _compiled_for_serving(serving: ProductionModel, features, expected, budget: 
     return serving, message
 
 
-@dg.success_hook(required_resource_keys={"mlflow"})
-def publish_decision(context: dg.HookContext) -> None:
-    """Publish once this run's decision is in the event log (the record first, always)."""
-    if not wait_for_own_record(context.instance, context.run_id):
-        context.log.warning("production_model's materialization is not in the event log yet; the sensor publishes it")
-        return
-    own = (context.run_id, context.op_output_values.get("result"))
-    plan = publish(context.instance, serving_store(context.instance), context.resources.mlflow, context.log, own)
-    context.log.info(f"serving: {plan.reason}")
-
-
 @dg.asset(
     partitions_def=monthly_partitions,
     ins={"cleaned_trips": previous_and_current_month()},
@@ -230,7 +258,7 @@ def production_model(
         materialized = context.instance.get_materialized_partitions(dg.AssetKey("cleaned_trips"))
         features, actual = _validation_rows(cleaned_trips, month, materialized)
         candidates = {model.name: model for model in [*sklearn_models.values(), xgboost_model]}
-        champion = _previous_decision(context, month)
+        champion = _previous_decision(context, month, mlflow)
         compared = compare(
             actual.to_numpy(),
             {name: _predictions(model, features, len(actual)) for name, model in candidates.items()},
@@ -243,7 +271,9 @@ def production_model(
             _serving(decision, challenger, champion, month),
             share_over_15_minutes=compared.at_selection["share_over_15_minutes"],
         )
-        serves, alias = _serves(context.instance, month)
+        event = _steering_event(month, decision, serving, _promotion(config))
+        serves, outcome = _serves(context.instance, event)
+        context.log.info(f"production_model {month}: serving: {outcome}")
         decision_charts = _decision_charts(
             context.instance, month, compared, challenger, champion, list(candidates.values()), serving, actual
         )
@@ -267,8 +297,10 @@ def production_model(
             "serving_model_partition": serving.model_partition,
             "serving_model_version": f"{serving.registered_model} v{serving.model_version}",
             "serves": serves,
-            "champion_alias": alias,
+            "serving_outcome": outcome,
+            "promotion": _promotion(config),
             SERVING_RECORD: dg.MetadataValue.json(served_fields(serving)),
+            STEERING_EVENT: dg.MetadataValue.json(event_document(event)),
             "tolerance_minutes": config.tolerance_minutes,
             "validation_rows": len(actual),
             "serving_lookup_table": compiled,
