@@ -143,12 +143,13 @@ def train(instance, month="2024-02", run_config=SMALL_BUDGET, assets=("sklearn_m
 
 
 def mlflow_client(instance):
-    import mlflow
+    from taxi_assets.lib.tracking import open_client
 
     uri = f"sqlite:///{os.path.join(os.path.dirname(os.path.abspath(instance.storage_directory())), 'mlflow', 'mlflow.db')}"
     # The registry too: in-process runs of other tests set MLflow's global registry URI to their
-    # own store, which a client given only a tracking URI would still use.
-    return mlflow.MlflowClient(uri, registry_uri=uri)
+    # own store, which a client given only a tracking URI would still use. Opened under the store's
+    # lock, as the code location opens it: a daemon's step may be migrating the new store.
+    return open_client(uri)
 
 
 def use_mlflow_store_of(instance):

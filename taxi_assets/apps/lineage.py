@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import dagster as dg
 
 from taxi_assets.lib.catalog import CODE_VERSIONS
-from taxi_assets.lib.tracking import REGISTERED_MODEL_PREFIX, registered_name, tracking_uri_for
+from taxi_assets.lib.tracking import REGISTERED_MODEL_PREFIX, open_client, registered_name, tracking_uri_for
 from taxi_assets.ml.lineage import FILE_PREFIX, PREFIX, rebuild_problems, recorded_code, recorded_files, refit
 
 EQUAL_WITHIN_MINUTES = 1e-6
@@ -24,10 +24,7 @@ class RebuildRefused(RuntimeError):
 
 
 def _client(instance: dg.DagsterInstance):
-    import mlflow
-
-    uri = tracking_uri_for(instance)
-    return mlflow.MlflowClient(uri, registry_uri=uri)
+    return open_client(tracking_uri_for(instance))
 
 
 @dataclass

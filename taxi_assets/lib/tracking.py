@@ -100,6 +100,20 @@ def _store_lock(uri: str):
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
+def open_client(uri: str):
+    """An MlflowClient on ``uri`` (tracking and registry) whose store is ready. Opening a new local
+    SQLite store runs its migrations, and two processes doing so at once fail (alembic's "expected
+    to match one row"): the first opening in a process happens under the store's lock."""
+    import mlflow
+
+    if uri.startswith("sqlite:///"):
+        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    with _store_lock(uri), quiet_mlflow():
+        client = mlflow.MlflowClient(uri, registry_uri=uri)
+        client.search_registered_models(max_results=1)  # the registry's store too (MLflow opens it lazily)
+    return client
+
+
 def local_store(instance: dg.DagsterInstance) -> tuple[str, str]:
     """The default MLflow store beside the Dagster instance's storage: (tracking URI, artifacts)."""
     root = Path(instance.storage_directory()).resolve().parent / "mlflow"
@@ -157,13 +171,10 @@ class MlflowTracking(dg.ConfigurableResource):
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
+        client = open_client(self.uri)
         with _store_lock(self.uri), quiet_mlflow():
-            # Opening a new SQLite store runs its migrations; parallel step processes (the
-            # fan-out) must not run them at the same time.
             from mlflow.exceptions import MlflowException
 
-            client = mlflow.MlflowClient(self.uri, registry_uri=self.uri)
-            client.search_registered_models(max_results=1)
             if client.get_experiment_by_name(self.experiment_name) is None:
                 try:
                     client.create_experiment(self.experiment_name, artifact_location=self._artifacts)
@@ -236,9 +247,8 @@ class MlflowTracking(dg.ConfigurableResource):
         """End the MLflow runs this process has open with ``status``, from any thread (MLflow's
         active runs belong to the thread that started them): for a step that must exit in the
         middle of a native call (:func:`taxi_assets.lib.lifecycle.exit_stuck_step`)."""
-        import mlflow
 
-        client = mlflow.MlflowClient(self.uri, registry_uri=self.uri)
+        client = open_client(self.uri)
         ended = list(reversed(self._open_runs))  # trials before their parent
         for run_id in ended:
             client.set_terminated(run_id, status=status)
@@ -247,9 +257,8 @@ class MlflowTracking(dg.ConfigurableResource):
     def end_runs_of(self, dagster_run_id: str, status: str) -> list[str]:
         """End every MLflow run still RUNNING that a Dagster run started, with ``status``
         (FAILED or KILLED); returns their ids. For runs whose process died before it could."""
-        import mlflow
 
-        client = mlflow.MlflowClient(self.uri, registry_uri=self.uri)
+        client = open_client(self.uri)
         experiment = client.get_experiment_by_name(self.experiment_name)
         if experiment is None:
             return []
@@ -312,7 +321,7 @@ class MlflowTracking(dg.ConfigurableResource):
                 pip_requirements=model_requirements(),
             )
         version = str(info.registered_model_version)
-        client = mlflow.MlflowClient(self.uri, registry_uri=self.uri)
+        client = open_client(self.uri)
         for key, value in {**self.dagster_tags(context, asset), **(lineage or {})}.items():
             client.set_model_version_tag(registered_model, version, key, value)
         return version
@@ -321,10 +330,9 @@ class MlflowTracking(dg.ConfigurableResource):
         """A registered version's tags (its lineage among them); empty when there is none."""
         if not (registered_model and version):
             return {}
-        import mlflow
 
         self._activate()
-        client = mlflow.MlflowClient(self.uri, registry_uri=self.uri)
+        client = open_client(self.uri)
         return dict(client.get_model_version(registered_model, version).tags)
 
     def log_metrics(self, metrics: dict[str, float]) -> None:
@@ -356,11 +364,10 @@ class MlflowTracking(dg.ConfigurableResource):
 
     def registered_version(self, registered_model: str, version: str) -> dict[str, Any]:
         """A registered version's run metrics and tags, or LookupError naming what exists."""
-        import mlflow
         from mlflow.exceptions import MlflowException
 
         self._activate()
-        client = mlflow.MlflowClient(self.uri, registry_uri=self.uri)
+        client = open_client(self.uri)
         try:
             details = client.get_model_version(registered_model, version)
         except MlflowException:
@@ -405,10 +412,9 @@ class MlflowTracking(dg.ConfigurableResource):
 
     def champion(self) -> tuple[str, str] | None:
         """The registered model and version the ``champion`` alias names, if any holds it."""
-        import mlflow
 
         self._activate()
-        client = mlflow.MlflowClient(self.uri, registry_uri=self.uri)
+        client = open_client(self.uri)
         for model in client.search_registered_models(filter_string=f"name LIKE '{REGISTERED_MODEL_PREFIX}%'"):
             version = (model.aliases or {}).get(CHAMPION_ALIAS)
             if version is not None:
@@ -423,10 +429,9 @@ class MlflowTracking(dg.ConfigurableResource):
         registered model to another). The month of the decision is kept as the holder's
         ``champion_decided_for`` tag, so a backfill of an older month never moves it back.
         """
-        import mlflow
 
         self._activate()
-        client = mlflow.MlflowClient(self.uri, registry_uri=self.uri)
+        client = open_client(self.uri)
         holders = [
             model
             for model in client.search_registered_models(filter_string=f"name LIKE '{REGISTERED_MODEL_PREFIX}%'")

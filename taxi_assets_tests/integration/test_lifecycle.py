@@ -19,11 +19,11 @@ import time
 from pathlib import Path
 
 import dagster as dg
-import mlflow
 import pandas as pd
 import pytest
 import yaml
 
+from taxi_assets.lib.tracking import open_client
 from taxi_assets_tests.helpers import DATA_DIR, REPO_ROOT, TINY_BUDGET
 from taxi_assets_tests.stack import GraphQL, Processes, run_command, wait_for
 
@@ -116,9 +116,8 @@ def stack(tmp_path_factory):
                     "env": env,
                     "elsewhere": elsewhere,
                     "processes": processes,
-                    "mlflow": mlflow.MlflowClient(
-                        uri := f"sqlite:///{home}/.dagster_home/mlflow/mlflow.db", registry_uri=uri
-                    ),
+                    # Under the store's lock: the sensor's first step may be migrating it.
+                    "mlflow": open_client(f"sqlite:///{home}/.dagster_home/mlflow/mlflow.db"),
                 }
         finally:
             processes.stop_all()

@@ -294,9 +294,9 @@ def test_a_backfill_scores_every_month_by_a_model_that_never_saw_it(tmp_path):
     assert sorted(row["model"] for row in rows if row["role"] == "served") == sorted(served)
     shadows = {scored[month]["shadow_model"] for month in months[2:] if "shadow_model" in scored[month]}
     assert sorted(row["model"] for row in rows if row["role"] == "shadow") == sorted(shadows)
-    for row in rows:
+    for row in rows:  # each figure is the month's realized RMSE of that model, served or shadow
+        model, rmse = ("model", "rmse") if row["role"] == "served" else ("shadow_model", "shadow_rmse")
         for month in months[2:]:
             if row.get(month) is not None:
-                assert scored[month]["model"] == row["model"] and row[month] == pytest.approx(
-                    scored[month]["rmse"], abs=1e-4
-                )
+                assert scored[month][model] == row["model"], (row, month, scored[month])
+                assert row[month] == pytest.approx(scored[month][rmse], abs=1e-4)

@@ -149,14 +149,11 @@ def test_rollback_serves_the_model_before_everywhere_within_seconds_and_lineage_
 
 def register_a_version_that_does_not_load(instance, folder: Path) -> str:
     """A new version of taxi-duration-xgboost whose source holds no model; its version number."""
-    from mlflow import MlflowClient
-
-    from taxi_assets.lib.tracking import tracking_uri_for
+    from taxi_assets.lib.tracking import open_client, tracking_uri_for
 
     folder.mkdir()
     (folder / "README.txt").write_text("not a model\n")
-    uri = tracking_uri_for(instance)
-    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    client = open_client(tracking_uri_for(instance))
     return str(client.create_model_version("taxi-duration-xgboost", source=folder.as_uri()).version)
 
 
