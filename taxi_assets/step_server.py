@@ -4,5 +4,8 @@ process then starts with the definitions built instead of walking ``defs/`` agai
 reconstructs its job (about 0.5 s a step on 2 cores, ten steps a retraining)."""
 
 from taxi_assets.definitions import defs
+from taxi_assets.lib.lifecycle import mark_step_forkserver
+
+mark_step_forkserver()
 
 defs()

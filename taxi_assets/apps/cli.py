@@ -12,6 +12,7 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+from typing import Any, cast
 
 from taxi_assets.lib.catalog import RETRAINING_ASSETS
 
@@ -41,11 +42,33 @@ def _expand_partitions(partitions: Sequence[str], ranges: Sequence[str]) -> list
 
 def _code_location():
     """The code location, loaded by module name the way Dagster's own CLI loads it (this module
-    never imports it): step processes rebuild it from the same reference."""
+    never imports it): step processes rebuild it from the same reference. None when this Dagster
+    lacks the loader (see lib/dagster_private.py)."""
     from taxi_assets.lib.catalog import CODE_LOCATION_MODULE
     from taxi_assets.lib.dagster_private import code_location
 
     return code_location(CODE_LOCATION_MODULE)
+
+
+def _run_job(job: str, **arguments):
+    """Run ``job`` as Dagster's CLI would (a context manager around its result): its steps in
+    their own processes where the job says so, or all in this process when the loader is missing."""
+    import contextlib
+    import importlib
+
+    import dagster as dg
+
+    from taxi_assets.lib.catalog import CODE_LOCATION_MODULE
+
+    location = _code_location()
+    if location is not None:
+        return dg.execute_job(location.get_reconstructable_job(job), **arguments)
+    loaded: Any = importlib.import_module(CODE_LOCATION_MODULE).defs
+    definitions = cast(dg.Definitions, loaded() if callable(loaded) else loaded)
+    result = definitions.resolve_job_def(job).execute_in_process(
+        instance=arguments.pop("instance"), raise_on_error=False, **arguments
+    )
+    return contextlib.nullcontext(result)
 
 
 def _execute(instance, asset_names: list[str], month: str, run_config: dict | None, verbose: bool = False):
@@ -62,19 +85,11 @@ def _execute(instance, asset_names: list[str], month: str, run_config: dict | No
     # Dagster's own events are DEBUG, shown with --verbose.
     logging = {"loggers": {"console": {"config": {"log_level": "DEBUG" if verbose else "INFO"}}}}
     run_config = {**(run_config or {}), **logging}
-    location = _code_location()
-    if set(asset_names) <= set(RETRAINING_ASSETS) - set(DATA_PREPARATION_ASSETS):
-        # The retraining job: a process per step, two at a time, so the models train in parallel.
-        return dg.execute_job(
-            location.get_reconstructable_job("retraining"),
-            instance=instance,
-            asset_selection=keys,
-            tags=tags,
-            run_config=run_config,
-        )
+    # The retraining job: a process per step, two at a time, so the models train in parallel.
     # Data preparation runs in this process, as the code location's in-process executor would.
-    return dg.execute_job(
-        location.get_reconstructable_job("__ASSET_JOB"),
+    training = set(asset_names) <= set(RETRAINING_ASSETS) - set(DATA_PREPARATION_ASSETS)
+    return _run_job(
+        "retraining" if training else "__ASSET_JOB",
         instance=instance,
         asset_selection=keys,
         tags=tags,
@@ -88,7 +103,9 @@ def _root_cause(error) -> str:
     if error.cls_name == "DagsterExecutionStepExecutionError" and error.cause is not None:
         error = error.cause
     line = (error.message.strip().splitlines() or ["failed"])[0]
-    return line.removeprefix("dagster._core.definitions.events.Failure: ")
+    import re
+
+    return re.sub(r"^[\w.]+\.Failure: ", "", line)  # a Failure's class path, wherever Dagster keeps it
 
 
 def _run(instance, asset_names: list[str], month: str, run_config: dict | None = None, verbose: bool = False) -> bool:
@@ -283,9 +300,8 @@ def steer(action: str, **config: str) -> int:
         "ops": {STEERING_ASSET: {"config": {"action": action, **{k: v for k, v in config.items() if v}}}},
         "loggers": {"console": {"config": {"log_level": "WARNING"}}},
     }
-    job = _code_location().get_reconstructable_job("steer_serving")
     tags = {"taxi_assets/launched_by": f"taxi-assets {action}"}
-    with dg.execute_job(job, instance=dg.DagsterInstance.get(), run_config=run_config, tags=tags) as result:
+    with _run_job("steer_serving", instance=dg.DagsterInstance.get(), run_config=run_config, tags=tags) as result:
         if not result.success:
             errors = [_root_cause(event.step_failure_data.error) for event in result.get_step_failure_events()]
             print(f"error: {errors[0] if errors else 'the steer_serving run failed'}", file=sys.stderr)

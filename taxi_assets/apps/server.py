@@ -35,6 +35,7 @@ import logging
 import os
 import time
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cache
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -53,6 +54,10 @@ MAX_BATCH = 50_000
 MAX_BODY_BYTES = 8 * 1024 * 1024
 MIN_TOKEN_CHARACTERS = 16
 BODY_TIMEOUT_SECONDS = 30.0
+# A body above this many bytes (a few hundred trips) is parsed and scored in the scoring threads, so
+# the event loop keeps answering /ping and other requests meanwhile; below it, a thread hop would
+# cost more than the work.
+INLINE_BODY_BYTES = 16 * 1024
 RELOAD_INTERVAL_SECONDS = 1.0  # how often the server looks for a new production decision
 FORMATS = ("dataframe_records", "dataframe_split", "inputs", "instances")
 PREDICT_SHAPE = 'body must be a JSON object {"inputs": [{"PULocationID": .., "DOLocationID": .., "trip_distance": ..}]}'
@@ -320,9 +325,14 @@ async def predict(app: ServingApp, headers: dict[bytes, bytes], receive) -> Repl
     served = app.holder.served  # read once: this request's model, whatever a reload does meanwhile
     if served is None:
         raise BadRequest(503, NO_MODEL)
-    pairs, miles = parse_inputs(await app.read_body(headers, receive))
-    minutes = [round(value, 4) for value in served.model.predictor.minutes(pairs, miles)]
-    return Reply(200, b'{"predictions":' + _compact(minutes).encode() + b',"model":' + served.described + b"}")
+    body = await app.read_body(headers, receive)
+
+    def score() -> bytes:
+        pairs, miles = parse_inputs(body)
+        return _compact([round(value, 4) for value in served.model.predictor.minutes(pairs, miles)]).encode()
+
+    minutes = await app.scored(len(body), score)
+    return Reply(200, b'{"predictions":' + minutes + b',"model":' + served.described + b"}")
 
 
 async def invocations(app: ServingApp, headers: dict[bytes, bytes], receive) -> Reply:
@@ -336,8 +346,13 @@ async def invocations(app: ServingApp, headers: dict[bytes, bytes], receive) -> 
     served = app.holder.served
     if served is None:
         raise BadRequest(503, NO_MODEL)
-    pairs, miles = parse_invocation(await app.read_body(headers, receive))
-    return Reply(200, b'{"predictions":' + _compact(served.model.predictor.minutes(pairs, miles)).encode() + b"}")
+    body = await app.read_body(headers, receive)
+
+    def score() -> bytes:
+        pairs, miles = parse_invocation(body)
+        return _compact(served.model.predictor.minutes(pairs, miles)).encode()
+
+    return Reply(200, b'{"predictions":' + await app.scored(len(body), score) + b"}")
 
 
 async def health(app: ServingApp, headers: dict[bytes, bytes], receive) -> Reply:
@@ -345,7 +360,7 @@ async def health(app: ServingApp, headers: dict[bytes, bytes], receive) -> Reply
     model = app.holder.current
     if model is None:
         return Reply(503, _compact({"status": "no model", "model": None, "how": NO_MODEL}).encode())
-    return Reply(200, _compact({"status": "ok", "model": model.describe()}).encode())
+    return Reply(200, _compact({"status": "ok", "model": model.describe(), "scoring": app.scoring}).encode())
 
 
 async def ping(app: ServingApp, headers: dict[bytes, bytes], receive) -> Reply:
@@ -424,6 +439,9 @@ class ServingApp:
         self.reload_interval = reload_interval
         self.deadlines = BodyDeadlines(body_timeout)
         self.routes = ROUTES
+        # Large requests are scored here, one per core at a time, off the event loop.
+        self.pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="scoring")
+        self.scoring = 0  # large requests being parsed and scored in the pool now
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] == "http":
@@ -458,6 +476,17 @@ class ServingApp:
         except Exception:  # a bug, not the client's bytes: logged, and answered in the protocol's shape
             logger.exception("%s %s failed", method, path)
             return route.refuse(500, "internal error; the server's log has the details")
+
+    async def scored(self, size: int, score: Callable[[], bytes]) -> bytes:
+        """``score()``: in this task for a body up to INLINE_BODY_BYTES, else in the scoring pool,
+        so that one large request never holds up the others (a health check included)."""
+        if size <= INLINE_BODY_BYTES:
+            return score()
+        self.scoring += 1
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self.pool, score)
+        finally:
+            self.scoring -= 1
 
     def check_token(self, headers: dict[bytes, bytes]) -> None:
         """RFC 7235: the scheme is case-insensitive; the token is compared in constant time."""
@@ -499,6 +528,7 @@ class ServingApp:
             elif message["type"] == "lifespan.shutdown":
                 for task in tasks:
                     task.cancel()
+                self.pool.shutdown(wait=False, cancel_futures=True)
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 

@@ -16,7 +16,27 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from taxi_assets.lib.dagster_private import DagsterSqliteStorage, LocalArtifactStorage, LocalComputeLogManager
+from taxi_assets.lib.dagster_private import local_storage_bases
+
+
+class _Moved:
+    """Stands in for a storage base Dagster moved: naming it in dagster.yaml says what to do."""
+
+    @classmethod
+    def config_type(cls):
+        return {}
+
+    @classmethod
+    def from_config_value(cls, inst_data, config_value):
+        raise SystemExit(
+            "this Dagster moved its local storages, so taxi_assets.lib.instance cannot place them under DAGSTER_HOME: "
+            "remove the storage, local_artifact_storage and compute_logs sections from dagster.yaml to use "
+            "Dagster's defaults (also under DAGSTER_HOME)"
+        )
+
+
+_BASES: tuple = local_storage_bases() or (_Moved, _Moved, _Moved)
+DagsterSqliteStorage, LocalArtifactStorage, LocalComputeLogManager = _BASES
 
 PROJECT = Path(__file__).resolve().parents[2]  # the checkout (or site-packages, when installed)
 
@@ -59,3 +79,7 @@ class HomeComputeLogManager(LocalComputeLogManager):
     @classmethod
     def from_config_value(cls, inst_data, config_value):  # type: ignore[override]
         return cls(inst_data=inst_data, **{**config_value, "base_dir": under_dagster_home(config_value["base_dir"])})
+
+
+if _BASES[0] is _Moved:  # Dagster moved them: each names what to do instead
+    HomeSqliteStorage = HomeArtifactStorage = HomeComputeLogManager = _Moved  # type: ignore[misc]

@@ -34,6 +34,35 @@ STOP_GRACE_SECONDS = 2.0
 STUCK_EXIT_CODE = 3
 
 
+def op_context(context):
+    """The op's own context behind an asset's (``AssetExecutionContext`` deprecates reading the
+    run id, op handle and op config from itself); any other context as it is."""
+    return getattr(context, "op_execution_context", context)
+
+
+def run_id_of(context) -> str:
+    """The id of the run that ``context`` (an asset's, op's or hook's) belongs to."""
+    return op_context(context).run_id
+
+
+_forks_steps = False  # set in the training jobs' forkserver: every process it forks is one step's
+
+
+def mark_step_forkserver() -> None:
+    """Called by ``taxi_assets.step_server``, which only the training jobs' forkserver preloads
+    (``step_process_executor``): the processes it forks then know they are steps' own processes."""
+    global _forks_steps
+    _forks_steps = True
+
+
+def in_step_subprocess() -> bool:
+    """Whether this process is one step's own process (forked by the step forkserver, not the
+    forkserver itself): only such a process may be exited to end a step that cannot be interrupted."""
+    import multiprocessing
+
+    return _forks_steps and multiprocessing.parent_process() is not None
+
+
 # While the run's status cannot be read, say so this often (and on the first failure).
 UNREADABLE_WARNING_SECONDS = 60.0
 UNREADABLE = object()
@@ -165,8 +194,6 @@ def _may_exit_this_process() -> bool:
     """Whether ending a stuck step may end this process: a step's own process, or a `dagster asset
     materialize` / `dagster job execute` command running the step in-process (its user asked it to
     stop). Never a test, a notebook or a server that runs steps inside itself."""
-    from taxi_assets.lib.dagster_private import in_step_subprocess
-
     command = [Path(sys.argv[0]).name, *sys.argv[1:3]] if sys.argv else []
     return in_step_subprocess() or command in (["dagster", "asset", "materialize"], ["dagster", "job", "execute"])
 
@@ -174,12 +201,12 @@ def _may_exit_this_process() -> bool:
 def _report_canceling(context, message: str) -> None:
     """Mark the run CANCELING unless it already stopped, so it ends CANCELED; a failure is logged."""
     try:
-        run = context.instance.get_run_by_id(context.run_id)
+        run = context.instance.get_run_by_id(run_id_of(context))
         if run is not None and run.status in RUNNING:
             context.instance.report_run_canceling(run, message=message)
     except Exception as error:  # reporting must never hide the interrupt itself
         context.log.error(
-            f"run {context.run_id} was interrupted, but marking it CANCELING failed ({type(error).__name__}: "
+            f"run {run_id_of(context)} was interrupted, but marking it CANCELING failed ({type(error).__name__}: "
             f"{error}); it may end FAILED, and run retries may start again a run someone stopped"
         )
 
@@ -218,9 +245,7 @@ def exit_stuck_step(context, step: str, end_tracking: Callable[[], list[str]]) -
             _report_canceling(context, f"Step {step} was stopped in native code: canceling.")
             ended = end_tracking()
             context.log.info(f"{waited} (native code): {len(ended)} MLflow run(s) ended KILLED, its process exits")
-            from taxi_assets.lib.dagster_private import in_step_subprocess
-
-            run = context.instance.get_run_by_id(context.run_id)
+            run = context.instance.get_run_by_id(run_id_of(context))
             if not in_step_subprocess() and run is not None and run.status == dg.DagsterRunStatus.CANCELING:
                 context.instance.report_run_canceled(run, message=f"Step {step} was stopped in native code.")
         except Exception as error:  # the exit must happen even if the tracking store is gone
@@ -250,8 +275,6 @@ def exit_quickly_after_step() -> None:
     failed 7 s after it exited, behind the forest's teardown. By the time ``atexit`` runs, the
     step's events are stored, its MLflow runs ended and its threads joined; the rest is freeing
     memory that the exit frees anyway. Only in a step's own process, registered once."""
-    from taxi_assets.lib.dagster_private import in_step_subprocess
-
     if in_step_subprocess() and _quick_exit_registered.acquire(blocking=False):
         atexit.register(_exit_without_teardown)  # runs first: atexit calls the last registered first
 
@@ -263,7 +286,7 @@ def step_budget(context, seconds: float | None, on_stuck: Callable[[str], None] 
     exit_quickly_after_step()
     with SignalWatch() as signals:
         watch = RunWatch(
-            context.instance, context.run_id, warn=context.log.warning, on_stuck=on_stuck,
+            context.instance, run_id_of(context), warn=context.log.warning, on_stuck=on_stuck,
             interrupted=signals.interrupted,
         )  # fmt: skip
         with watch, canceled_on_interrupt(context):

@@ -62,7 +62,9 @@ def _stamp(ids: dict[str, dict[str, int]], month: str) -> str:
 
 def _unsynced(resolver, month: str) -> tuple[str, ...]:
     """The month's retraining assets Dagster says are missing or stale (the first month has only
-    raw and cleaned trips)."""
+    raw and cleaned trips); none when this Dagster has no resolver (see lib/dagster_private.py)."""
+    if resolver is None:
+        return ()
     assets = PREPARATION if month == FIRST_MONTH else CHAIN
     return tuple(
         asset for asset in assets if resolver.get_status(dg.AssetKey(asset), month).value in ("MISSING", "STALE")
@@ -88,7 +90,7 @@ def month_states(
     for month, version in sorted(months.items()):
         stamp = _stamp(ids, month)
         if known.get(month, {}).get("stamp") != stamp:
-            resolver = resolver or stale_status_resolver(instance, asset_graph)
+            resolver = resolver or stale_status_resolver(instance, asset_graph)  # None: degraded
             known[month] = {
                 "stamp": stamp,
                 "observed": observed_version(instance, month),

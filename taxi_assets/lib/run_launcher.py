@@ -27,7 +27,7 @@ import time
 
 import dagster as dg
 
-from taxi_assets.lib.dagster_private import CheckRunHealthResult, WorkerStatus, code_server_runs
+from taxi_assets.lib.dagster_private import can_ask_code_servers, code_server_runs, run_health
 
 UNREACHABLE_TIMEOUT_SECONDS = 300
 
@@ -84,9 +84,12 @@ class CodeServerRunLauncher(dg.DefaultRunLauncher):
 
     @property
     def supports_check_run_worker_health(self) -> bool:
-        return True
+        """False when this Dagster lacks what the check uses (run monitoring then skips it)."""
+        return can_ask_code_servers()
 
-    def check_run_worker_health(self, run) -> CheckRunHealthResult:
+    def check_run_worker_health(self, run):
+        CheckRunHealthResult, WorkerStatus = run_health() or (None, None)  # noqa: N806 (Dagster's classes)
+        assert CheckRunHealthResult is not None and WorkerStatus is not None  # supports_... said so
         address, server_runs, unanswered = code_server_runs(run)
         if address is None:  # executed in some other process (a CLI's own): not ours to judge
             return CheckRunHealthResult(WorkerStatus.RUNNING, f"{run.run_id} was not launched by a code server")

@@ -18,6 +18,8 @@ from typing import Any
 import dagster as dg
 from pydantic import Field, PrivateAttr
 
+from taxi_assets.lib.lifecycle import op_context, run_id_of
+
 EXPERIMENT = "taxi-duration"
 # Every model is registered as taxi-duration-<model> (taxi-duration-xgboost, ...-LinearRegression).
 REGISTERED_MODEL_PREFIX = "taxi-duration-"
@@ -189,10 +191,12 @@ class MlflowTracking(dg.ConfigurableResource):
     @staticmethod
     def dagster_tags(context, asset: str) -> dict[str, str]:
         try:
-            step = context.op_handle.name
+            step = op_context(context).op_handle.name
+        except Warning:
+            raise  # a deprecation must be seen, not taken for a missing handle
         except Exception:  # a directly invoked asset (tests, notebooks) has no op handle
             step = asset
-        tags = {"dagster.run_id": context.run_id, "dagster.asset": asset, "dagster.step": step}
+        tags = {"dagster.run_id": run_id_of(context), "dagster.asset": asset, "dagster.step": step}
         if context.has_partition_key:
             tags["dagster.partition"] = context.partition_key
         return tags

@@ -13,7 +13,7 @@ from taxi_assets.lib import charts
 from taxi_assets.lib.catalog import CODE_VERSIONS
 from taxi_assets.lib.evaluation import evaluation_charts
 from taxi_assets.lib.history import rmse_history
-from taxi_assets.lib.lifecycle import Stopwatch, step_budget
+from taxi_assets.lib.lifecycle import Stopwatch, op_context, step_budget
 from taxi_assets.lib.metadata import charts as charts_metadata
 from taxi_assets.lib.months import (
     month_start,
@@ -198,7 +198,7 @@ def _record_in_mlflow(context, mlflow: MlflowTracking, compared: Comparison, ser
             {
                 "serving_model": serving.name,
                 "serving_model_partition": serving.model_partition,
-                "tolerance_minutes": context.op_config["tolerance_minutes"],
+                "tolerance_minutes": op_context(context).op_config["tolerance_minutes"],
             }
         )
         mlflow.log_charts(charts)

@@ -14,6 +14,7 @@ from pydantic import Field
 
 from taxi_assets.lib.alerts import AlertDeliveryError, EmailAlerts
 from taxi_assets.lib.catalog import CODE_VERSIONS, STEERING_ASSET
+from taxi_assets.lib.lifecycle import run_id_of
 from taxi_assets.lib.publishing import publish_decision
 from taxi_assets.lib.steering import (
     JUDGEMENT,
@@ -226,7 +227,7 @@ def _alert_judgement(context, alerts: EmailAlerts, event: Event, outcome: str) -
         if event.kind == AUTO_ROLLBACK
         else "[taxi-assets] a promotion did worse than the model it replaced"
     )
-    body = f"{event.reason}\n\nWhat serves now: {outcome}\n\nRun: {alerts.run_url(context.run_id)}\n"
+    body = f"{event.reason}\n\nWhat serves now: {outcome}\n\nRun: {alerts.run_url(run_id_of(context))}\n"
     try:
         alerts.send(subject, body)
     except AlertDeliveryError as error:  # the decision is recorded either way; say why no mail went
