@@ -108,6 +108,16 @@ def _root_cause(error) -> str:
     return re.sub(r"^[\w.]+\.Failure: ", "", line)  # a Failure's class path, wherever Dagster keeps it
 
 
+def _last_log(instance, run_id: str, step: str) -> str:
+    """What ``step`` last logged in the run (its own words for why it produced nothing)."""
+    logged = [
+        entry.user_message
+        for entry in instance.all_logs(run_id)
+        if entry.step_key == step and not entry.is_dagster_event
+    ]
+    return logged[-1] if logged else "its step succeeded without output"
+
+
 def _run(instance, asset_names: list[str], month: str, run_config: dict | None = None, verbose: bool = False) -> bool:
     """One run of ``asset_names`` for ``month``; prints a status line per asset and check."""
     with _execute(instance, asset_names, month, run_config, verbose) as result:
@@ -118,6 +128,7 @@ def _run(instance, asset_names: list[str], month: str, run_config: dict | None =
             event.step_key or "run": _root_cause(event.step_failure_data.error)
             for event in result.get_step_failure_events()
         }
+        succeeded = {event.step_key for event in result.get_step_success_events()}
         print(f"run {result.run_id} for {month}: {'SUCCESS' if result.success else 'FAILURE'}")
         for name in asset_names:
             failed_steps = [
@@ -127,6 +138,8 @@ def _run(instance, asset_names: list[str], month: str, run_config: dict | None =
                 status = "materialized"
             elif failed_steps:
                 status = f"FAILED: {failed_steps[0]}"
+            elif name in succeeded:  # the step ran and chose not to output (e.g. no model to score with)
+                status = f"nothing to materialize: {_last_log(instance, result.run_id, name)}"
             else:
                 status = "not materialized (an upstream step or blocking check failed)"
             print(f"  {name:<24} {status}")

@@ -312,7 +312,11 @@ class ModelHolder:
             return False
         # One reference swap: in-flight requests keep the old object (model and description together).
         self.served = Served(fresh, _compact(fresh.describe()).encode())
-        logger.info("serving %s", fresh.describe())
+        version = f" v{fresh.version}" if fresh.version else ""
+        logger.info(
+            "serving %s%s (trained for %s, chosen for %s), published at %s",
+            fresh.name, version, fresh.partition, fresh.decided_for, getattr(self.store, "where", self.store),
+        )  # fmt: skip
         return True
 
 
@@ -360,7 +364,10 @@ async def health(app: ServingApp, headers: dict[bytes, bytes], receive) -> Reply
     model = app.holder.current
     if model is None:
         return Reply(503, _compact({"status": "no model", "model": None, "how": NO_MODEL}).encode())
-    return Reply(200, _compact({"status": "ok", "model": model.describe(), "scoring": app.scoring}).encode())
+    return Reply(
+        200,
+        _compact({"status": "ok", "model": model.describe(), "scoring": app.scoring, "scored": app.finished}).encode(),
+    )
 
 
 async def ping(app: ServingApp, headers: dict[bytes, bytes], receive) -> Reply:
@@ -442,6 +449,7 @@ class ServingApp:
         # Large requests are scored here, one per core at a time, off the event loop.
         self.pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="scoring")
         self.scoring = 0  # large requests being parsed and scored in the pool now
+        self.finished = 0  # large requests the pool has finished
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] == "http":
@@ -487,6 +495,7 @@ class ServingApp:
             return await asyncio.get_running_loop().run_in_executor(self.pool, score)
         finally:
             self.scoring -= 1
+            self.finished += 1
 
     def check_token(self, headers: dict[bytes, bytes]) -> None:
         """RFC 7235: the scheme is case-insensitive; the token is compared in constant time."""
@@ -656,7 +665,10 @@ def serve(
     from taxi_assets.lib.serving_pointer import serving_store
 
     token = api_token(no_auth, host)  # first: a refused start does no work
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # The server's own lines at INFO (what it serves, from where); the libraries' (MLflow's store
+    # migrations, botocore) only from WARNING.
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("taxi_assets").setLevel(logging.INFO)
     if no_auth and os.environ.get("TAXI_API_TOKEN"):
         logger.warning("--no-auth: TAXI_API_TOKEN is set but not checked")
     holder = ModelHolder(serving_store(), load_production_model)

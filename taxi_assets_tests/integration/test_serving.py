@@ -677,3 +677,99 @@ def test_one_trip_at_a_time_gives_the_boosters_own_predictions(server):
     one_by_one = [predictor.minutes([pair], [distance])[0] for pair, distance in zip(pairs, miles)]
     booster = dataclasses.replace(predictor, lookup=None).predict_pairs(pairs, np.asarray(miles))
     assert one_by_one == [float(value) for value in booster]
+
+
+@pytest.fixture(scope="module")
+def booster_server(server, tmp_path_factory):
+    """A server whose published model has no lookup table (an XGBoost model scored by the booster,
+    about 300 µs a trip): the served decision copied into a fresh home without its table."""
+    import dataclasses
+
+    from taxi_assets.lib.serving_pointer import LocalServingStore, load_published_value, read_published
+    from taxi_assets.ml.value_files import dump_value
+
+    source = LocalServingStore(Path(server["instance"].storage_directory()).resolve().parent / "serving")
+    published = read_published(source)
+    assert published is not None
+    value = load_published_value(source, published[1])
+    home = tmp_path_factory.mktemp("booster-home")
+    target = LocalServingStore(home / "serving")  # where a fresh home's instance looks
+    assert value.predictor.lookup is not None  # the table this server goes without
+    target.write(
+        published[1],
+        dump_value(dataclasses.replace(value, predictor=dataclasses.replace(value.predictor, lookup=None))),
+    )
+    target.write("current.json", source.read("current.json") or b"")
+    env = {**os.environ, "DAGSTER_HOME": str(home), "TAXI_API_TOKEN": TOKEN}
+    with inference_server(env, home, "--reload-interval", "0", log=home / "serve.log") as (_, port):
+        wait_for(lambda: _status(port, "/ping") == 200, 120, "the booster server")
+        yield port
+
+
+def _status(port: int, path: str) -> int | None:
+    """The status of ``GET path`` (None while nothing listens); the body is not read as JSON."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        connection.request("GET", path)
+        response = connection.getresponse()
+        response.read()
+        return response.status
+    except OSError:
+        return None
+    finally:
+        connection.close()
+
+
+def test_ping_is_answered_while_a_50000_trip_request_is_scored(booster_server):
+    """Large requests are scored off the event loop. Ordering, not timing: /health says a large
+    request is being scored and how many have finished; when two such reports around a /ping show
+    one in progress and none finished between them, the ping was answered while it was scored.
+    Clients keep sending 50,000-trip requests until that is seen (however long that takes)."""
+    port = booster_server
+    trips = [
+        {"PULocationID": 1 + i % 263, "DOLocationID": 1 + (i * 7) % 263, "trip_distance": 0.5 + i % 30}
+        for i in range(50_000)
+    ]
+    body = json.dumps({"inputs": trips})
+    stop, answers = threading.Event(), []
+
+    def keep_sending() -> None:
+        client = Client(port)
+        client.connection.timeout = 900  # however long a busy machine takes
+        while not stop.is_set():
+            answers.append(client.request("POST", "/predict", raw=body))
+
+    senders = [threading.Thread(target=keep_sending) for _ in range(2)]
+    for sender in senders:
+        sender.start()
+
+    def health() -> dict:
+        status, document = Client(port).request("GET", "/health")
+        assert status == 200 and document is not None
+        return document
+
+    def ping_during_scoring() -> bool:
+        before = health()
+        if before["scoring"] < 1:
+            return False
+        pinged = _status(port, "/ping")
+        after = health()
+        return pinged == 200 and after["scoring"] >= 1 and after["scored"] == before["scored"]
+
+    try:
+        wait_for(ping_during_scoring, 600, "a /ping answered while a large request is scored", interval=0.01)
+    finally:
+        stop.set()
+        for sender in senders:
+            sender.join(timeout=900)
+    assert answers and all(status == 200 and len(result["predictions"]) == 50_000 for status, result in answers)
+
+
+def test_the_server_says_what_it_serves_not_its_libraries_chatter(server):
+    """Its start names the model and where it was published; MLflow's store migrations and other
+    libraries' INFO lines stay out of the log."""
+    wait_for(lambda: "published at" in server["log"].read_text(errors="replace"), 60, "the serving line")
+    log = server["log"].read_text(errors="replace")
+    line = next(line for line in log.splitlines() if "published at" in line)
+    assert " serving " in line and "trained for" in line and "serving" in line.rsplit("published at", 1)[1], line
+    assert "alembic" not in log and " INFO mlflow" not in log, log[:2000]

@@ -32,6 +32,8 @@ def pytest_runtest_call(item):
         if entry not in ours:
             warnings.warn_explicit(entry.message, entry.category, entry.filename, entry.lineno)
     if ours:
-        shown = "; ".join(f"{entry.filename}:{entry.lineno}: {entry.category.__name__}: {entry.message}" for entry in ours)
+        shown = "; ".join(
+            f"{entry.filename}:{entry.lineno}: {entry.category.__name__}: {entry.message}" for entry in ours
+        )
         raise AssertionError(f"deprecated use in taxi_assets (fix it, or add it to ALLOWED with why): {shown}")
     return result
