@@ -103,6 +103,14 @@ def test_taxi_assets_materialize_reports_and_exits_by_outcome(project_home, tmp_
     )
     assert verbose.returncode == 0 and " - DEBUG - " in verbose.stdout + verbose.stderr  # the whole event log
 
+    # No model served before 2024-02: scoring it had nothing to do, and says so (nothing failed).
+    selection = ["--select", "raw_trips,cleaned_trips,trip_predictions", "--no-previous-month"]
+    unscored = run([BIN / "taxi-assets", "materialize", "--partition", "2024-02", *selection], project_home)
+    assert unscored.returncode == 0, unscored.stdout + unscored.stderr
+    assert "trip_predictions         nothing to materialize: trip_predictions 2024-02: no production decision" in (
+        unscored.stdout
+    )
+
     broken = tmp_path / "broken"
     (broken / "2024").mkdir(parents=True)
     (broken / "2024" / "02.parquet").write_bytes(b"PAR1 truncated")
