@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from collections.abc import Sequence
 from typing import Any, cast
@@ -103,8 +104,6 @@ def _root_cause(error) -> str:
     if error.cls_name == "DagsterExecutionStepExecutionError" and error.cause is not None:
         error = error.cause
     line = (error.message.strip().splitlines() or ["failed"])[0]
-    import re
-
     return re.sub(r"^[\w.]+\.Failure: ", "", line)  # a Failure's class path, wherever Dagster keeps it
 
 

@@ -28,9 +28,10 @@ def degrade(feature: str, why: str) -> None:
         logger.warning(f"dagster {dg.__version__}: {feature} is off ({why}); Dagster's default behaviour applies")
 
 
-def private(path: str, feature: str, parameters: tuple[str, ...] | None = None) -> Any | None:
+def private(path: str, feature: str, parameters: tuple[str, ...] | None = None, exactly: bool = False) -> Any | None:
     """The object at ``path`` (``"module:attribute.attribute"``), or None after :func:`degrade`
-    when it is missing or does not take ``parameters`` (in that order, first ones)."""
+    when it is missing or does not take ``parameters`` (in that order, first ones; ``exactly``:
+    and no others)."""
     module, _, attributes = path.partition(":")
     try:
         found: Any = importlib.import_module(module)
@@ -44,7 +45,7 @@ def private(path: str, feature: str, parameters: tuple[str, ...] | None = None) 
             names = tuple(inspect.signature(found).parameters)
         except (TypeError, ValueError):
             names = ()
-        if names[: len(parameters)] != parameters:
+        if (names if exactly else names[: len(parameters)]) != parameters:
             degrade(feature, f"{path} takes {names}, not {parameters}")
             return None
     return found
@@ -189,16 +190,10 @@ def keep_code_server_cleanup_alive() -> None:
     nothing when the method is missing or takes other parameters than ``(self)``."""
     import time
 
-    server = private("dagster._grpc.server:DagsterApiServer", "the code server's run-worker check outliving outages")
-    check = private(
-        "dagster._grpc.server:DagsterApiServer._check_for_orphaned_runs",
-        "the code server's run-worker check outliving outages",
-        ("self",),
-    )
+    feature = "the code server's run-worker check outliving outages"
+    server = private("dagster._grpc.server:DagsterApiServer", feature)
+    check = private("dagster._grpc.server:DagsterApiServer._check_for_orphaned_runs", feature, ("self",), exactly=True)
     if server is None or check is None or getattr(check, "keeps_going", False):
-        return
-    if len(inspect.signature(check).parameters) != 1:
-        degrade("the code server's run-worker check outliving outages", "its check takes more than (self)")
         return
     logged = {"at": 0.0}
 
